@@ -1,0 +1,130 @@
+"""One typed run configuration, validated once at the edge.
+
+`RunConfig` holds everything that determines a run's numbers; its `key()` is a stable hash of the
+fully resolved config and names the run in the store. Build it from keyword arguments or a dict
+(`RunConfig.parse(d)`): unknown keys, wrong types and out-of-range values raise one `ConfigError`
+naming the field, the value given and what is allowed, before any data is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Penalty = Literal["none", "sum", "mul", "mul_log"]
+Monitor = Literal["val_acc", "val_loss", "test_acc"]
+PENALTIES: tuple[str, ...] = ("none", "sum", "mul", "mul_log")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field, the value and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
+
+
+class EarlyStopping(_Strict):
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs."""
+
+    monitor: Monitor = "val_loss"
+    patience: int = Field(200, ge=1)
+    min_delta: float = Field(1e-4, ge=0)
+    restore_best: bool = True
+
+
+class ModelOptions(_Strict):
+    """Architecture switches that the authors' code also has."""
+
+    bias: bool = False  # conv biases (the fully connected layers of BinaryCNN always have one)
+    batch_norm: bool = False
+    weight_norm: bool = False  # W = g · V/‖V‖_F per layer; the penalties then act on g
+    dropout: float = Field(0.0, ge=0, lt=1)
+    width: float = Field(1.0, gt=0)  # channel multiplier (1.0 = the paper's network)
+
+
+class RunConfig(_Strict):
+    """Everything that determines one training run's numbers."""
+
+    task: Literal["binary", "multiclass"] = "binary"
+    penalty: Penalty = "none"
+    lam: float = Field(0.0, ge=0)  # λ in L = L_data + λ·R(W)
+    depth_normalization: bool = False
+    features_normalization: Literal["f_out", "f_in"] | None = None
+    init_scale: float = Field(0.2, gt=0)  # s: Kaiming init, then every parameter × s
+    seed: int = Field(1, ge=0)
+    label_noise: float = Field(0.0, ge=0, lt=0.5)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.03, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    batch_size: int = Field(16, ge=1)
+    max_epochs: int = Field(2000, ge=1)
+    early_stopping: EarlyStopping | None = EarlyStopping()
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    n_train: int | None = Field(None, ge=2)  # cap on the training pool (before the split)
+    n_test: int | None = Field(None, ge=1)
+    model: ModelOptions = ModelOptions()
+    chance_margin: float = Field(0.05, ge=0, lt=0.5)  # chance_level if best train acc ≤ chance + this
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.penalty == "none" and self.lam != 0:
+            raise ValueError(f"lam must be 0 when penalty is 'none' (got lam={self.lam})")
+        monitor = self.early_stopping.monitor if self.early_stopping else None
+        if monitor in ("val_acc", "val_loss") and self.val_fraction == 0:
+            raise ValueError(f"early_stopping.monitor={monitor!r} needs val_fraction > 0")
+        return self
+
+    @classmethod
+    def parse(cls, values: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+        """Validate a plain dict (from YAML, JSON or keyword arguments) into a RunConfig."""
+        merged = {**(values or {}), **overrides}
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as err:
+            raise ConfigError(describe(err)) from None
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A validated copy with some fields changed (nested ones as dicts)."""
+        return RunConfig.parse(_deep_merge(self.model_dump(), changes))
+
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of the resolved config; `device` is left out (it names where,
+        not what)."""
+        blob = json.dumps(self.model_dump(exclude={"device"}), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def num_classes(self) -> int:
+        return 1 if self.task == "binary" else 10
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def describe(err: ValidationError) -> str:
+    """One readable line per problem: field, value given, what is allowed."""
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "config"
+        allowed = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = "unknown field; allowed fields: " + ", ".join(_allowed_fields(e["loc"]))
+        lines.append(f"{field}: got {e.get('input')!r}; {allowed}")
+    return "invalid run configuration:\n  " + "\n  ".join(lines)
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        sub = model.model_fields[part].annotation
+        model = next((a for a in getattr(sub, "__args__", (sub,)) if isinstance(a, type)), sub)
+    return sorted(model.model_fields)

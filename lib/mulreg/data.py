@@ -1,0 +1,249 @@
+"""CIFAR-10 and the paper's two tasks, held as tensors (no per-sample Python while training).
+
+`load_cifar10` finds the data (argument, env `MULREG_DATA`, or `data/` at the project root) in
+torchvision's layout or the image-folder layout, and caches the decoded uint8 arrays. `Pool` is a
+task's clean data; `split_run` turns it into one run's view (label noise, then a seeded
+validation split, as in the authors' code). `binary_task` / `multiclass_task` do both at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+MEAN = (0.4914, 0.4822, 0.4465)  # the paper's per-channel normalisation
+STD = (0.2470, 0.2435, 0.2616)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """CIFAR-10 is not where we looked and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One partition of CIFAR-10: uint8 images (N, 3, 32, 32) and integer labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where CIFAR-10 is looked for: `root`, then env MULREG_DATA, then `data/` at the project root."""
+    return Path(root or os.environ.get("MULREG_DATA") or PROJECT_ROOT / "data").expanduser().resolve()
+
+
+def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -> tuple[Split, Split]:
+    """Train and test splits of CIFAR-10 as uint8 tensors, from cache when already decoded."""
+    folder = data_root(root)
+    if not _layout(folder):
+        _download(folder, download)
+    cache = _cache_file(folder)
+    if not cache.exists():
+        arrays = _decode(folder)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, cache)
+    with np.load(cache) as z:
+        return (
+            Split(torch.from_numpy(z["x_train"]), torch.from_numpy(z["y_train"])),
+            Split(torch.from_numpy(z["x_test"]), torch.from_numpy(z["y_test"])),
+        )
+
+
+def _layout(folder: Path) -> str | None:
+    if (folder / "cifar-10-batches-py").is_dir():
+        return "torchvision"
+    if all((folder / split / name).is_dir() for split in ("train", "test") for name in CLASSES):
+        return "image-folder"
+    return None
+
+
+def _download(folder: Path, allowed: bool) -> None:
+    hint = (
+        f"CIFAR-10 not found in {folder} (looked for {folder / 'cifar-10-batches-py'} and for "
+        f"{folder}/{{train,test}}/<class>/ image folders). Point MULREG_DATA at a copy, e.g. "
+        "`export MULREG_DATA=../shared/data/cifar10`, or pass root=..."
+    )
+    if not allowed:
+        raise DataNotFoundError(hint + " (download=False)")
+    try:
+        torchvision.datasets.CIFAR10(folder, train=True, download=True)
+    except Exception as err:  # noqa: BLE001 - any network failure means the same thing here
+        raise DataNotFoundError(f"{hint}. Downloading it failed: {err}") from None
+
+
+def _cache_file(folder: Path) -> Path:
+    tag = hashlib.sha256(f"{folder}|{_layout(folder)}".encode()).hexdigest()[:12]
+    cache_dir = Path(os.environ.get("MULREG_CACHE", PROJECT_ROOT / ".cache"))
+    return cache_dir / f"cifar10-{tag}.npz"
+
+
+def _decode(folder: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    for split, train in (("train", True), ("test", False)):
+        if _layout(folder) == "torchvision":
+            ds = torchvision.datasets.CIFAR10(folder, train=train, download=False)
+            x, y = ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets)
+        else:
+            x, y = _decode_image_folder(folder / split)
+        arrays[f"x_{split}"] = np.ascontiguousarray(x, dtype=np.uint8)
+        arrays[f"y_{split}"] = y.astype(np.int64)
+    return arrays
+
+
+def _decode_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    ds = torchvision.datasets.ImageFolder(folder)
+    if tuple(ds.classes) != CLASSES:
+        raise DataNotFoundError(f"{folder}: class folders {ds.classes} are not CIFAR-10's {CLASSES}")
+    files = [torchvision.io.read_file(path) for path, _ in ds.samples]
+    images = torchvision.io.decode_jpeg(files, mode=torchvision.io.ImageReadMode.RGB)
+    return torch.stack(images).numpy(), np.asarray(ds.targets)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) → float, scaled to [0, 1] and normalised per channel (paper, Sec. 4)."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def generator(seed: int, stream: str) -> torch.Generator:
+    """An independent, reproducible random stream per (seed, purpose)."""
+    digest = hashlib.sha256(f"{seed}/{stream}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def flip_labels(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip exactly round(fraction·n) labels chosen by `seed`; returns (new labels, flipped indices).
+
+    Floating ±1 labels are negated; integer class labels move to a different class drawn at random.
+    """
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    n = len(labels)
+    g = generator(seed, "label-noise")
+    flipped = torch.randperm(n, generator=g)[: round(fraction * n)].sort().values
+    new = labels.clone()
+    if labels.is_floating_point():
+        new[flipped] = -labels[flipped]
+    else:
+        num_classes = int(labels.max()) + 1
+        shift = torch.randint(1, num_classes, (len(flipped),), generator=g)
+        new[flipped] = (labels[flipped] + shift) % num_classes
+    return new, flipped
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A task's clean data on one device: normalised images, targets, and integer classes.
+
+    Binary targets are ±1 floats (N,); multiclass targets are one-hot floats (N, 10).
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor  # clean integer labels of the training pool
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    task: str
+
+    def targets(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels.float() if self.task == "binary" else torch.nn.functional.one_hot(labels, 10).float()
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One run's view of a pool: its (noisy) training labels and its train/validation indices."""
+
+    labels: torch.Tensor  # labels of the whole training pool, after noise
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    flipped: torch.Tensor
+
+
+def _take(split: Split, classes: tuple[int, ...], cap: int | None) -> Split:
+    """The examples of `classes`, balanced and in data-set order when capped."""
+    per_class = None if cap is None else cap // len(classes)
+    idx = torch.cat([(split.labels == c).nonzero().flatten()[:per_class] for c in classes]).sort().values
+    return Split(split.images[idx], split.labels[idx])
+
+
+@functools.lru_cache(maxsize=4)
+def load_pool(
+    task: str,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    root: str | None = None,
+    device: str = "cpu",
+    classes: tuple[int, ...] = (3, 4),
+) -> Pool:
+    """The clean, normalised data of `task` ("binary": `classes` → −1, +1; "multiclass": all 10)."""
+    train, test = load_cifar10(root, download=True)
+    wanted = classes if task == "binary" else tuple(range(10))
+    train, test = _take(train, wanted, n_train), _take(test, wanted, n_test)
+
+    def labels(y: torch.Tensor) -> torch.Tensor:
+        return torch.where(y == wanted[1], 1, -1) if task == "binary" else y
+
+    return Pool(
+        normalize(train.images).to(device),
+        labels(train.labels).to(device),
+        normalize(test.images).to(device),
+        labels(test.labels).to(device),
+        task,
+    )
+
+
+def split_run(pool: Pool, seed: int, label_noise: float, val_fraction: float) -> RunData:
+    """Label noise on the training pool first, then a seeded train/validation split (authors' order)."""
+    clean = pool.y_train.cpu()
+    noisy, flipped = flip_labels(clean.float() if pool.task == "binary" else clean, label_noise, seed)
+    n = len(clean)
+    order = torch.randperm(n, generator=generator(seed, "validation-split"))
+    n_val = round(val_fraction * n)
+    device = pool.x_train.device
+    return RunData(noisy.to(device).to(clean.dtype), order[n_val:].to(device), order[:n_val].to(device), flipped)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Ready-to-use tensors of one run: train/validation (noisy labels) and test (clean labels)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    flipped: torch.Tensor  # indices into the training pool whose label was flipped
+
+
+def _task(task: str, *, n_train=None, n_test=None, val_fraction=0.2, label_noise=0.0, seed=1,
+          device="cpu", root=None, classes=(3, 4)) -> Task:
+    pool = load_pool(task, n_train, n_test, None if root is None else str(root), str(device), tuple(classes))
+    run = split_run(pool, seed, label_noise, val_fraction)
+    y = pool.targets(run.labels)
+    return Task(
+        pool.x_train[run.train_idx], y[run.train_idx],
+        pool.x_train[run.val_idx], y[run.val_idx],
+        pool.x_test, pool.targets(pool.y_test), run.flipped,
+    )
+
+
+def binary_task(**kwargs) -> Task:
+    """Cats (class 3) → −1 vs deer (class 4) → +1; keyword arguments as in `_task`."""
+    return _task("binary", **kwargs)
+
+
+def multiclass_task(**kwargs) -> Task:
+    """All ten classes with one-hot targets; keyword arguments as in `_task`."""
+    return _task("multiclass", **kwargs)

@@ -1,0 +1,91 @@
+"""What the paper measures on a trained network: layer norms, effective rank, margins, accuracy."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .models import weight_layers, weight_matrices
+
+
+def layer_norms(model: nn.Module) -> torch.Tensor:
+    """‖W_i‖_F for every conv/linear layer, in forward order."""
+    with torch.no_grad():
+        return torch.stack([w.norm() for w in weight_matrices(model)])
+
+
+def norm_product(model: nn.Module) -> float:
+    """Π_i ‖W_i‖_F (paper, Fig. 2 and Table 1)."""
+    return layer_norms(model).prod().item()
+
+
+def norm_sq_sum(model: nn.Module) -> float:
+    """Σ_i ‖W_i‖_F² (paper, Fig. 2 and Table 1)."""
+    return layer_norms(model).square().sum().item()
+
+
+def as_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """Conv kernels (out, in, kh, kw) → (out, in·kh·kw); matrices unchanged."""
+    return weight.detach().reshape(weight.shape[0], -1)
+
+
+def singular_values(weight: torch.Tensor) -> torch.Tensor:
+    """Singular values of the (reshaped) weight, largest first."""
+    return torch.linalg.svdvals(as_matrix(weight).double().cpu()).float()
+
+
+def effective_rank(weight: torch.Tensor, rel_tol: float = 0.01) -> int:
+    """Number of singular values above `rel_tol` × the largest (paper, Table 1)."""
+    s = singular_values(weight)
+    return int((s > rel_tol * s[0]).sum()) if s[0] > 0 else 0
+
+
+def unit_norm_copy(model: nn.Module) -> nn.Module:
+    """A copy with every layer's weight divided by its Frobenius norm (biases untouched)."""
+    unit = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for m in weight_layers(unit):
+            if hasattr(m, "parametrizations"):
+                g = m.parametrizations.weight[0].g
+                g.copy_(torch.sign(g))  # W = g·V/‖V‖ has ‖W‖ = |g|
+            else:
+                m.weight.div_(m.weight.norm())
+    return unit
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 2000) -> torch.Tensor:
+    """Outputs of `model` in eval mode, in batches, without gradients."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
+    model.train(was_training)
+    return out
+
+
+def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample margins of the unit-norm copy: y·f(x) for ±1 targets; for one-hot targets
+    f_y(x) − max_{j≠y} f_j(x). The trained model is not modified."""
+    return margin_of_outputs(predict(unit_norm_copy(model), x), y)
+
+
+def margin_of_outputs(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if y.dim() == 1:  # binary: y_i · f(x_i)
+        return y * out
+    true = (out * y).sum(-1)
+    others = out.masked_fill(y.bool(), float("-inf")).amax(-1)
+    return true - others
+
+
+def correct(out: torch.Tensor, y: torch.Tensor, binary: bool | None = None) -> torch.Tensor:
+    """Boolean per sample: sign(output) = y for ±1 targets, argmax agreement for one-hot targets
+    (`binary` defaults to whether y is one-dimensional)."""
+    binary = y.dim() == 1 if binary is None else binary
+    return torch.sign(out) == y if binary else out.argmax(-1) == y.argmax(-1)
+
+
+def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of correct predictions (±1 or one-hot targets)."""
+    return correct(out, y).float().mean().item()

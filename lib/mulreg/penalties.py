@@ -1,0 +1,69 @@
+"""The two penalties of the paper, on the layer weights W_1..W_L (weights only, not biases).
+
+    additive        R_sum(W) = Σ_i ‖W_i‖_F²            (Eq. 1)
+    multiplicative  R_mul(W) = Π_i ‖W_i‖_F²            (Eq. 2)
+    log view        R_log(W) = Σ_i log ‖W_i‖_F²        (Eq. 4: log Π = Σ log; same minimisers)
+
+Optional normalisations of the authors' code: `features_normalization` divides each ‖W_i‖_F² by
+the layer's output ("f_out", W.size(0)) or input ("f_in", W.size(1)) features;
+`depth_normalization` divides the sum by L and raises the product to the power 1/L.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .models import weight_matrices
+
+FeaturesNormalization = Literal["f_out", "f_in"] | None
+
+__all__ = ["weight_matrices", "squared_norms", "l2_sum", "l2_mul", "l2_mul_log", "penalty", "mixed_penalty"]
+
+
+def squared_norms(weights, features_normalization: FeaturesNormalization = None) -> torch.Tensor:
+    """‖W_i‖_F² for each layer (÷ f_out or f_in if asked), stacked on the last dimension."""
+    dim = {None: None, "f_out": 0, "f_in": 1}[features_normalization]
+    return torch.stack([w.square().sum() / (1 if dim is None else w.size(dim)) for w in weights], -1)
+
+
+def l2_sum(weights, depth_normalization: bool = False, features_normalization: FeaturesNormalization = None):
+    """Σ_i ‖W_i‖_F² (Eq. 1), ÷ L with depth normalisation."""
+    n = squared_norms(weights, features_normalization)
+    return n.sum(-1) / (n.shape[-1] if depth_normalization else 1)
+
+
+def l2_mul(weights, depth_normalization: bool = False, features_normalization: FeaturesNormalization = None):
+    """Π_i ‖W_i‖_F² (Eq. 2), to the power 1/L with depth normalisation."""
+    n = squared_norms(weights, features_normalization)
+    return n.prod(-1) ** (1 / n.shape[-1] if depth_normalization else 1)
+
+
+def l2_mul_log(weights, depth_normalization: bool = False, features_normalization: FeaturesNormalization = None):
+    """Σ_i log ‖W_i‖_F² (Eq. 4), ÷ L with depth normalisation."""
+    n = squared_norms(weights, features_normalization)
+    return n.log().sum(-1) / (n.shape[-1] if depth_normalization else 1)
+
+
+PENALTY_FUNCTIONS = {"sum": l2_sum, "mul": l2_mul, "mul_log": l2_mul_log}
+
+
+def penalty(kind: str, weights, depth_normalization=False, features_normalization=None) -> torch.Tensor:
+    """R(W) for `kind` in {none, sum, mul, mul_log}."""
+    if kind == "none":
+        return weights[0].new_zeros(())
+    return PENALTY_FUNCTIONS[kind](weights, depth_normalization, features_normalization)
+
+
+def mixed_penalty(weights, lam_sum, lam_mul, lam_log, depth_normalization=False, features_normalization=None):
+    """λ_sum·R_sum + λ_mul·R_mul + λ_log·R_log for runs trained together, each with one λ non-zero.
+
+    R_mul is computed as exp(Σ log ‖W_i‖²) with the exponent masked to 0 where λ_mul = 0, so a run
+    of another kind never meets inf · 0 (which would turn its gradient into NaN).
+    """
+    n = squared_norms(weights, features_normalization)
+    depth = n.shape[-1] if depth_normalization else 1
+    log_sum = n.log().sum(-1) / depth
+    r_mul = torch.where(lam_mul > 0, log_sum, torch.zeros_like(log_sum)).exp()
+    return lam_sum * n.sum(-1) / depth + lam_mul * r_mul + lam_log * log_sum

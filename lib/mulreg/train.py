@@ -1,0 +1,417 @@
+"""The training engine: K runs trained together as one stacked model.
+
+`train(config)` trains one run; `train_group(configs)` trains several that share data shapes
+(same task, batch size, data caps, architecture, optimiser kind) in lock-step: every parameter is
+stacked along a leading run axis and the network is applied with `torch.func.vmap` over
+`functional_call`, so K batches of 16 become one batched forward/backward pass. Each run keeps its
+own init seed, data order, label noise, penalty, λ, learning rate and early stopping; a run that
+stops leaves the stack. K = 1 (and models with batch norm or dropout, which `vmap` cannot batch)
+take the same path with a plain call instead of `vmap`.
+
+Objective per run (paper, Sec. 3): L = MSE(f(x), y) + λ·R(W), R ∈ {0, R_sum, R_mul, R_log}.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_map
+from tqdm import tqdm
+
+from . import metrics
+from .config import RunConfig
+from .data import Pool, generator, load_pool, split_run
+from .models import build_model, layer_names
+from .penalties import mixed_penalty
+
+STOP_REASONS = ("max_epochs", "early_stopped", "diverged", "chance_level")
+EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
+
+
+class Checkpoints(Protocol):
+    """Where a run's training state is saved every `every` epochs and resumed from."""
+
+    every: int
+
+    def load(self, key: str) -> dict | None: ...
+
+    def save(self, key: str, state: dict) -> None: ...
+
+
+@dataclass
+class RunResult:
+    """What one run produced: per-epoch history, final metrics, stop reason and reported weights."""
+
+    config: RunConfig
+    history: pd.DataFrame
+    metrics: dict
+    stop_reason: str
+    state_dict: dict[str, torch.Tensor]
+    test_margins: np.ndarray
+
+    def model(self):
+        """The trained network (the reported weights), on the CPU."""
+        model = build_model(self.config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def group_key(config: RunConfig) -> tuple:
+    """Runs with equal keys can be trained in one stack."""
+    return (config.task, config.batch_size, config.n_train, config.n_test, config.val_fraction,
+            config.model, config.optimizer, config.depth_normalization,
+            config.features_normalization, str(resolve_device(config.device)))
+
+
+def vectorizable(config: RunConfig) -> bool:
+    """vmap cannot batch batch-norm running statistics or dropout's randomness per run."""
+    return not config.model.batch_norm and config.model.dropout == 0
+
+
+def train(config: RunConfig, *, root=None, checkpoints: Checkpoints | None = None,
+          progress: bool = True) -> RunResult:
+    """Train one run (see `train_group`)."""
+    return train_group([config], root=root, checkpoints=checkpoints, progress=progress)[0]
+
+
+def train_group(configs: list[RunConfig], *, root=None, checkpoints: Checkpoints | None = None,
+                progress: bool = True, on_result=None) -> list[RunResult]:
+    """Train runs that share a `group_key` together; results come back in the order given, and
+    each is also passed to `on_result` as soon as its run stops."""
+    keys = {group_key(c) for c in configs}
+    if len(keys) != 1:
+        raise ValueError(f"train_group needs configs with one group_key, got {len(keys)} different ones")
+    if len(configs) > 1 and not all(vectorizable(c) for c in configs):
+        raise ValueError("batch norm and dropout cannot be vectorized: train these runs one at a time")
+    c0 = configs[0]
+    device = resolve_device(c0.device)
+    pool = load_pool(c0.task, c0.n_train, c0.n_test, None if root is None else str(root), str(device))
+    engine = _Engine(c0, pool, device)
+    runs = [engine.new_run(c, checkpoints) for c in configs]
+    results: dict[int, RunResult] = {}
+    total = sum(r.config.max_epochs for r in runs)
+    with tqdm(total=total, initial=sum(r.epoch for r in runs), unit="epoch", disable=not progress,
+              desc=f"training {len(runs)} run{'s' * (len(runs) > 1)}", dynamic_ncols=True) as bar:
+        active = runs
+        while active:
+            stack = engine.stack(active)
+            while not any(r.stop_reason for r in active):
+                engine.epoch(stack)
+                bar.update(len(active))
+                bar.set_postfix(engine.postfix(active), refresh=False)
+                for r in active:
+                    if checkpoints and r.epoch % checkpoints.every == 0 and not r.stop_reason:
+                        checkpoints.save(r.config.key(), r.checkpoint(stack))
+            for r in active:
+                r.capture(stack)
+            for r in [r for r in active if r.stop_reason]:
+                bar.update(r.config.max_epochs - r.epoch)
+                results[id(r)] = engine.finish(r)
+                if on_result:
+                    on_result(results[id(r)])
+            active = [r for r in active if not r.stop_reason]
+    return [results[id(r)] for r in runs]
+
+
+@dataclass
+class _Run:
+    """One run's own state between stacks: its config, data view, epoch, history, early stopping."""
+
+    config: RunConfig
+    targets: torch.Tensor  # training-pool targets after label noise
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    state: dict  # params, buffers, optimiser slots (unstacked)
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: float | None = None
+    best_epoch: int = 0
+    best_state: dict | None = None
+    stop_reason: str | None = None
+
+    def capture(self, stack: _Stack) -> None:
+        """Copy this run's row of the stack back into `state`."""
+        k = stack.runs.index(self)
+        self.state = {part: {n: t[k].detach().clone() for n, t in tensors.items()}
+                      for part, tensors in stack.tensors().items()}
+
+    def checkpoint(self, stack: _Stack) -> dict:
+        self.capture(stack)
+        fields = ("epoch", "history", "best", "best_epoch", "best_state", "state")
+        return tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t,
+                        {f: getattr(self, f) for f in fields})
+
+    def observe(self, row: dict, params_k: dict) -> None:
+        """Record one epoch and apply divergence, early stopping and the epoch limit."""
+        self.epoch += 1
+        self.history.append(row)
+        es = self.config.early_stopping
+        if not all(math.isfinite(row[c]) for c in ("train_loss", "val_loss", "test_loss") if c in row):
+            self.stop_reason = "diverged"
+            return
+        if es is not None:
+            value = row[es.monitor] * (-1 if es.monitor.endswith("acc") else 1)  # lower is better
+            if self.best is None or value < self.best - es.min_delta:
+                self.best, self.best_epoch = value, self.epoch
+                self.best_state = {n: p.detach().clone() for n, p in params_k.items()}
+            elif self.epoch - self.best_epoch >= es.patience:
+                self.stop_reason = "early_stopped"
+        if not self.stop_reason and self.epoch >= self.config.max_epochs:
+            self.stop_reason = "max_epochs"
+
+
+class _Stack:
+    """Parameters, buffers and optimiser slots of several runs, stacked along dimension 0."""
+
+    def __init__(self, runs: list[_Run], device: torch.device):
+        self.runs = runs
+
+        def stacked(part):
+            return {n: torch.stack([r.state[part][n] for r in runs]).to(device) for n in runs[0].state[part]}
+
+        self.params = {n: t.requires_grad_() for n, t in stacked("params").items()}
+        self.buffers = stacked("buffers")
+        self.slots = stacked("slots")
+        self.targets = torch.stack([r.targets for r in runs])
+        self.hyper = {h: torch.tensor([getattr(r.config, h) for r in runs], device=device)
+                      for h in ("lr", "momentum")}
+        self.lam = {kind: torch.tensor([r.config.lam * (r.config.penalty == kind) for r in runs],
+                                       device=device) for kind in ("sum", "mul", "mul_log")}
+
+    def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"params": self.params, "buffers": self.buffers, "slots": self.slots}
+
+
+class _Engine:
+    """The functions one group of runs shares: model template, objective, steps and evaluation."""
+
+    def __init__(self, config: RunConfig, pool: Pool, device: torch.device):
+        self.pool, self.device = pool, device
+        self.binary = config.task == "binary"
+        self.vectorize = vectorizable(config)
+        self.optimizer = config.optimizer
+        self.norm_kwargs = dict(depth_normalization=config.depth_normalization,
+                                features_normalization=config.features_normalization)
+        self.model = build_model(config).to(device)
+        self.layers = layer_names(self.model)
+
+    def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> _Run:
+        data = split_run(self.pool, config.seed, config.label_noise, config.val_fraction)
+        run = _Run(config, self.pool.targets(data.labels), data.train_idx, data.val_idx, {})
+        saved = checkpoints.load(config.key()) if checkpoints else None
+        if saved:
+            for name, value in saved.items():
+                setattr(run, name, tree_map(lambda t: t.to(self.device) if isinstance(t, torch.Tensor) else t, value))
+            return run
+        model = build_model(config)
+        params = {n: p.detach().to(self.device) for n, p in model.named_parameters()}
+        run.state = {
+            "params": params,
+            "buffers": {n: b.to(self.device) for n, b in model.named_buffers()},
+            "slots": {f"{slot}.{n}": torch.zeros_like(p) for n, p in params.items()
+                      for slot in (("m", "v") if self.optimizer == "adam" else ("momentum",))}
+            | ({"step": torch.zeros((), device=self.device)} if self.optimizer == "adam" else {}),
+        }
+        return run
+
+    def stack(self, runs: list[_Run]) -> _Stack:
+        return _Stack(runs, self.device)
+
+    # ---- the per-run functions, batched over runs by `_over_runs`
+    def _objective(self, params, buffers, x, y, lam_sum, lam_mul, lam_log):
+        """L = MSE(f(x), y) + λ·R(W) for one run (paper, Eq. 1-2), with (data loss, λR, #correct)."""
+        out, weights = functional_call(self.model, (params, buffers), (x,), {"with_weights": True})
+        data = (out - y).square().mean()
+        reg = mixed_penalty(weights, lam_sum, lam_mul, lam_log, **self.norm_kwargs)
+        return data + reg, (data.detach(), reg.detach(), metrics.correct(out, y, self.binary).sum())
+
+    def _loss_and_correct(self, params, buffers, x, y):
+        out = functional_call(self.model, (params, buffers), (x,))
+        per_sample = (out - y).square() if self.binary else (out - y).square().mean(-1)
+        return per_sample, metrics.correct(out, y, self.binary)
+
+    def _weights(self, params, buffers):
+        x = self.pool.x_test[:1]
+        return functional_call(self.model, (params, buffers), (x,), {"with_weights": True})[1]
+
+    def _over_runs(self, fn, in_dims):
+        """fn over the run axis: vmap, or a plain call on run 0 for a single or unbatchable run."""
+        if self.vectorize:
+            return vmap(fn, in_dims=in_dims)
+
+        def single(*args):
+            first = [tree_map(lambda t: t[0], a) if d == 0 else a for a, d in zip(args, in_dims)]
+            return tree_map(lambda t: t.unsqueeze(0), fn(*first))
+
+        return single
+
+    # ---- one epoch
+    def epoch(self, stack: _Stack) -> None:
+        train = self._train_epoch(stack)
+        val = self._evaluate(stack, self.pool.x_train, [r.val_idx for r in stack.runs])
+        test = self._evaluate(stack, self.pool.x_test, None)
+        norms = torch.stack([w.flatten(1).norm(dim=1) for w in
+                             self._over_runs(self._weights, (0, 0))(stack.params, stack.buffers)], 1)
+        per_run = torch.cat([train, val, test, norms], 1).cpu()  # one device sync per epoch
+        for k, run in enumerate(stack.runs):
+            row = self._row(run, per_run[k])
+            run.observe(row, {n: p[k] for n, p in stack.params.items()})
+
+    def _row(self, run: _Run, values: torch.Tensor) -> dict:
+        v = values.tolist()
+        row = {"epoch": run.epoch + 1, "train_loss": v[0], "penalty": v[1], "train_acc": v[2]}
+        if len(run.val_idx):
+            row |= {"val_loss": v[3], "val_acc": v[4]}
+        row |= {"test_loss": v[5], "test_acc": v[6]}
+        layer_norms = v[7:]
+        row |= {f"norm_{name}": n for name, n in zip(self.layers, layer_norms)}
+        row["norm_product"] = math.prod(layer_norms)  # Π‖W_i‖_F
+        row["norm_sq_sum"] = sum(n * n for n in layer_norms)  # Σ‖W_i‖_F²
+        return row
+
+    def _train_epoch(self, stack: _Stack) -> torch.Tensor:
+        """One pass over each run's training split in its own seeded order; returns per run
+        (mean data loss, mean λR, accuracy) over the epoch, as seen while training."""
+        runs, B = stack.runs, stack.runs[0].config.batch_size
+        n = len(runs[0].train_idx)
+        order = torch.stack([r.train_idx[torch.randperm(n, generator=generator(r.config.seed, f"epoch-{r.epoch}"))
+                                         .to(self.device)] for r in runs])
+        if not self.vectorize:
+            torch.manual_seed(int(generator(runs[0].config.seed, f"dropout-{runs[0].epoch}").initial_seed()))
+        step = self._over_runs(self._objective, (0, 0, 0, 0, 0, 0, 0))
+        rows = torch.arange(len(runs), device=self.device)[:, None]
+        totals = torch.zeros(len(runs), 3, device=self.device)
+        self.model.train()
+        for start in range(0, n, B):
+            idx = order[:, start:start + B]
+            x, y = self.pool.x_train[idx], stack.targets[rows, idx]
+            loss, (data, reg, n_correct) = step(stack.params, stack.buffers, x, y,
+                                                stack.lam["sum"], stack.lam["mul"], stack.lam["mul_log"])
+            grads = torch.autograd.grad(loss.sum(), list(stack.params.values()))
+            self._update(stack, grads)
+            totals += torch.stack([data * idx.shape[1], reg * idx.shape[1], n_correct.float()], 1)
+        return totals / n
+
+    @torch.no_grad()
+    def _update(self, stack: _Stack, grads) -> None:
+        """SGD (with momentum) or Adam, element-wise with each run's own lr and momentum; the same
+        arithmetic as torch.optim.SGD / torch.optim.Adam with their defaults."""
+        lr, mu, slots = stack.hyper["lr"], stack.hyper["momentum"], stack.slots
+        if self.optimizer == "adam":
+            slots["step"] += 1
+            t = slots["step"]
+        for (name, p), g in zip(stack.params.items(), grads):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            if self.optimizer == "sgd":
+                buf = slots[f"momentum.{name}"].mul_(mu.view(shape)).add_(g)  # b ← μb + g
+                p.sub_(lr.view(shape) * buf)  # θ ← θ − η b
+            else:
+                m = slots[f"m.{name}"].lerp_(g, 0.1)  # m ← β1 m + (1−β1) g, β1 = 0.9
+                v = slots[f"v.{name}"].mul_(0.999).addcmul_(g, g, value=0.001)  # v ← β2 v + (1−β2) g²
+                c1, c2 = (1 - 0.9 ** t).view(shape), (1 - 0.999 ** t).view(shape)
+                p.sub_(lr.view(shape) / c1 * m / (v.sqrt() / c2.sqrt() + 1e-8))
+
+    @torch.no_grad()
+    def _evaluate(self, stack: _Stack, x_all: torch.Tensor, idx: list[torch.Tensor] | None) -> torch.Tensor:
+        """Per run: (mean loss, accuracy) on its own indices into `x_all`, or on all of it."""
+        K = len(stack.runs)
+        if idx is not None and len(idx[0]) == 0:
+            return torch.full((K, 2), float("nan"), device=self.device)
+        self.model.eval()
+        if idx is None:
+            y_all = self.pool.targets(self.pool.y_test)
+            fn = self._over_runs(self._loss_and_correct, (0, 0, None, None))
+        else:
+            rows = torch.arange(K, device=self.device)[:, None]
+            fn = self._over_runs(self._loss_and_correct, (0, 0, 0, 0))
+        n = len(x_all) if idx is None else len(idx[0])
+        chunk = max(1, EVAL_IMAGES // K)
+        sums = torch.zeros(K, 2, device=self.device)
+        for s in range(0, n, chunk):
+            if idx is None:
+                x, y = x_all[s:s + chunk], y_all[s:s + chunk]
+            else:
+                sel = torch.stack([i[s:s + chunk] for i in idx])
+                x, y = x_all[sel], stack.targets[rows, sel]
+            loss, ok = fn(stack.params, stack.buffers, x, y)
+            sums += torch.stack([loss.sum(-1), ok.float().sum(-1)], 1)
+        self.model.train()
+        return sums / n
+
+    def postfix(self, runs: list[_Run]) -> dict:
+        last = runs[0].history[-1]
+        if len(runs) == 1:
+            return {"epoch": runs[0].epoch, "loss": f"{last['train_loss']:.4f}", "test_acc": f"{last['test_acc']:.3f}"}
+        return {"active": len(runs), "epoch": max(r.epoch for r in runs)}
+
+    # ---- after the last epoch
+    def finish(self, run: _Run) -> RunResult:
+        """Final metrics of the reported weights (best epoch if restore_best, else the last)."""
+        es = run.config.early_stopping
+        restore = es is not None and es.restore_best and run.best_state is not None
+        params = run.best_state if restore else run.state["params"]
+        model = build_model(run.config).to(self.device)
+        model.load_state_dict(params | run.state["buffers"])
+        history = pd.DataFrame(run.history)
+        finite = all(torch.isfinite(p).all() for p in params.values())
+        final = _final_metrics(model, self.pool, run, finite) | _epoch_rules(history, run.config)
+        final |= {"epochs": run.epoch, "reported_epoch": run.best_epoch if restore else run.epoch}
+        reason = run.stop_reason
+        chance = 0.5 if self.binary else 0.1
+        if reason != "diverged" and history["train_acc"].max() <= chance + run.config.chance_margin:
+            reason = "chance_level"
+        margins = final.pop("_margins")
+        return RunResult(run.config, history, final, reason,
+                         {n: t.cpu() for n, t in model.state_dict().items()}, margins)
+
+
+def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
+    """Accuracy, loss, margins (unit-norm copy), norms and ranks of the reported model."""
+    y_test = pool.targets(pool.y_test)
+    if not finite:
+        return {"test_acc": float("nan"), "test_loss": float("nan"), "train_acc": float("nan"),
+                "margin_mean": float("nan"), "margin_mean_correct": float("nan"),
+                "margin_std_mean": float("nan"), "_margins": np.array([])}
+    out = metrics.predict(model, pool.x_test)
+    train_out = metrics.predict(model, pool.x_train[run.train_idx])
+    m = metrics.margins(model, pool.x_test, y_test)
+    ok = metrics.correct(out, y_test)
+    norms = metrics.layer_norms(model).tolist()
+    names = layer_names(model)
+    return {
+        "test_acc": ok.float().mean().item(),
+        "test_loss": (out - y_test).square().mean().item(),
+        "train_acc": metrics.accuracy(train_out, run.targets[run.train_idx]),
+        "margin_mean": m.mean().item(),
+        "margin_mean_correct": m[ok].mean().item() if ok.any() else float("nan"),
+        # the authors' code also reports raw margins divided by the std of the outputs
+        "margin_std_mean": (metrics.margin_of_outputs(out, y_test) / out.std()).mean().item(),
+        "norm_product": math.prod(norms),
+        "norm_sq_sum": sum(n * n for n in norms),
+        **{f"norm_{n}": v for n, v in zip(names, norms)},
+        **{f"rank_{n}": metrics.effective_rank(w) for n, w in zip(names, metrics.weight_matrices(model))},
+        "_margins": m.cpu().numpy(),
+    }
+
+
+def _epoch_rules(history: pd.DataFrame, config: RunConfig) -> dict:
+    """Test accuracy under each reporting rule (PAPER.md, 'A protocol question'): the last epoch,
+    the epoch with the best validation loss, and the best test accuracy (optimistic)."""
+    out = {"test_acc_last": history["test_acc"].iloc[-1], "test_acc_best_test": history["test_acc"].max()}
+    if "val_loss" in history and history["val_loss"].notna().any():
+        out["test_acc_best_val"] = history["test_acc"].loc[history["val_loss"].idxmin()]
+    return out
