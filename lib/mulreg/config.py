@@ -70,6 +70,13 @@ class RunConfig(_Strict):
     chance_margin: float = Field(0.05, ge=0, lt=0.5)  # chance_level if best train acc ≤ chance + this
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
+    def __init__(self, **values: Any):
+        """RunConfig(**values) raises ConfigError too, like RunConfig.parse."""
+        try:
+            super().__init__(**values)
+        except ValidationError as err:
+            raise ConfigError(describe(err)) from None
+
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         if self.penalty == "none" and self.lam != 0:
@@ -90,7 +97,7 @@ class RunConfig(_Strict):
 
     def replace(self, **changes: Any) -> RunConfig:
         """A validated copy with some fields changed (nested ones as dicts)."""
-        return RunConfig.parse(_deep_merge(self.model_dump(), changes))
+        return RunConfig.parse(deep_merge(self.model_dump(), changes))
 
     def key(self) -> str:
         """Stable 16-hex-digit hash of the resolved config; `device` is left out (it names where,
@@ -103,10 +110,23 @@ class RunConfig(_Strict):
         return 1 if self.task == "binary" else 10
 
 
-def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `changes`, nested dicts merged rather than replaced."""
     out = dict(base)
     for k, v in changes.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted names to nested dicts: {'early_stopping.patience': 5} → {'early_stopping': {'patience': 5}}."""
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
     return out
 
 

@@ -72,7 +72,7 @@ def _download(folder: Path, allowed: bool) -> None:
     hint = (
         f"CIFAR-10 not found in {folder} (looked for {folder / 'cifar-10-batches-py'} and for "
         f"{folder}/{{train,test}}/<class>/ image folders). Point MULREG_DATA at a copy, e.g. "
-        "`export MULREG_DATA=../shared/data/cifar10`, or pass root=..."
+        "`export MULREG_DATA=../shared/data/cifar10`, or pass root=<folder>"
     )
     if not allowed:
         raise DataNotFoundError(hint + " (download=False)")

@@ -64,6 +64,9 @@ def mixed_penalty(weights, lam_sum, lam_mul, lam_log, depth_normalization=False,
     """
     n = squared_norms(weights, features_normalization)
     depth = n.shape[-1] if depth_normalization else 1
-    log_sum = n.log().sum(-1) / depth
+    # logs only for runs that use them: a zero norm in a run with λ_mul = λ_log = 0 must not give
+    # 0·log 0 = NaN (in the value and, through 0·(1/0), in the gradient)
+    uses_log = (lam_mul > 0) | (lam_log > 0)
+    log_sum = torch.where(uses_log, n, torch.ones_like(n)).log().sum(-1) / depth
     r_mul = torch.where(lam_mul > 0, log_sum, torch.zeros_like(log_sum)).exp()
     return lam_sum * n.sum(-1) / depth + lam_mul * r_mul + lam_log * log_sum

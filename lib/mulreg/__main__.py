@@ -1,0 +1,96 @@
+"""Command line: `python -m mulreg {train,sweep,figures} ...` (`--help` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, RunConfig, deep_merge, nest
+
+# command-line flag → RunConfig field (dotted for nested ones)
+TRAIN_FLAGS = {
+    "task": str, "penalty": str, "lam": float, "noise": float, "seed": int, "epochs": int,
+    "init_scale": float, "lr": float, "momentum": float, "optimizer": str, "batch_size": int,
+    "n_train": int, "n_test": int, "val_fraction": float, "device": str,
+    "patience": int, "monitor": str,
+}
+FIELD = {"noise": "label_noise", "epochs": "max_epochs",
+         "patience": "early_stopping.patience", "monitor": "early_stopping.monitor"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mulreg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one run and write its result as JSON")
+    t.add_argument("--config", help="YAML file of RunConfig fields (flags override it)")
+    for flag, kind in TRAIN_FLAGS.items():
+        t.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind)
+    t.add_argument("--no-early-stopping", action="store_true")
+    t.add_argument("--out", default="result.json", help="where to write the result (default: %(default)s)")
+
+    s = sub.add_parser("sweep", help="run a sweep file; completed runs are skipped, so rerunning resumes")
+    s.add_argument("file")
+    s.add_argument("--executor", choices=["local", "ray"])
+    s.add_argument("--ray-address")
+    s.add_argument("--store")
+
+    f = sub.add_parser("figures", help="execute the notebooks with papermill and export HTML reports")
+    f.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    f.add_argument("--nb", help="run only notebooks whose name starts with this, e.g. 03")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"train": _train, "sweep": _sweep, "figures": _figures}[args.command](args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    from .train import train
+
+    values = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    flags = {FIELD.get(k, k): v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}
+    config = RunConfig.parse(deep_merge(values, nest(flags)))
+    if args.no_early_stopping:
+        config = config.replace(early_stopping=None)
+    result = train(config)
+    out = {"config": config.model_dump(), "stop_reason": result.stop_reason, "metrics": result.metrics,
+           "history": result.history.to_dict("list")}
+    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    m = result.metrics
+    print(f"{result.stop_reason} after {m['epochs']} epochs: test acc {m['test_acc']:.4f} → {args.out}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from .sweep import SweepSpec, run, select_best
+
+    spec = SweepSpec.from_yaml(args.file)
+    overrides = {k: v for k, v in (("executor", args.executor), ("ray_address", args.ray_address),
+                                   ("store", args.store)) if v}
+    spec = spec.model_copy(update=overrides)
+    table = run(spec)
+    print(f"{len(table)} runs in {spec.open_store().root}")
+    if "penalty" in table and "lam" in table:
+        print(select_best(table).to_string(index=False))
+    return 0
+
+
+def _figures(args) -> int:
+    from .reports import run_notebooks
+
+    return run_notebooks(args.profile, args.nb)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

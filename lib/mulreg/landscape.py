@@ -1,0 +1,462 @@
+"""Loss landscape and flatness of a trained network (paper, Fig. 3).
+
+Directions are Gaussian and normalised filter-wise (Li et al., 2018, "Visualizing the Loss
+Landscape of Neural Nets", Sec. 4): each filter of d is rescaled to the norm of the matching
+filter of θ, and biases and normalisation parameters get direction 0. A surface is the data loss
+(MSE only; the penalty is reported separately) and the accuracy of θ + α·d₁ + β·d₂ on fixed data
+in eval mode, many perturbed models per forward pass (`functional_call` under `vmap`), saved
+point by point to a cache so an interrupted computation resumes.
+
+Flatness: top Hessian eigenvalue (power iteration on Hessian-vector products), Hessian trace
+(Hutchinson), and two scale-aware sharpness numbers. `rebalance` is the scale control: a ReLU
+network with the same function and equal layer norms, where raw Hessian numbers change but the
+scale-aware ones do not. Exports: Plotly 3-D, matplotlib contours, ParaView .vtp.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
+from vtkmodules.vtkCommonCore import vtkPoints
+from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
+from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
+
+from .data import generator
+from .metrics import correct
+from .models import ScaledUnitNorm, weight_layers
+
+Params = dict[str, torch.Tensor]
+PASS_SIZE = 8192  # models × images per forward pass: bounds activation memory
+HOMOGENEOUS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten, nn.Identity,
+               nn.Dropout, ScaledUnitNorm)
+
+
+# ---- directions
+
+def perturbed(p: torch.Tensor) -> bool:
+    """Conv kernels and linear matrices (or their weight-norm direction V) are perturbed; biases,
+    batch-norm affine parameters and weight-norm scales g (all ≤ 1-D) get direction 0
+    (Li et al., 2018, Sec. 4, 'biasbn')."""
+    return p.dim() > 1
+
+
+def filter_normalized_direction(model: nn.Module, seed: int) -> Params:
+    """One seeded Gaussian tensor per parameter, each filter rescaled to its weight filter's norm."""
+    g = generator(seed, "landscape-direction")
+    out = {}
+    for name, p in model.named_parameters():
+        if not perturbed(p):
+            out[name] = torch.zeros_like(p)
+            continue
+        d = torch.randn(p.shape, generator=g).to(p)
+        # d_ij ← d_ij / ‖d_ij‖ · ‖θ_ij‖ for filter j (conv output channel, linear row) of layer i
+        # (Li et al., 2018, Eq. 1)
+        ratio = p.detach().flatten(1).norm(dim=1) / d.flatten(1).norm(dim=1)
+        out[name] = d * ratio.view(-1, *[1] * (p.dim() - 1))
+    return out
+
+
+def cosine(d1: Params, d2: Params) -> float:
+    """cos ∠(d₁, d₂) of the concatenated directions (near 0 for independent Gaussian ones)."""
+    a, b = (torch.cat([t.flatten() for t in d.values()]) for d in (d1, d2))
+    return (a @ b / (a.norm() * b.norm())).item()
+
+
+# ---- evaluation of many perturbed models
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _per_sample(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared error per sample (mean over outputs for one-hot targets, as in training) and
+    correctness; y are float targets, ±1 (N,) or one-hot (N, C)."""
+    err = (out - y).square()
+    return (err if y.dim() == 1 else err.mean(-1)), correct(out, y)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Tensor,
+             pass_size: int = PASS_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy on (x, y) of K models: `model` with the tensors of `stacked` (each
+    (K, ...), by parameter name) swapped in; one vmapped forward pass per batch of images."""
+    k = next(iter(stacked.values())).shape[0]
+    device = next(iter(stacked.values())).device
+
+    def run(params, xb, yb):
+        return _per_sample(functional_call(model, params, (xb,)), yb)
+
+    batch = max(1, pass_size // k)
+    sums = torch.zeros(2, k, device=device)
+    with eval_mode(model):
+        for s in range(0, len(x), batch):
+            loss, ok = vmap(run, in_dims=(0, None, None))(stacked, x[s:s + batch].to(device),
+                                                          y[s:s + batch].to(device))
+            sums += torch.stack([loss.sum(1), ok.sum(1)])
+    return sums[0] / len(x), sums[1] / len(x)
+
+
+def _grid_points(theta: Params, d1: Params, d2: Params, ab: torch.Tensor) -> Params:
+    """θ + α·d₁ + β·d₂ for K pairs (α, β), stacked along a new first dimension."""
+    def col(v, t):
+        return v.view(-1, *[1] * t.dim())
+
+    return {n: t + col(ab[:, 0], t) * d1[n] + col(ab[:, 1], t) * d2[n] for n, t in theta.items()}
+
+
+# ---- surfaces
+
+@dataclass
+class Surface:
+    """Loss and accuracy of θ + α·d₁ + β·d₂ on a grid (a 1-D slice has betas = [0])."""
+
+    alphas: np.ndarray  # (A,)
+    betas: np.ndarray  # (B,)
+    loss: np.ndarray  # (A, B) data MSE; NaN where not computed yet
+    acc: np.ndarray  # (A, B)
+    done: np.ndarray  # (A, B) bool: computed points
+    seeds: tuple[int, int]  # seeds of d₁, d₂ (filter_normalized_direction)
+    cosine: float  # cos ∠(d₁, d₂)
+    meta: dict = field(default_factory=dict)  # n_images, data, fingerprint, seconds
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+    @property
+    def throughput(self) -> float:
+        """Models × images evaluated per second of compute (whole grid, over all sessions)."""
+        return self.loss.size * self.meta["n_images"] / self.meta["seconds"]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to a .npz (arrays + a JSON header) atomically: temporary file, then os.replace."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        header = json.dumps({"seeds": list(self.seeds), "cosine": self.cosine, "meta": self.meta})
+        with open(tmp, "wb") as f:
+            np.savez(f, alphas=self.alphas, betas=self.betas, loss=self.loss, acc=self.acc,
+                     done=self.done, header=np.array(header))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Surface:
+        with np.load(path) as z:
+            header = json.loads(str(z["header"]))
+            return cls(z["alphas"], z["betas"], z["loss"], z["acc"], z["done"],
+                       tuple(header["seeds"]), header["cosine"], header["meta"])
+
+
+def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *grid) -> str:
+    """Hash of everything a surface depends on: weights, buffers, data and the grid."""
+    h = hashlib.sha256()
+    for t in [*model.state_dict().values(), x, y]:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([np.asarray(g).tolist() for g in grid]).encode())
+    return h.hexdigest()[:16]
+
+
+def _cached(cache: str | os.PathLike | None, key: str) -> Surface | None:
+    if cache is None or not Path(cache).exists():
+        return None
+    saved = Surface.load(cache)
+    if saved.meta.get("fingerprint") == key:
+        return saved
+    warnings.warn(f"{cache} holds a surface of another model, data or grid; recomputing it")
+    return None
+
+
+def surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, alphas: Sequence[float],
+            betas: Sequence[float] | None = None, *, seeds: tuple[int, int] = (0, 1),
+            cache: str | os.PathLike | None = None, data: str = "", models_per_pass: int = 64,
+            pass_size: int = PASS_SIZE, progress: bool = True) -> Surface:
+    """Data loss and accuracy of θ + α·d₁ + β·d₂ over alphas × betas (betas None: the 1-D slice
+    along d₁) on (x, y), float targets as `Pool.targets` gives them; pass a fixed, unshuffled
+    subset and describe it in `data`. With `cache`, every finished chunk of points is saved; a
+    complete cache of the same model, data, grid and seeds is returned without recomputation,
+    a partial one is resumed."""
+    alphas = np.asarray(alphas, dtype=float)
+    betas = np.zeros(1) if betas is None else np.asarray(betas, dtype=float)
+    key = fingerprint(model, x, y, alphas, betas, seeds)
+    surf = _cached(cache, key)
+    if surf is not None and surf.complete:
+        return surf
+    d1, d2 = (filter_normalized_direction(model, s) for s in seeds)
+    if surf is None:
+        nan = np.full((len(alphas), len(betas)), np.nan)
+        surf = Surface(alphas, betas, nan, nan.copy(), np.zeros(nan.shape, bool), tuple(seeds),
+                       cosine(d1, d2), {"n_images": len(x), "data": data, "fingerprint": key, "seconds": 0.0})
+    theta = {n: p.detach() for n, p in model.named_parameters() if perturbed(p)}
+    todo = np.argwhere(~surf.done)
+    with tqdm(total=surf.done.size, initial=int(surf.done.sum()), unit="model", disable=not progress,
+              desc=f"surface on {len(x)} images", dynamic_ncols=True) as bar:
+        for s in range(0, len(todo), models_per_pass):
+            i, j = todo[s:s + models_per_pass].T
+            start = time.perf_counter()
+            ab = torch.tensor(np.stack([alphas[i], betas[j]], 1)).to(next(iter(theta.values())))
+            loss, acc = evaluate(model, _grid_points(theta, d1, d2, ab), x, y, pass_size)
+            surf.loss[i, j], surf.acc[i, j], surf.done[i, j] = loss.cpu().numpy(), acc.cpu().numpy(), True
+            surf.meta["seconds"] += time.perf_counter() - start
+            if cache is not None:
+                surf.save(cache)
+            bar.update(len(i))
+    return surf
+
+
+# ---- flatness
+
+def _loss_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    def loss(params: Params) -> torch.Tensor:
+        return _per_sample(functional_call(model, params, (x,)), y)[0].mean()
+    return loss
+
+
+def hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: Params, batch: int = 1000) -> Params:
+    """H·v of the data loss on (x, y) w.r.t. all parameters, as the forward derivative of the
+    gradient along v (forward-over-reverse, torch.func), summed over batches weighted by size."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    with eval_mode(model):
+        for s in range(0, len(x), batch):
+            xb, yb = x[s:s + batch], y[s:s + batch]
+            _, hv = jvp(grad(_loss_of(model, xb, yb)), (params,), (v,))
+            for n in total:
+                total[n] += hv[n] * (len(xb) / len(x))
+    return total
+
+
+def _dot(a: Params, b: Params) -> float:
+    return sum((a[n] * b[n]).sum() for n in a).item()
+
+
+def top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, iters: int = 20,
+                   tol: float = 1e-3, seed: int = 0, batch: int = 1000) -> float:
+    """Largest-magnitude eigenvalue of the Hessian of the data loss, by power iteration:
+    v ← Hv/‖Hv‖, λ = vᵀHv, until λ changes by less than `tol` relative."""
+    g = generator(seed, "power-iteration")
+    v = {n: torch.randn(p.shape, generator=g).to(p) for n, p in model.named_parameters()}
+    lam = float("nan")
+    for _ in range(iters):
+        norm = _dot(v, v) ** 0.5
+        v = {n: t / norm for n, t in v.items()}
+        hv = hvp(model, x, y, v, batch)
+        prev, lam = lam, _dot(v, hv)  # Rayleigh quotient of the unit vector v
+        v = hv
+        if abs(lam - prev) <= tol * abs(lam):
+            break
+    return lam
+
+
+def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, samples: int = 20,
+                  seed: int = 0, batch: int = 1000) -> tuple[float, float]:
+    """tr H ≈ mean of vᵀHv over Rademacher vectors v (Hutchinson, 1989: E[vvᵀ] = I, so
+    E[vᵀHv] = tr H); returns (estimate, standard error)."""
+    g = generator(seed, "hutchinson")
+    est = []
+    for _ in range(samples):
+        v = {n: (torch.randint(0, 2, p.shape, generator=g) * 2 - 1).to(p) for n, p in model.named_parameters()}
+        est.append(_dot(v, hvp(model, x, y, v, batch)))
+    return float(np.mean(est)), float(np.std(est, ddof=1) / samples ** 0.5) if samples > 1 else float("nan")
+
+
+def sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: Sequence[float],
+              seeds: Iterable[int], pass_size: int = PASS_SIZE) -> np.ndarray:
+    """L(θ + r·d_s) − L(θ) for every radius r (rows) and filter-normalised direction d_s (columns).
+    Scale-aware: each filter moves by r times its own norm, so rescaling layers leaves it unchanged."""
+    theta = {n: p.detach() for n, p in model.named_parameters() if perturbed(p)}
+    dirs = [filter_normalized_direction(model, s) for s in seeds]
+    stacked = {n: torch.stack([t] + [t + r * d[n] for r in radii for d in dirs]) for n, t in theta.items()}
+    loss, _ = evaluate(model, stacked, x, y, pass_size)
+    return (loss[1:] - loss[0]).view(len(radii), len(dirs)).cpu().numpy()
+
+
+def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rho: float,
+                       batch: int = 1000) -> float:
+    """ASAM's worst case in the ball ‖T⁻¹ε‖ ≤ ρ with T = |w| (Kwon et al., 2021), by its one-step
+    solution ε = ρ·T²∇L / ‖T∇L‖, on the weights only (biases and g fixed): L(θ + ε) − L(θ).
+    Invariant to rescaling the layers of a ReLU network."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    weights = [n for n, p in params.items() if perturbed(p)]
+    g = {n: torch.zeros_like(p) for n, p in params.items()}
+    with eval_mode(model):
+        for s in range(0, len(x), batch):
+            gb = grad(_loss_of(model, x[s:s + batch], y[s:s + batch]))(params)
+            for n in weights:
+                g[n] += gb[n] * (len(x[s:s + batch]) / len(x))
+    tg = {n: params[n].abs() * g[n] for n in weights}  # T∇L
+    scale = rho / _dot(tg, tg) ** 0.5
+    stacked = {n: torch.stack([params[n], params[n] + scale * params[n].abs() * tg[n]]) for n in weights}
+    loss, _ = evaluate(model, stacked, x, y)
+    return (loss[1] - loss[0]).item()
+
+
+def flatness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, radii: Sequence[float] = (0.1, 0.25, 0.5),
+             seeds: Sequence[int] = range(5), rho: float = 0.1, iters: int = 20, samples: int = 20,
+             seed: int = 0, batch: int = 1000) -> dict[str, float]:
+    """All flatness numbers of `model` on the same fixed (x, y), as one table row."""
+    x1 = {n: p.detach()[None] for n, p in model.named_parameters() if perturbed(p)}
+    loss, acc = evaluate(model, x1, x, y)
+    trace, trace_se = hessian_trace(model, x, y, samples=samples, seed=seed, batch=batch)
+    sharp = sharpness(model, x, y, radii, seeds)
+    return {
+        "loss": loss.item(), "acc": acc.item(),
+        "hessian_top": top_eigenvalue(model, x, y, iters=iters, seed=seed, batch=batch),
+        "hessian_trace": trace, "hessian_trace_se": trace_se,
+        **{f"sharpness_r{r:g}": float(row.mean()) for r, row in zip(radii, sharp)},
+        **{f"sharpness_r{r:g}_std": float(row.std(ddof=1)) if len(row) > 1 else float("nan")
+           for r, row in zip(radii, sharp)},
+        f"asam_rho{rho:g}": adaptive_sharpness(model, x, y, rho, batch),
+    }
+
+
+# ---- scale control
+
+def _scale_weight(layer: nn.Module, c: torch.Tensor) -> None:
+    if not parametrize.is_parametrized(layer, "weight"):
+        layer.weight.mul_(c)
+    elif isinstance(layer.parametrizations.weight[0], ScaledUnitNorm):
+        layer.parametrizations.weight[0].g.mul_(c)  # W = g·V/‖V‖: scaling g scales W
+    else:
+        raise ValueError(f"cannot rescale a weight parametrised by {type(layer.parametrizations.weight[0]).__name__}")
+
+
+def rebalance(model: nn.Module) -> nn.Module:
+    """A copy of a plain ReLU chain (conv/linear layers in `weight_layers` order, ReLU and
+    pooling between them, no batch norm) computing the same function with every layer at the
+    geometric mean ‖W‖ of the original norms (so Π‖W_i‖ is unchanged).
+
+    Layer i is scaled by c_i = mean/‖W_i‖ and its bias by C_i = c_1⋯c_i: ReLU and pooling are
+    positively homogeneous, so layer i's output becomes C_i times the original, and the network's
+    output C_L = Π c_i = 1 times it."""
+    leaves = {type(m).__name__ for m in model.modules()
+              if not list(m.children()) and not isinstance(m, HOMOGENEOUS)}
+    if leaves:
+        raise ValueError(f"rebalance needs a ReLU network of conv/linear layers without batch norm; "
+                         f"{sorted(leaves)} are not positively homogeneous")
+    new = copy.deepcopy(model)
+    layers = weight_layers(new)
+    with torch.no_grad():
+        norms = torch.stack([m.weight.norm() for m in layers]).double()
+        target = norms.log().mean().exp()  # geometric mean
+        cumulative = torch.ones((), dtype=torch.float64)
+        for layer, norm in zip(layers, norms):
+            c = target / norm
+            cumulative = cumulative * c
+            _scale_weight(layer, c.float())
+            if layer.bias is not None:
+                layer.bias.mul_(cumulative.float())
+    return new
+
+
+# ---- export
+
+def _log_loss(s: Surface) -> np.ndarray:
+    if not s.complete:
+        raise ValueError("the surface is not complete: run `surface(...)` to the end first")
+    return np.log10(s.loss)
+
+
+def plot_surfaces_3d(surfaces: dict[str, Surface], title: str = "log₁₀ loss") -> go.Figure:
+    """Interactive 3-D log₁₀ loss surfaces on shared axes and one shared colour scale; click a
+    legend entry or use the buttons to show them one at a time."""
+    z = {name: _log_loss(s) for name, s in surfaces.items()}
+    fig = go.Figure()
+    for name, s in surfaces.items():
+        fig.add_trace(go.Surface(x=s.alphas, y=s.betas, z=z[name].T, name=name, showlegend=True,
+                                 coloraxis="coloraxis", opacity=0.85,
+                                 hovertemplate=f"{name}<br>α=%{{x:.2f}} β=%{{y:.2f}}<br>log₁₀ loss=%{{z:.3f}}<extra></extra>"))
+    names = list(surfaces)
+    buttons = [dict(label="all", method="restyle", args=[{"visible": [True] * len(names)}])]
+    buttons += [dict(label=n, method="restyle", args=[{"visible": [m == n for m in names]}]) for n in names]
+    fig.update_layout(
+        title=title, coloraxis=dict(colorscale="Viridis", cmin=min(v.min() for v in z.values()),
+                                    cmax=max(v.max() for v in z.values()), colorbar=dict(title="log₁₀ loss")),
+        scene=dict(xaxis_title="α (d₁)", yaxis_title="β (d₂)", zaxis_title="log₁₀ loss"),
+        updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=0, y=1.08, xanchor="left")],
+        legend=dict(x=0, y=1), margin=dict(l=0, r=0, t=60, b=0))
+    return fig
+
+
+def plot_contours(surfaces: dict[str, Surface], levels: int = 20) -> Figure:
+    """Side-by-side filled contours of log₁₀ loss with shared levels; + marks the trained weights."""
+    z = {name: _log_loss(s) for name, s in surfaces.items()}
+    if any(len(s.betas) < 2 for s in surfaces.values()):
+        raise ValueError("contours need 2-D surfaces (betas with at least 2 values)")
+    shared = np.linspace(min(v.min() for v in z.values()), max(v.max() for v in z.values()), levels)
+    fig = Figure(figsize=(4.2 * len(surfaces) + 1, 4), layout="constrained")
+    axes = fig.subplots(1, len(surfaces), sharex=True, sharey=True, squeeze=False)[0]
+    for ax, (name, s) in zip(axes, surfaces.items()):
+        filled = ax.contourf(s.alphas, s.betas, z[name].T, levels=shared, cmap="viridis")
+        ax.contour(s.alphas, s.betas, z[name].T, levels=shared, colors="k", linewidths=0.3)
+        ax.plot(0, 0, "r+", markersize=10)
+        ax.set(title=name, xlabel="α (d₁)", aspect="equal")
+    axes[0].set_ylabel("β (d₂)")
+    fig.colorbar(filled, ax=list(axes), label="log₁₀ loss")
+    return fig
+
+
+def write_vtp(surface: Surface, path: str | os.PathLike) -> None:
+    """ParaView polydata: one point (α, β, log₁₀ loss) per grid point, with point data `loss`,
+    `log10_loss` and `accuracy`, and one quad per grid cell. Written atomically."""
+    z = _log_loss(surface)
+    a_n, b_n = z.shape
+    aa, bb = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
+    points = vtkPoints()
+    points.SetData(numpy_to_vtk(np.stack([aa, bb, z], -1).reshape(-1, 3), deep=True))
+    corner = (np.arange(a_n - 1)[:, None] * b_n + np.arange(b_n - 1)).ravel()  # point (i, j) is i·B + j
+    quads = np.stack([corner, corner + b_n, corner + b_n + 1, corner + 1], 1).ravel()
+    cells = vtkCellArray()
+    cells.SetData(numpy_to_vtkIdTypeArray(np.arange(0, len(quads) + 1, 4), deep=True),
+                  numpy_to_vtkIdTypeArray(quads, deep=True))
+    poly = vtkPolyData()
+    poly.SetPoints(points)
+    poly.SetPolys(cells)
+    for name, values in {"loss": surface.loss, "log10_loss": z, "accuracy": surface.acc}.items():
+        array = numpy_to_vtk(np.ascontiguousarray(values.ravel()), deep=True)
+        array.SetName(name)
+        poly.GetPointData().AddArray(array)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.vtp")
+    writer = vtkXMLPolyDataWriter()
+    writer.SetFileName(str(tmp))
+    writer.SetInputData(poly)
+    if writer.Write() != 1:
+        raise OSError(f"vtk could not write {tmp}")
+    os.replace(tmp, path)
+
+
+def read_vtp(path: str | os.PathLike) -> dict[str, np.ndarray | int]:
+    """The points (P, 3), the point-data arrays by name and the number of cells of a .vtp file."""
+    if not Path(path).exists():
+        raise FileNotFoundError(path)
+    reader = vtkXMLPolyDataReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    poly = reader.GetOutput()
+    data = poly.GetPointData()
+    arrays = {data.GetArrayName(i): vtk_to_numpy(data.GetArray(i)) for i in range(data.GetNumberOfArrays())}
+    return {"points": vtk_to_numpy(poly.GetPoints().GetData()), **arrays, "n_cells": poly.GetNumberOfCells()}

@@ -1,0 +1,197 @@
+"""Sweeps: expand a grid into run configs, train what the store lacks, and apply the paper's
+selection rule (PAPER.md, "Selection rule").
+
+A sweep file (YAML) holds `base` (RunConfig fields shared by all runs) and `grid` (lists of values;
+dotted names reach nested fields, and `lam` may be a dict of lists per penalty). The unregularised
+baseline appears once per combination of the other axes, not once per λ.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tqdm import tqdm
+
+from .config import ConfigError, RunConfig, describe, nest
+from .store import Store
+from .train import group_key, resolve_device, train_group, vectorizable
+
+EXCLUDED = ("diverged", "chance_level")
+
+
+class SweepSpec(BaseModel):
+    """A sweep file: what to run, where to store it, and how to execute it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: dict[str, Any] = {}
+    grid: dict[str, Any] = {}
+    store: str | None = None  # default: results/ at the project root (or env MULREG_RESULTS)
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str = "local"  # "auto", "ray://host:port", "host:port" or "local" (private instance)
+    strategy: Literal["auto", "inline", "processes"] = "auto"
+    workers: int | None = Field(None, ge=1)
+    group_size: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(10, ge=1)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> SweepSpec:
+        text = Path(path).read_text()
+        try:
+            return cls.model_validate(yaml.safe_load(text) or {})
+        except ValidationError as err:
+            raise ConfigError(f"{path}: " + describe(err)) from None
+
+    def configs(self) -> list[RunConfig]:
+        return expand(self.base, self.grid)
+
+    def open_store(self) -> Store:
+        return Store(self.store, checkpoint_every=self.checkpoint_every)
+
+
+def expand(base: dict[str, Any], grid: dict[str, Any]) -> list[RunConfig]:
+    """All run configs of `grid` × `base`, validated, with duplicates (the baseline's λ) removed."""
+    grid = dict(grid)
+    lam = grid.pop("lam", [0.0])
+    axes = list(grid)
+    configs: dict[str, RunConfig] = {}
+    for values in itertools.product(*(grid[a] for a in axes)):
+        point = dict(zip(axes, values))
+        penalty = point.get("penalty", base.get("penalty", "none"))
+        lams = [0.0] if penalty == "none" else (lam.get(penalty, []) if isinstance(lam, dict) else lam)
+        for value in lams:
+            config = RunConfig.parse(nest({**base, **point, "lam": value}))
+            configs.setdefault(config.key(), config)
+    return list(configs.values())
+
+
+# ---- execution
+def plan_groups(configs: list[RunConfig], group_size: int | None = None) -> list[list[RunConfig]]:
+    """Split runs into stacks that can train together, `group_size` runs at most."""
+    by_key: dict[tuple, list[RunConfig]] = {}
+    for c in configs:
+        by_key.setdefault(group_key(c), []).append(c)
+    groups = []
+    for members in by_key.values():
+        k = 1 if not vectorizable(members[0]) else group_size or auto_group_size(members[0])
+        groups += [members[i : i + k] for i in range(0, len(members), k)]
+    return groups
+
+
+def auto_group_size(config: RunConfig) -> int:
+    """Runs per stack: large on a GPU (one batch of 16 leaves it idle), small on a CPU."""
+    if resolve_device(config.device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        per_run = (64 if config.task == "binary" else 1024) * 2**20 * config.batch_size / 16
+        return int(max(1, min(128, free * 0.5 // per_run)))
+    return 4
+
+
+def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
+    """Train every run of `spec` the store lacks; return the runs table of the whole sweep."""
+    store = spec.open_store()
+    configs = spec.configs()
+    pending = [c for c in configs if not store.is_complete(c.key())]
+    groups = plan_groups(pending, spec.group_size)
+    with tqdm(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
+              disable=not progress, dynamic_ncols=True) as bar:
+        if spec.executor == "ray":
+            from .cluster import run_groups_on_ray
+
+            run_groups_on_ray(groups, store, spec, bar, root=root)
+        elif _strategy(spec, pending) == "processes":
+            _run_processes(groups, store, spec, bar, root)
+        else:
+            for group in groups:
+                _train_claimed(group, store, root, bar)
+    return store.load_runs([c.key() for c in configs])
+
+
+def _strategy(spec: SweepSpec, pending: list[RunConfig]) -> str:
+    if spec.strategy != "auto":
+        return spec.strategy
+    on_cpu = bool(pending) and resolve_device(pending[0].device).type == "cpu"
+    return "processes" if on_cpu and (os.cpu_count() or 1) > 1 and len(pending) > 1 else "inline"
+
+
+def summary(row: dict) -> str:
+    """One line per finished run, from a runs-table row (config fields, metrics, stop reason)."""
+    return (f"{row['penalty']:>7} λ={row['lam']:<8g} noise={row['label_noise']:<4g} seed={row['seed']:<3} "
+            f"test acc {row.get('test_acc', float('nan')):.4f} after {row['epochs']} epochs ({row['stop_reason']})")
+
+
+def _train_claimed(group: list[RunConfig], store: Store, root, bar: tqdm | None) -> None:
+    """Train the runs of `group` that no other process holds, saving each as it finishes."""
+    with store.claim([c.key() for c in group]) as claimed:
+        todo = [c for c in group if c.key() in claimed]
+        if not todo:
+            return
+
+        def done(result):
+            store.save(result)
+            if bar is not None:
+                bar.update()
+                bar.write(summary(result.config.model_dump() | result.metrics | {"stop_reason": result.stop_reason}))
+
+        train_group(todo, root=root, checkpoints=store.checkpoints(), progress=False, on_result=done)
+
+
+def _worker(group: list[RunConfig], store_root: str, every: int, threads: int, root) -> None:
+    torch.set_num_threads(threads)
+    _train_claimed(group, Store(store_root, every), root, None)
+
+
+def _run_processes(groups, store: Store, spec: SweepSpec, bar: tqdm, root) -> None:
+    """One worker process per core, one thread each: on a small CPU this beats threads within one
+    process (see docs/PERFORMANCE.md). The parent reports progress from the store."""
+    workers = spec.workers or os.cpu_count() or 1
+    keys = [c.key() for g in groups for c in g]
+    reported: set[str] = set()
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_worker, g, str(store.root), store.every, 1, root) for g in groups}
+        try:
+            while futures:
+                finished, futures = wait(futures, timeout=2, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    f.result()
+                _report_new(store, keys, reported, bar)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    _report_new(store, keys, reported, bar)
+
+
+def _report_new(store: Store, keys: list[str], reported: set[str], bar: tqdm) -> None:
+    new = [k for k in keys if k not in reported and store.is_complete(k)]
+    if new:
+        for row in store.load_runs(new).to_dict("records"):
+            bar.write(summary(row))
+        reported.update(new)
+        bar.update(len(new))
+
+
+# ---- the paper's selection rule
+def select_best(runs: pd.DataFrame, metric: str = "test_acc", by=("penalty", "label_noise"),
+                higher_is_better: bool = True) -> pd.DataFrame:
+    """Per group in `by`: mean of `metric` over seeds for each λ, keep the λ with the best mean,
+    report that λ's mean, std and number of runs used (PAPER.md, "Selection rule").
+
+    Diverged and chance-level runs are left out of every mean and counted in `n_excluded` (of
+    `n_runs` in the group); a group whose runs were all excluded has no λ and a NaN mean."""
+    by = list(by)
+    runs = runs.assign(excluded=runs["stop_reason"].isin(EXCLUDED) | runs[metric].isna())
+    per_lam = (runs[~runs["excluded"]].groupby(by + ["lam"])[metric].agg(["mean", "std", "count"])
+               .rename(columns={"count": "n_used"}).reset_index())
+    best = per_lam.sort_values("mean", ascending=not higher_is_better).groupby(by).head(1)
+    counts = runs.groupby(by).agg(n_runs=("excluded", "size"), n_excluded=("excluded", "sum")).reset_index()
+    return counts.merge(best, on=by, how="left").sort_values(by).reset_index(drop=True)
