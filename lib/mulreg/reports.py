@@ -1,0 +1,114 @@
+"""Batch execution of the paper notebooks: papermill on the `mulreg` kernel, nbconvert to HTML.
+
+`run_notebooks(profile)` executes every `notebooks/NN_*.ipynb` with `params/<profile>/<stem>.yaml`,
+writes the executed copy and two HTML exports (full, and code hidden) to `reports/<profile>/`, and
+an `index.html` linking them with each notebook's status, run time and figures. A failing notebook
+is reported with its failing cell and error; the others still run; the return code is non-zero if
+any failed.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import papermill
+import yaml
+from nbconvert import HTMLExporter
+
+from .data import PROJECT_ROOT
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+KERNEL = "mulreg"
+
+
+@dataclass
+class Outcome:
+    stem: str
+    seconds: float
+    error: str | None
+    figures: list[Path]
+
+
+def notebooks(prefix: str | None = None) -> list[Path]:
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    chosen = [nb for nb in found if prefix is None or nb.stem.startswith(prefix)]
+    if not chosen:
+        raise SystemExit(f"no notebook in {NOTEBOOKS} starts with {prefix!r}; have: {[n.stem for n in found]}")
+    return chosen
+
+
+def parameters(profile: str, stem: str) -> dict:
+    path = PROJECT_ROOT / "params" / profile / f"{stem}.yaml"
+    if not path.exists():
+        raise SystemExit(f"missing parameter file {path} (profile {profile!r}, notebook {stem})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def run_notebooks(profile: str, prefix: str | None = None) -> int:
+    out_dir = PROJECT_ROOT / "reports" / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = notebooks(prefix)
+    outcomes = []
+    for i, nb in enumerate(chosen, 1):
+        print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", flush=True)
+        outcome = execute(nb, profile, out_dir)
+        outcomes.append(outcome)
+        status = "ok" if outcome.error is None else f"FAILED\n{outcome.error}"
+        print(f"[{i}/{len(chosen)}] {nb.stem}: {status} in {outcome.seconds:.0f} s", flush=True)
+    write_index(out_dir, profile, outcomes)
+    failed = [o.stem for o in outcomes if o.error]
+    print(f"reports in {out_dir / 'index.html'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def execute(nb: Path, profile: str, out_dir: Path) -> Outcome:
+    params = parameters(profile, nb.stem)
+    executed = out_dir / nb.name
+    start = time.perf_counter()
+    error = None
+    try:
+        papermill.execute_notebook(nb, executed, parameters=params, kernel_name=KERNEL,
+                                   cwd=NOTEBOOKS, progress_bar=False, log_output=False)
+    except papermill.PapermillExecutionError as err:
+        error = f"  cell {err.exec_count}: {err.ename}: {err.evalue}"
+    except Exception as err:  # noqa: BLE001 - kernel death, missing kernel...: report, go on
+        error = f"  {type(err).__name__}: {err}"
+    seconds = time.perf_counter() - start
+    if executed.exists():
+        export_html(executed)
+    figures_dir = (NOTEBOOKS / params.get("figures_dir", "../figures")).resolve()
+    figures = sorted(figures_dir.glob(f"{nb.stem[:2]}_*")) if error is None else []
+    return Outcome(nb.stem, seconds, error, figures)
+
+
+def export_html(executed: Path) -> None:
+    """Full HTML and a code-hidden version, both self-contained."""
+    notebook = nbformat.read(executed, as_version=4)
+    for suffix, hide in ((".html", False), (".nocode.html", True)):
+        body, _ = HTMLExporter(exclude_input=hide, exclude_input_prompt=hide,
+                               exclude_output_prompt=hide, embed_images=True).from_notebook_node(notebook)
+        executed.with_suffix(suffix).write_text(body)
+
+
+def write_index(out_dir: Path, profile: str, outcomes: list[Outcome]) -> None:
+    rows = []
+    for o in outcomes:
+        status = "ok" if o.error is None else f"<b>failed</b><pre>{html.escape(o.error)}</pre>"
+        figs = " ".join(f'<a href="{os.path.relpath(f, out_dir)}">{f.name}</a>' for f in o.figures)
+        rows.append(f"<tr><td>{o.stem}</td><td>{status}</td><td>{o.seconds:.0f} s</td>"
+                    f'<td><a href="{o.stem}.html">full</a> · <a href="{o.stem}.nocode.html">no code</a>'
+                    f' · <a href="{o.stem}.ipynb">ipynb</a></td><td>{figs}</td></tr>')
+    (out_dir / "index.html").write_text(
+        f"<!doctype html><meta charset='utf-8'><title>mulreg reports ({profile})</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;"
+        "vertical-align:top}</style>"
+        f"<h1>mulreg: paper notebooks, profile <code>{profile}</code></h1>"
+        "<table><tr><th>notebook</th><th>status</th><th>run time</th><th>report</th><th>figures</th></tr>"
+        + "".join(rows) + "</table>"
+    )
+
