@@ -62,7 +62,7 @@ class SweepSpec(BaseModel):
 def expand(base: dict[str, Any], grid: dict[str, Any]) -> list[RunConfig]:
     """All run configs of `grid` × `base`, validated, with duplicates (the baseline's λ) removed."""
     grid = dict(grid)
-    lam = grid.pop("lam", [0.0])
+    lam = grid.pop("lam", [base.get("lam", 0.0)])
     axes = list(grid)
     configs: dict[str, RunConfig] = {}
     for values in itertools.product(*(grid[a] for a in axes)):
@@ -89,12 +89,13 @@ def plan_groups(configs: list[RunConfig], group_size: int | None = None) -> list
 
 
 def auto_group_size(config: RunConfig) -> int:
-    """Runs per stack: large on a GPU (one batch of 16 leaves it idle), small on a CPU."""
+    """Runs per stack: large on a GPU, where one batch of 16 leaves it idle; 1 on a CPU, where
+    stacking runs made training slower (docs/PERFORMANCE.md) and worker processes win instead."""
     if resolve_device(config.device).type == "cuda":
         free, _ = torch.cuda.mem_get_info()
         per_run = (64 if config.task == "binary" else 1024) * 2**20 * config.batch_size / 16
         return int(max(1, min(128, free * 0.5 // per_run)))
-    return 4
+    return 1
 
 
 def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:

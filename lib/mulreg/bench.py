@@ -1,0 +1,194 @@
+"""`make bench`: training throughput of the binary network at batch size 16, side by side.
+
+(a) a reference loop written the way the authors' code trains (a torchvision-style data set with
+    per-sample transforms, DataLoader, per-batch penalty and `.item()` bookkeeping, evaluating the
+    train and test sets every epoch); (b) `mulreg.train.train`; (c) `mulreg.sweep.run` on K runs
+    with the strategy it picks for the device. Unit: training images × runs per second, wall time
+    of whole epochs (evaluation included). Also the ceiling: measured matmul FLOP/s of the device
+    divided by the network's training FLOPs per image. Medians of `--repeats` timings; a table on
+    stdout and JSON in bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .config import RunConfig
+from .data import MEAN, PROJECT_ROOT, STD, load_cifar10
+from .models import build_model
+from .penalties import l2_mul
+from .sweep import SweepSpec, run
+from .train import resolve_device, train
+
+
+class AuthorsStyleCIFAR(Dataset):
+    """What torchvision.datasets.CIFAR10 does per item: uint8 HWC array → PIL → transforms."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images = images.permute(0, 2, 3, 1).numpy()
+        self.labels = labels.tolist()
+        self.transform = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def binary_subset(split, cap: int):
+    """The first cap/2 cats (→ −1) and cap/2 deer (→ +1), as uint8 images and float labels."""
+    idx = torch.cat([(split.labels == c).nonzero().flatten()[: cap // 2] for c in (3, 4)])
+    return split.images[idx], torch.where(split.labels[idx] == 4, 1.0, -1.0)
+
+
+def reference_loop(config: RunConfig, epochs: int, device: torch.device) -> None:
+    """The authors' training loop, in their style (one run)."""
+    train_split, test_split = load_cifar10()
+    train_set = AuthorsStyleCIFAR(*binary_subset(train_split, config.n_train))
+    test_set = AuthorsStyleCIFAR(*binary_subset(test_split, config.n_test))
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True)
+    eval_loaders = [DataLoader(s, batch_size=config.batch_size) for s in (train_set, test_set)]
+    model = build_model(config).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr)
+    criterion = nn.MSELoss()
+    for _ in range(epochs):
+        model.train()
+        running = 0.0
+        for x, y in train_loader:
+            x, y = x.to(device), y.float().to(device)
+            weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+            loss = criterion(model(x), y) + config.lam * l2_mul(weights)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            running += loss.item()
+        model.eval()
+        with torch.no_grad():
+            for loader in eval_loaders:
+                correct = 0
+                for x, y in loader:
+                    out = model(x.to(device))
+                    correct += (torch.sign(out) == y.to(device)).sum().item()
+
+
+def training_flops_per_image(config: RunConfig) -> int:
+    """Multiply-adds ×2 of the forward pass, ×3 for training (the backward pass costs two forward
+    passes: gradients of inputs and of weights), less the first layer's unused input gradient."""
+    model = build_model(config)
+    forward = []
+
+    def count(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            forward.append(2 * output[0].numel() * module.weight[0].numel())
+        elif isinstance(module, nn.Linear):
+            forward.append(2 * module.in_features * module.out_features)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    return 3 * sum(forward) - forward[0]
+
+
+def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times[1:])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-train", type=int, default=2000, help="training pool (80%% trained on, 20%% validation)")
+    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ks", type=int, nargs="+", default=[2, 4], help="runs per sweep for (c)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
+    args = p.parse_args(argv)
+
+    device = resolve_device(args.device)
+    base = RunConfig.parse(dict(n_train=args.n_train, n_test=args.n_test, max_epochs=args.epochs,
+                                early_stopping=None, penalty="mul", lam=5e-7, device=device.type))
+    images = round(args.n_train * (1 - base.val_fraction)) * args.epochs  # trained images per run
+
+    def sweep(k: int):
+        def go():
+            with tempfile.TemporaryDirectory() as store:
+                run(SweepSpec(base=base.model_dump(), grid={"seed": list(range(1, k + 1))}, store=store),
+                    progress=False)
+        return go
+
+    variants = {
+        "(a) authors-style loop": (1, lambda: reference_loop(base, args.epochs, device)),
+        "(b) mulreg.train": (1, lambda: train(base, progress=False)),
+        **{f"(c) sweep, K={k}": (k, sweep(k)) for k in args.ks},
+    }
+    train(base.replace(max_epochs=1), progress=False)  # warm-up: data cache, kernels
+    ceiling = matmul_flops(device) / training_flops_per_image(base)
+    rows = []
+    for name, (runs, fn) in variants.items():
+        seconds = timed(fn, args.repeats)
+        rows.append({"variant": name, "runs": runs, "seconds": seconds, "images_per_s": images * runs / seconds})
+        print(f"  measured {name}: {seconds:.1f} s", flush=True)
+    ref = rows[0]["images_per_s"]
+    for r in rows:
+        r["vs_a"] = r["images_per_s"] / ref
+        r["of_ceiling"] = r["images_per_s"] / ceiling
+    _print_table(rows, ceiling, device, base)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": str(device), "machine": platform.processor() or platform.machine(),
+                               "threads": torch.get_num_threads(), "args": vars(args),
+                               "training_flops_per_image": training_flops_per_image(base),
+                               "ceiling_images_per_s": ceiling, "rows": rows}, indent=1))
+    print(f"written to {out}")
+    return 0
+
+
+def _print_table(rows, ceiling, device, config) -> None:
+    flops = training_flops_per_image(config)
+    print(f"\ndevice {device}, {torch.get_num_threads()} threads; training FLOPs/image {flops / 1e6:.1f} M; "
+          f"ceiling {ceiling:,.0f} images/s (matmul FLOP/s ÷ FLOPs/image)")
+    print(f"{'variant':<26}{'runs':>5}{'seconds':>9}{'images·runs/s':>15}{'vs (a)':>8}{'of ceiling':>12}")
+    for r in rows:
+        print(f"{r['variant']:<26}{r['runs']:>5}{r['seconds']:>9.1f}{r['images_per_s']:>15,.0f}"
+              f"{r['vs_a']:>7.2f}x{r['of_ceiling']:>11.0%}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
