@@ -7,9 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 
-from .config import ConfigError, RunConfig, deep_merge, nest
+from .config import ConfigError, RunConfig, deep_merge, load_yaml, nest
 
 # command-line flag → RunConfig field (dotted for nested ones)
 TRAIN_FLAGS = {
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     from .train import train
 
-    values = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    values = load_yaml(args.config) if args.config else {}
     flags = {FIELD.get(k, k): v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}
     config = RunConfig.parse(deep_merge(values, nest(flags)))
     if args.no_early_stopping:

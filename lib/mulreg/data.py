@@ -105,9 +105,8 @@ def _decode_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     ds = torchvision.datasets.ImageFolder(folder)
     if tuple(ds.classes) != CLASSES:
         raise DataNotFoundError(f"{folder}: class folders {ds.classes} are not CIFAR-10's {CLASSES}")
-    files = [torchvision.io.read_file(path) for path, _ in ds.samples]
-    images = torchvision.io.decode_jpeg(files, mode=torchvision.io.ImageReadMode.RGB)
-    return torch.stack(images).numpy(), np.asarray(ds.targets)
+    images = np.stack([np.asarray(ds.loader(path)) for path, _ in ds.samples])  # PIL, RGB, (N, H, W, C)
+    return images.transpose(0, 3, 1, 2), np.asarray(ds.targets)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -177,7 +176,6 @@ def _take(split: Split, classes: tuple[int, ...], cap: int | None) -> Split:
     return Split(split.images[idx], split.labels[idx])
 
 
-@functools.lru_cache(maxsize=4)
 def load_pool(
     task: str,
     n_train: int | None = None,
@@ -187,6 +185,13 @@ def load_pool(
     classes: tuple[int, ...] = (3, 4),
 ) -> Pool:
     """The clean, normalised data of `task` ("binary": `classes` → −1, +1; "multiclass": all 10)."""
+    # resolve root (argument, MULREG_DATA, data/) before the cache: root=None must follow the env
+    return _load_pool(task, n_train, n_test, str(data_root(root)), str(device), tuple(classes))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_pool(task: str, n_train: int | None, n_test: int | None, root: str, device: str,
+               classes: tuple[int, ...]) -> Pool:
     train, test = load_cifar10(root, download=True)
     wanted = classes if task == "binary" else tuple(range(10))
     train, test = _take(train, wanted, n_train), _take(test, wanted, n_test)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import nbformat
 import papermill
-import yaml
 from nbconvert import HTMLExporter
 
+from .config import load_yaml
 from .data import PROJECT_ROOT
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -46,7 +46,7 @@ def parameters(profile: str, stem: str) -> dict:
     path = PROJECT_ROOT / "params" / profile / f"{stem}.yaml"
     if not path.exists():
         raise SystemExit(f"missing parameter file {path} (profile {profile!r}, notebook {stem})")
-    return yaml.safe_load(path.read_text()) or {}
+    return load_yaml(path) or {}
 
 
 def run_notebooks(profile: str, prefix: str | None = None) -> int:

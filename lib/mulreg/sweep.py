@@ -18,11 +18,10 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
-from .config import ConfigError, RunConfig, describe, nest
+from .config import ConfigError, RunConfig, describe, load_yaml, nest
 from .store import Store
 from .train import group_key, resolve_device, train_group, vectorizable
 
@@ -46,9 +45,8 @@ class SweepSpec(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> SweepSpec:
-        text = Path(path).read_text()
         try:
-            return cls.model_validate(yaml.safe_load(text) or {})
+            return cls.model_validate(load_yaml(path) or {})
         except ValidationError as err:
             raise ConfigError(f"{path}: " + describe(err)) from None
 

@@ -1,0 +1,103 @@
+"""The run store: round trip, atomic completion, claims, and resuming after SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from mulreg.config import RunConfig
+from mulreg.store import Store
+from mulreg.sweep import SweepSpec
+from mulreg.train import train
+
+BASE = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, init_scale=0.5, lr=0.01, device="cpu",
+            early_stopping=None)
+
+
+@pytest.fixture
+def tiny(tiny_cifar_image_folder, monkeypatch):
+    monkeypatch.setenv("MULREG_DATA", str(tiny_cifar_image_folder))
+    return tiny_cifar_image_folder
+
+
+def test_round_trip(tiny, tmp_path):
+    result = train(RunConfig.parse(BASE, max_epochs=2, penalty="sum", lam=1e-3), progress=False)
+    store = Store(tmp_path)
+    key = result.config.key()
+    assert not store.is_complete(key)
+    store.save(result)
+    back = store.load(key)
+    assert store.is_complete(key) and back.config == result.config
+    assert back.stop_reason == result.stop_reason and back.metrics["test_acc"] == result.metrics["test_acc"]
+    assert back.history.equals(result.history)
+    assert all(torch.equal(back.state_dict[k], v) for k, v in result.state_dict.items())
+    table, hist = store.load_runs(histories=True)
+    assert table.loc[0, "key"] == key and table.loc[0, "lam"] == 1e-3 and "early_stopping" in table
+    assert len(hist) == 2 and set(hist["key"]) == {key}
+
+
+def test_half_written_run_is_not_complete(tiny, tmp_path):
+    store = Store(tmp_path)
+    key = RunConfig.parse(BASE).key()
+    (store.root / "runs" / f".{key}-partial").mkdir()  # what a killed save leaves behind
+    store.run_dir(key).mkdir()  # a folder without metrics.json
+    assert not store.is_complete(key) and store.load_runs().empty
+
+
+def test_claims_exclude_other_processes(tmp_path):
+    store = Store(tmp_path)
+    code = ("import sys, time; from mulreg.store import Store\n"
+            "with Store(sys.argv[1]).claim(['a', 'b']) as got:\n"
+            "    print(','.join(got), flush=True); time.sleep(30)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "a,b"
+        with store.claim(["a", "b", "c"]) as got:
+            assert got == ["c"]
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.claim(["a"]) as got:  # a killed holder releases its claims
+        assert got == ["a"]
+
+
+def _sweep_file(path, store, **overrides):
+    spec = SweepSpec(base={**BASE, "max_epochs": 400, "penalty": "mul", "lam": 1e-6}, grid={"seed": [3]},
+                     store=str(store), strategy="inline", checkpoint_every=1, **overrides)
+    path.write_text(spec.model_dump_json())  # JSON is YAML
+    return spec
+
+
+def _sweep_cli(spec_file, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "mulreg", "sweep", str(spec_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(), **kwargs)
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny, tmp_path):
+    spec = _sweep_file(tmp_path / "killed.yaml", tmp_path / "killed")
+    _sweep_file(tmp_path / "fresh.yaml", tmp_path / "fresh")
+    store = Store(tmp_path / "killed")
+    key = spec.configs()[0].key()
+    proc = _sweep_cli(tmp_path / "killed.yaml")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not store.checkpoint_path(key).exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert store.checkpoint_path(key).exists(), "the sweep never wrote a checkpoint"
+    assert not store.is_complete(key), "the run finished before it could be killed: make it longer"
+    saved_epoch = torch.load(store.checkpoint_path(key), weights_only=False)["epoch"]
+    assert 0 < saved_epoch < 400
+
+    assert _sweep_cli(tmp_path / "killed.yaml").wait() == 0  # resumes from the checkpoint
+    assert _sweep_cli(tmp_path / "fresh.yaml").wait() == 0  # the same run, never interrupted
+    a, b = store.load(key), Store(tmp_path / "fresh").load(key)
+    assert a.metrics["epochs"] == b.metrics["epochs"] == 400
+    pd.testing.assert_frame_equal(a.history, b.history, check_exact=True)
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert not store.checkpoint_path(key).exists()

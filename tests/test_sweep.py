@@ -1,0 +1,104 @@
+"""Grid expansion, the paper's selection rule, and sweeps that skip what the store holds."""
+
+import pandas as pd
+import pytest
+
+from mulreg.config import ConfigError
+from mulreg.store import Store
+from mulreg.sweep import SweepSpec, expand, plan_groups, run, select_best
+
+LAMS = [5e-1, 5e-3, 5e-5]
+
+
+def test_grid_expansion_counts_baseline_once_per_other_axes():
+    configs = expand({"max_epochs": 3}, {"penalty": ["none", "sum", "mul"], "lam": LAMS,
+                                         "seed": [1, 2, 3], "label_noise": [0.0, 0.1, 0.2]})
+    by_penalty = pd.Series([c.penalty for c in configs]).value_counts()
+    assert by_penalty["sum"] == by_penalty["mul"] == 3 * 3 * 3
+    assert by_penalty["none"] == 3 * 3  # once per (seed, noise), not once per λ
+    assert all(c.lam == 0 for c in configs if c.penalty == "none")
+    assert len({c.key() for c in configs}) == len(configs)
+
+
+def test_grid_lam_per_penalty_and_dotted_fields():
+    configs = expand({}, {"penalty": ["sum", "mul"], "lam": {"sum": [1e-3], "mul": [1e-7, 1e-9]},
+                          "early_stopping.patience": [5, 7]})
+    assert sorted((c.penalty, c.lam) for c in configs if c.early_stopping.patience == 5) == [
+        ("mul", 1e-9), ("mul", 1e-7), ("sum", 1e-3)]
+    assert {c.early_stopping.patience for c in configs} == {5, 7}
+
+
+def test_grid_keeps_base_lambda_without_lam_axis():
+    configs = expand({"penalty": "mul", "lam": 5e-7}, {"seed": [1, 2]})
+    assert [c.lam for c in configs] == [5e-7, 5e-7]
+
+
+def test_bad_grid_value_names_the_field():
+    with pytest.raises(ConfigError, match="label_noise"):
+        expand({}, {"label_noise": [0.7]})
+
+
+def test_sweep_file_rejects_unknown_keys(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {}\ngrid: {}\nexecuter: ray\n")
+    with pytest.raises(ConfigError, match="executer"):
+        SweepSpec.from_yaml(f)
+
+
+def test_groups_respect_shapes_and_size():
+    configs = expand({"device": "cpu"}, {"seed": [1, 2, 3, 4, 5], "batch_size": [8, 16]})
+    groups = plan_groups(configs, group_size=2)
+    assert sorted(len(g) for g in groups) == [1, 1, 2, 2, 2, 2]
+    assert all(len({c.batch_size for c in g}) == 1 for g in groups)
+    bn = expand({"device": "cpu", "model": {"batch_norm": True}}, {"seed": [1, 2, 3]})
+    assert [len(g) for g in plan_groups(bn, group_size=8)] == [1, 1, 1]
+
+
+def _table(rows):
+    return pd.DataFrame(rows, columns=["penalty", "label_noise", "lam", "seed", "test_acc", "stop_reason"])
+
+
+def test_selection_rule_on_hand_made_table():
+    rows = []
+    for seed, (a, b) in enumerate([(0.80, 0.70), (0.60, 0.74), (0.70, 0.72)], 1):
+        rows += [("sum", 0.0, 1e-3, seed, a, "early_stopped"), ("sum", 0.0, 1e-5, seed, b, "early_stopped")]
+    rows += [("sum", 0.0, 1e-5, 4, float("nan"), "diverged"), ("mul", 0.0, 1e-7, 1, 0.5, "chance_level"),
+             ("none", 0.0, 0.0, 1, 0.66, "max_epochs"), ("none", 0.0, 0.0, 2, 0.68, "max_epochs")]
+    best = select_best(_table(rows)).set_index("penalty")
+    # λ=1e-5 has mean 0.72 over its 3 finite runs vs 0.70 for λ=1e-3; its diverged run is not averaged
+    assert best.loc["sum", "lam"] == 1e-5
+    assert best.loc["sum", "mean"] == pytest.approx(0.72)
+    assert best.loc["sum", "std"] == pytest.approx(pd.Series([0.70, 0.74, 0.72]).std())
+    assert best.loc["sum", "n_used"] == 3 and best.loc["sum", "n_excluded"] == 1
+    assert best.loc["none", "mean"] == pytest.approx(0.67)
+    # every mul run stayed at chance: reported with no λ and counted, never averaged
+    assert best.loc["mul", "n_excluded"] == 1 and pd.isna(best.loc["mul", "mean"])
+
+
+def _tiny_spec(root, store, **grid):
+    base = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, max_epochs=2, init_scale=1.0,
+                device="cpu", early_stopping={"patience": 5})
+    return SweepSpec(base=base, grid=grid or {"seed": [1, 2]}, store=str(store), strategy="inline")
+
+
+def test_sweep_skips_complete_runs(tiny_cifar_image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("MULREG_DATA", str(tiny_cifar_image_folder))
+    spec = _tiny_spec(tiny_cifar_image_folder, tmp_path / "store")
+    first = run(spec, progress=False)
+    assert len(first) == 2
+    store = Store(tmp_path / "store")
+    mtimes = {k: (store.run_dir(k) / "metrics.json").stat().st_mtime_ns for k in first["key"]}
+    bigger = _tiny_spec(tiny_cifar_image_folder, tmp_path / "store", seed=[1, 2, 3])
+    second = run(bigger, progress=False)
+    assert len(second) == 3
+    assert {k: (store.run_dir(k) / "metrics.json").stat().st_mtime_ns for k in first["key"]} == mtimes
+
+
+def test_sweep_with_diverging_runs_completes_and_excludes_them(tiny_cifar_image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("MULREG_DATA", str(tiny_cifar_image_folder))
+    spec = _tiny_spec(tiny_cifar_image_folder, tmp_path / "store", penalty=["mul"], lam=[1e30, 1e-9], seed=[1])
+    table = run(spec, progress=False)
+    reasons = dict(zip(table["lam"], table["stop_reason"]))
+    assert reasons[1e30] == "diverged" and reasons[1e-9] != "diverged"
+    best = select_best(table)
+    assert best.loc[0, "n_excluded"] == 1 and best.loc[0, "lam"] == 1e-9
