@@ -13,12 +13,18 @@ import os
 import pickle
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# One thread, here and in any subprocess a test starts (they inherit the environment): on a busy
+# 2-core machine OpenMP/MKL spin-waits make 2 threads up to 100x slower, and runs that are compared
+# bit for bit across processes must use the same thread count.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
-torch.set_num_threads(2)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+torch.set_num_threads(1)
 
 # Written out here, independent of mulreg.data.CLASSES: CIFAR-10's class names by label index.
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

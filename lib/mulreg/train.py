@@ -155,7 +155,7 @@ class _Run:
         return tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t,
                         {f: getattr(self, f) for f in fields})
 
-    def observe(self, row: dict, params_k: dict) -> None:
+    def observe(self, row: dict, weights_k: dict) -> None:
         """Record one epoch and apply divergence, early stopping and the epoch limit."""
         self.epoch += 1
         self.history.append(row)
@@ -167,7 +167,7 @@ class _Run:
             value = row[es.monitor] * (-1 if es.monitor.endswith("acc") else 1)  # lower is better
             if self.best is None or value < self.best - es.min_delta:
                 self.best, self.best_epoch = value, self.epoch
-                self.best_state = {n: p.detach().clone() for n, p in params_k.items()}
+                self.best_state = {n: t.detach().clone() for n, t in weights_k.items()}
             elif self.epoch - self.best_epoch >= es.patience:
                 self.stop_reason = "early_stopped"
         if not self.stop_reason and self.epoch >= self.config.max_epochs:
@@ -203,6 +203,7 @@ class _Engine:
         self.pool, self.device = pool, device
         self.binary = config.task == "binary"
         self.vectorize = vectorizable(config)
+        self.batched = False  # set per stack: vmap only when it holds several runs
         self.optimizer = config.optimizer
         self.norm_kwargs = dict(depth_normalization=config.depth_normalization,
                                 features_normalization=config.features_normalization)
@@ -275,7 +276,7 @@ class _Engine:
         per_run = torch.cat([train, val, test, norms], 1).cpu()  # one device sync per epoch
         for k, run in enumerate(stack.runs):
             row = self._row(run, per_run[k])
-            run.observe(row, {n: p[k] for n, p in stack.params.items()})
+            run.observe(row, {n: t[k] for n, t in (stack.params | stack.buffers).items()})
 
     def _row(self, run: _Run, values: torch.Tensor) -> dict:
         v = values.tolist()
@@ -292,12 +293,16 @@ class _Engine:
     def _train_epoch(self, stack: _Stack) -> torch.Tensor:
         """One pass over each run's training split in its own seeded order; returns per run
         (mean data loss, mean λR, accuracy) over the epoch, as seen while training."""
-        runs, B = stack.runs, stack.runs[0].config.batch_size
-        n = len(runs[0].train_idx)
+        runs, n = stack.runs, len(stack.runs[0].train_idx)
         order = torch.stack([r.train_idx[torch.randperm(n, generator=generator(r.config.seed, f"epoch-{r.epoch}"))
                                          .to(self.device)] for r in runs])
-        if not self.batched:
+        with torch.random.fork_rng(devices=[]):  # dropout draws from a per-epoch seed; the caller's RNG is untouched
             torch.manual_seed(int(generator(runs[0].config.seed, f"dropout-{runs[0].epoch}").initial_seed()))
+            return self._train_steps(stack, order)
+
+    def _train_steps(self, stack: _Stack, order: torch.Tensor) -> torch.Tensor:
+        """SGD/Adam steps over `order` (run × position → pool index), B indices at a time."""
+        runs, B, n = stack.runs, stack.runs[0].config.batch_size, order.shape[1]
         step = self._over_runs(self._objective, (0, 0, 0, 0, 0, 0, 0))
         rows = torch.arange(len(runs), device=self.device)[:, None]
         totals = torch.zeros(len(runs), 3, device=self.device)
@@ -369,11 +374,11 @@ class _Engine:
         """Final metrics of the reported weights (best epoch if restore_best, else the last)."""
         es = run.config.early_stopping
         restore = es is not None and es.restore_best and run.best_state is not None
-        params = run.best_state if restore else run.state["params"]
+        weights = run.best_state if restore else run.state["params"] | run.state["buffers"]
         model = build_model(run.config).to(self.device)
-        model.load_state_dict(params | run.state["buffers"])
+        model.load_state_dict(weights)
         history = pd.DataFrame(run.history)
-        finite = all(torch.isfinite(p).all() for p in params.values())
+        finite = all(torch.isfinite(p).all() for p in weights.values())
         final = _final_metrics(model, self.pool, run, finite) | _epoch_rules(history, run.config)
         final |= {"epochs": run.epoch, "reported_epoch": run.best_epoch if restore else run.epoch}
         reason = run.stop_reason

@@ -1,0 +1,295 @@
+"""mulreg.train on the tiny image-folder data set: end to end, divergence, stacked runs, the
+optimiser arithmetic against torch.optim, early stopping and restoring the best weights."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from mulreg.config import RunConfig
+from mulreg.data import binary_task, generator
+from mulreg.models import build_model
+from mulreg.train import STOP_REASONS, train, train_group
+
+LAYERS = ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2"]
+
+
+def config(**values) -> RunConfig:
+    base = dict(device="cpu", init_scale=1.0, lr=0.01, batch_size=4, max_epochs=2, early_stopping=None)
+    return RunConfig.parse({**base, **values})
+
+
+def run(cfg: RunConfig, root):
+    return train(cfg, root=root, progress=False)
+
+
+def task_of(cfg: RunConfig, root):
+    return binary_task(root=root, seed=cfg.seed, label_noise=cfg.label_noise, val_fraction=cfg.val_fraction,
+                       n_train=cfg.n_train, n_test=cfg.n_test)
+
+
+def weights_of(state: dict) -> list[np.ndarray]:
+    """Conv/linear weights of a BinaryCNN state dict, in forward order."""
+    keys = [k for k in state if k.endswith("weight")]
+    return [state[k].double().numpy() for k in keys]
+
+
+def assert_frames_close(a: pd.DataFrame, b: pd.DataFrame, rtol=1e-4, atol=1e-6):
+    assert list(a.columns) == list(b.columns)
+    np.testing.assert_allclose(a.to_numpy(float), b.to_numpy(float), rtol=rtol, atol=atol)
+
+
+def assert_states_close(a: dict, b: dict, rtol=1e-4, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=rtol, atol=atol, err_msg=k)
+
+
+# ---------------------------------------------------------------- end to end
+def test_train_end_to_end(tiny_cifar_image_folder):
+    cfg = config(penalty="sum", lam=1e-3, label_noise=0.2, n_train=10, val_fraction=0.2, seed=3)
+    result = run(cfg, tiny_cifar_image_folder)
+    h = result.history
+    assert result.stop_reason in ("max_epochs", "chance_level")
+    assert list(h["epoch"]) == [1, 2]
+    expected_columns = {"epoch", "train_loss", "penalty", "train_acc", "val_loss", "val_acc", "test_loss",
+                        "test_acc", "norm_product", "norm_sq_sum", *(f"norm_{n}" for n in LAYERS)}
+    assert expected_columns <= set(h.columns)
+    assert np.isfinite(h.drop(columns="epoch").to_numpy(float)).all()
+    norms = h[[f"norm_{n}" for n in LAYERS]].to_numpy()
+    np.testing.assert_allclose(h["norm_product"], norms.prod(1), rtol=1e-6)
+    np.testing.assert_allclose(h["norm_sq_sum"], (norms**2).sum(1), rtol=1e-6)
+    assert (h["penalty"] > 0).all()
+    assert ((h[["train_acc", "val_acc", "test_acc"]] >= 0) & (h[["train_acc", "val_acc", "test_acc"]] <= 1)).all().all()
+
+    # the reported weights are the last epoch's (no early stopping): its norms are the history's
+    w = weights_of(result.state_dict)
+    np.testing.assert_allclose(norms[-1], [np.linalg.norm(a) for a in w], rtol=1e-5)
+
+    # final metrics recomputed independently from the reported model
+    task = task_of(cfg, tiny_cifar_image_folder)
+    assert len(task.x_train) == 8 and len(task.x_val) == 2 and len(task.x_test) == 6
+    model = result.model()
+    with torch.no_grad():
+        out_test = model(task.x_test).double().numpy()
+        out_val = model(task.x_val).double().numpy()
+        out_train = model(task.x_train).double().numpy()
+    y_test, y_val, y_train = (t.double().numpy() for t in (task.y_test, task.y_val, task.y_train))
+    m = result.metrics
+    assert m["test_acc"] == pytest.approx(np.mean(np.sign(out_test) == y_test))
+    assert m["test_loss"] == pytest.approx(np.mean((out_test - y_test) ** 2), rel=1e-4)
+    assert m["train_acc"] == pytest.approx(np.mean(np.sign(out_train) == y_train))
+    assert h["test_acc"].iloc[-1] == pytest.approx(m["test_acc"])
+    assert h["test_loss"].iloc[-1] == pytest.approx(m["test_loss"], rel=1e-4)
+    assert h["val_loss"].iloc[-1] == pytest.approx(np.mean((out_val - y_val) ** 2), rel=1e-4)
+    assert h["val_acc"].iloc[-1] == pytest.approx(np.mean(np.sign(out_val) == y_val))
+    for name, a in zip(LAYERS, w):
+        assert m[f"norm_{name}"] == pytest.approx(np.linalg.norm(a), rel=1e-5)
+        s = np.linalg.svd(a.reshape(a.shape[0], -1), compute_uv=False)
+        assert m[f"rank_{name}"] == int(np.sum(s > 0.01 * s[0]))
+    assert m["norm_product"] == pytest.approx(np.prod([np.linalg.norm(a) for a in w]), rel=1e-5)
+    assert m["norm_sq_sum"] == pytest.approx(sum(np.sum(a**2) for a in w), rel=1e-5)
+    # test margins: y·f(x) of a copy with every layer's weight divided by its norm (biases kept)
+    assert result.test_margins.shape == (6,)
+    unit = result.model()
+    with torch.no_grad():
+        for mod in unit.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                mod.weight.div_(float(np.linalg.norm(mod.weight.double().numpy())))
+        expected_margins = y_test * unit(task.x_test).double().numpy()
+    np.testing.assert_allclose(result.test_margins, expected_margins, rtol=1e-3,
+                               atol=1e-5 * np.abs(expected_margins).max())
+    margins = result.test_margins.astype(np.float64)
+    tol = 1e-5 * np.abs(margins).max()  # margins of both signs: float32 sums cancel
+    assert m["margin_mean"] == pytest.approx(margins.mean(), abs=tol)
+    ok = np.sign(out_test) == y_test
+    if ok.any():
+        assert m["margin_mean_correct"] == pytest.approx(margins[ok].mean(), abs=tol)
+    for k in ("test_acc_last", "test_acc_best_test", "test_acc_best_val", "epochs", "reported_epoch",
+              "margin_std_mean"):
+        assert k in m
+    assert m["epochs"] == 2 and m["reported_epoch"] == 2
+    assert m["test_acc_last"] == h["test_acc"].iloc[-1]
+    assert m["test_acc_best_test"] == h["test_acc"].max()
+    assert m["test_acc_best_val"] == h["test_acc"].iloc[int(h["val_loss"].to_numpy().argmin())]
+
+
+def test_penalty_column_is_zero_without_penalty(tiny_cifar_image_folder):
+    result = run(config(max_epochs=1, n_train=8), tiny_cifar_image_folder)
+    assert (result.history["penalty"] == 0).all()
+
+
+# ---------------------------------------------------------------- divergence
+@pytest.mark.parametrize("values", [
+    dict(lr=10.0, max_epochs=4),
+    dict(penalty="mul", lam=1e30, max_epochs=4),
+])
+def test_divergence_is_recorded_not_raised(tiny_cifar_image_folder, values):
+    result = run(config(**values), tiny_cifar_image_folder)
+    assert result.stop_reason == "diverged"
+    h = result.history
+    assert len(h) >= 1
+    last = h.iloc[-1]
+    assert not all(math.isfinite(last[c]) for c in ("train_loss", "val_loss", "test_loss"))
+    # every earlier epoch was finite (the run stopped at the first non-finite one)
+    assert np.isfinite(h[["train_loss", "val_loss", "test_loss"]].iloc[:-1].to_numpy()).all()
+    assert len(h) <= 4 and result.metrics["epochs"] == len(h)
+    assert math.isnan(result.metrics["test_acc"])
+
+
+def test_divergence_with_restore_best_reports_finite_best_weights(tiny_cifar_image_folder):
+    """lr grows the weights slowly enough to have a finite first epoch, then blows up."""
+    cfg = config(lr=0.5, max_epochs=20, n_train=10, init_scale=1.0,
+                 early_stopping={"monitor": "val_loss", "patience": 50, "restore_best": True})
+    result = run(cfg, tiny_cifar_image_folder)
+    if result.stop_reason != "diverged" or len(result.history) < 2:
+        pytest.skip("this configuration did not diverge after a finite epoch here")
+    assert all(torch.isfinite(t).all() for t in result.state_dict.values())
+    best = int(np.nanargmin(result.history["val_loss"].to_numpy())) + 1
+    assert result.metrics["reported_epoch"] == best
+    assert math.isfinite(result.metrics["test_acc"])
+
+
+# ---------------------------------------------------------------- stacked runs
+def test_train_group_matches_separate_runs(tiny_cifar_image_folder):
+    configs = [
+        config(penalty="none", seed=1, lr=0.002, max_epochs=2),
+        config(penalty="sum", lam=1e-2, seed=2, lr=0.005, label_noise=0.2, max_epochs=3),
+        config(penalty="mul", lam=1e-3, seed=3, lr=0.002, init_scale=0.2, label_noise=0.1, max_epochs=1),
+    ]
+    grouped = train_group(configs, root=tiny_cifar_image_folder, progress=False)
+    assert [g.config for g in grouped] == configs
+    for cfg, g in zip(configs, grouped):
+        alone = run(cfg, tiny_cifar_image_folder)
+        assert len(g.history) == cfg.max_epochs
+        assert g.stop_reason == alone.stop_reason
+        assert_frames_close(g.history, alone.history)
+        assert_states_close(g.state_dict, alone.state_dict)
+        assert g.metrics.keys() == alone.metrics.keys()
+        for k in g.metrics:
+            np.testing.assert_allclose(g.metrics[k], alone.metrics[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(g.test_margins, alone.test_margins, rtol=1e-4, atol=1e-6)
+    # the runs really differ from each other
+    assert not np.allclose(grouped[0].history["norm_fc1"].iloc[0], grouped[1].history["norm_fc1"].iloc[0])
+
+
+def test_train_group_rejects_mixed_groups(tiny_cifar_image_folder):
+    with pytest.raises(ValueError):
+        train_group([config(), config(batch_size=8)], root=tiny_cifar_image_folder, progress=False)
+
+
+# ---------------------------------------------------------------- against torch.optim
+def reference_training(cfg: RunConfig, root, epochs: int):
+    """A plain nn.Module + torch.optim loop over the same seeded batches (see mulreg.train:
+    epoch e visits train_idx in the order randperm(n, generator(seed, f"epoch-{e}")))."""
+    task = task_of(cfg, root)
+    model = build_model(cfg)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    n = len(task.x_train)
+    rows = []
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=generator(cfg.seed, f"epoch-{epoch}"))
+        loss_sum = correct = pen_sum = 0.0
+        for s in range(0, n, cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            x, y = task.x_train[idx], task.y_train[idx]
+            out = model(x)
+            data = ((out - y) ** 2).mean()
+            sq = [w.pow(2).sum() for w in weights]
+            if cfg.penalty == "sum":
+                reg = cfg.lam * sum(sq)
+            elif cfg.penalty == "mul":
+                reg = cfg.lam * math.prod(sq)
+            else:
+                reg = torch.zeros(())
+            opt.zero_grad()
+            (data + reg).backward()
+            opt.step()
+            loss_sum += data.item() * len(idx)
+            pen_sum += reg.item() * len(idx)
+            correct += (torch.sign(out.detach()) == y).sum().item()
+        with torch.no_grad():
+            val_out, test_out = model(task.x_val), model(task.x_test)
+        rows.append({"train_loss": loss_sum / n, "penalty": pen_sum / n, "train_acc": correct / n,
+                     "val_loss": ((val_out - task.y_val) ** 2).mean().item(),
+                     "test_loss": ((test_out - task.y_test) ** 2).mean().item()})
+    return model, pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("values", [
+    dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="sum", lam=1e-3),
+    dict(optimizer="sgd", momentum=0.0, lr=0.02, penalty="none"),
+    dict(optimizer="adam", lr=1e-3, penalty="mul", lam=1e-4, init_scale=0.5),
+])
+def test_single_run_matches_torch_optim(tiny_cifar_image_folder, values):
+    cfg = config(batch_size=3, max_epochs=2, seed=5, label_noise=0.2, val_fraction=0.2, **values)
+    result = run(cfg, tiny_cifar_image_folder)
+    model, ref = reference_training(cfg, tiny_cifar_image_folder, epochs=2)
+    assert result.stop_reason in ("max_epochs", "chance_level")
+    assert_states_close(result.state_dict, {k: v.detach() for k, v in model.state_dict().items()},
+                        rtol=1e-4, atol=1e-6)
+    for col in ref.columns:
+        np.testing.assert_allclose(result.history[col], ref[col], rtol=1e-4, atol=1e-6, err_msg=col)
+
+
+# ---------------------------------------------------------------- early stopping
+def test_early_stopping_stops_and_restores_best(tiny_cifar_image_folder):
+    # min_delta so large that nothing after the first epoch counts as an improvement
+    es = {"monitor": "val_loss", "patience": 2, "min_delta": 1e9, "restore_best": True}
+    cfg = config(max_epochs=10, n_train=10, lr=0.01, early_stopping=es)
+    result = run(cfg, tiny_cifar_image_folder)
+    assert len(result.history) == 3  # best at epoch 1, two epochs without improvement
+    assert result.metrics["reported_epoch"] == 1 and result.metrics["epochs"] == 3
+    assert result.stop_reason in ("early_stopped", "chance_level")
+    if result.history["train_acc"].max() > 0.5 + cfg.chance_margin:
+        assert result.stop_reason == "early_stopped"
+    # the reported weights are the first epoch's: those of the same run stopped after one epoch
+    one = run(cfg.replace(max_epochs=1, early_stopping=None), tiny_cifar_image_folder)
+    assert_states_close(result.state_dict, one.state_dict, rtol=1e-5, atol=1e-7)
+    assert_frames_close(result.history.iloc[:1], one.history, rtol=1e-5, atol=1e-7)
+    # and not the last epoch's
+    last = run(cfg.replace(max_epochs=3, early_stopping=None), tiny_cifar_image_folder)
+    assert not np.allclose(result.state_dict["classifier.1.weight"], last.state_dict["classifier.1.weight"])
+    # without restore_best the last weights are reported
+    no_restore = run(cfg.replace(early_stopping={"restore_best": False}), tiny_cifar_image_folder)
+    assert no_restore.metrics["reported_epoch"] == 3
+    assert_states_close(no_restore.state_dict, last.state_dict, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("monitor", ["val_loss", "val_acc", "test_acc"])
+def test_early_stopping_follows_the_monitored_history(tiny_cifar_image_folder, monitor):
+    es = {"monitor": monitor, "patience": 2, "min_delta": 0.0, "restore_best": True}
+    cfg = config(max_epochs=6, lr=0.05, early_stopping=es)
+    result = run(cfg, tiny_cifar_image_folder)
+    values = result.history[monitor].to_numpy() * (-1 if monitor.endswith("acc") else 1)
+    # the rule, written out: improvement = strictly below the best so far (minus min_delta)
+    best, best_epoch, stop = None, 0, None
+    for epoch, v in enumerate(values, start=1):
+        if best is None or v < best:
+            best, best_epoch = v, epoch
+        elif epoch - best_epoch >= 2:
+            stop = epoch
+            break
+    expected_epochs = stop or cfg.max_epochs
+    assert len(result.history) == expected_epochs
+    assert result.metrics["reported_epoch"] == best_epoch
+    reason = "early_stopped" if stop else "max_epochs"
+    if result.history["train_acc"].max() <= 0.5 + cfg.chance_margin:
+        reason = "chance_level"
+    assert result.stop_reason == reason
+
+
+def test_chance_level_reason(tiny_cifar_image_folder):
+    # a chance margin of 0.49 calls every run below 99 % training accuracy "chance level"
+    result = run(config(max_epochs=1, lr=1e-6, init_scale=0.2, chance_margin=0.49), tiny_cifar_image_folder)
+    assert result.stop_reason == "chance_level"
+    assert result.stop_reason in STOP_REASONS
