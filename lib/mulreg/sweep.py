@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -98,6 +96,7 @@ def auto_group_size(config: RunConfig) -> int:
 
 def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     """Train every run of `spec` the store lacks; return the runs table of the whole sweep."""
+    spec = executor_from_env(spec)
     store = spec.open_store()
     configs = spec.configs()
     pending = [c for c in configs if not store.is_complete(c.key())]
@@ -114,6 +113,19 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
             for group in groups:
                 _train_claimed(group, store, root, bar)
     return store.load_runs([c.key() for c in configs])
+
+
+def executor_from_env(spec: SweepSpec) -> SweepSpec:
+    """Env MULREG_EXECUTOR / MULREG_RAY_ADDRESS choose the executor of sweeps that set none
+    themselves, e.g. the notebooks' sweeps under `make figures` (docs/CLUSTER.md)."""
+    env = {"executor": os.environ.get("MULREG_EXECUTOR"), "ray_address": os.environ.get("MULREG_RAY_ADDRESS")}
+    update = {k: v for k, v in env.items() if v and k not in spec.model_fields_set}
+    if not update:
+        return spec
+    try:
+        return SweepSpec.model_validate(spec.model_dump(exclude_unset=True) | update)
+    except ValidationError as err:
+        raise ConfigError("env MULREG_EXECUTOR / MULREG_RAY_ADDRESS: " + describe(err)) from None
 
 
 def _strategy(spec: SweepSpec, pending: list[RunConfig]) -> str:

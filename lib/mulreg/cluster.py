@@ -1,0 +1,265 @@
+"""The `ray` executor: a sweep's pending groups trained as Ray tasks, on one machine or a cluster.
+
+`run_groups_on_ray(groups, store, spec, bar)` is what `mulreg.sweep.run` calls when the sweep's
+`executor` is "ray". Each group (runs that train together as one vectorized stack, planned by
+`sweep.plan_groups`) becomes one Ray task asking for the resources it needs (`resources_for`: one
+GPU when the sweep's device is CUDA, else one CPU). See docs/CLUSTER.md for starting a cluster.
+
+Where results are written: the DRIVER writes them. A task returns its `RunResult`s and the driver
+saves each one into its own store with `Store.save` (a temporary folder renamed into place, and a
+run already stored is kept, never overwritten), so
+
+- workers need no shared file system: only the code and the data (`MULREG_DATA`) on every node;
+- a run is never half-written (atomic rename) and never stored twice (the first copy wins);
+- the driver holds the store's claim (flock) on every run it has submitted, so a second sweep on
+  the same store, local or Ray, does not train those runs too.
+
+Checkpoints: a worker writes training checkpoints into the store only when the store's folder is
+visible on its node (a shared file system; checked with a token file the driver writes there for
+this sweep). Then a task retried after its worker died resumes its runs from their last checkpoint;
+without a shared store it starts them again.
+
+Faults: a worker that dies (killed, node lost) has its task retried by Ray (`MAX_RETRIES`). A task
+that raises an error is not retried (the error would come back); the others go on and the sweep
+raises at the end. A driver that dies leaves every finished run in the store, its claims released
+by the OS: rerunning the sweep trains only the rest, exactly as with the `local` executor. Ctrl-C
+cancels the outstanding tasks and re-raises `KeyboardInterrupt`.
+
+Ray itself: `ray_address` "local" starts a private instance (`workers` CPUs, default all) and shuts
+it down afterwards; "auto", "host:port" or "ray://host:port" connect to a running cluster and
+disconnect afterwards. If Ray is already initialised in this process (e.g. a notebook called
+`ray.init()`), that connection is used and left open.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import signal
+import uuid
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import ConfigError, RunConfig
+from .store import Store
+
+MAX_RETRIES = 3  # Ray's retries of a task whose worker died
+# Driver environment passed on to each task; applied on the worker only where the path exists there.
+FORWARDED_ENV = ("MULREG_DATA", "MULREG_CACHE", "MULREG_RAY_KILL_ONCE")
+# MULREG_RAY_KILL_ONCE (tests only): path of a marker file; the first task that finds it deletes it
+# and SIGKILLs its own worker process, to check that Ray retries the task.
+
+
+def resources_for(group: list[RunConfig], cluster: dict | None = None) -> dict:
+    """What one task of `group` asks Ray for: a GPU (and a CPU to drive it) when the sweep's device
+    is "cuda" (or "auto" and the cluster has GPUs), else one CPU (one torch thread)."""
+    device = group[0].device
+    if device == "auto":
+        cluster = cluster if cluster is not None else _cluster_resources()
+        device = "cuda" if cluster.get("GPU", 0) > 0 else "cpu"
+    return {"num_cpus": 1, "num_gpus": 1} if device == "cuda" else {"num_cpus": 1, "num_gpus": 0}
+
+
+def run_groups_on_ray(groups: list[list[RunConfig]], store: Store, spec, bar: tqdm | None = None,
+                      root=None) -> dict:
+    """Train `groups` as Ray tasks and save every result into `store` on this (the driver's) side.
+
+    `bar` counts runs; it is advanced as each task's results arrive, with one line per run.
+    Returns counts: {"groups", "submitted", "runs_saved", "skipped"} (skipped: groups whose runs
+    were all complete or held by another sweep when their turn came)."""
+    ray = _import_ray()
+    started = _connect(ray, spec)
+    token = store.root / "claims" / f"ray-{uuid.uuid4().hex}.driver"
+    try:
+        token.write_text("a Ray sweep's driver is using this store; workers that see this file share it\n")
+        return _Driver(ray, groups, store, spec, bar, root, token.name).run()
+    finally:
+        token.unlink(missing_ok=True)
+        if started:
+            ray.shutdown()
+
+
+# ---- the driver
+class _Driver:
+    def __init__(self, ray, groups, store: Store, spec, bar, root, token: str):
+        self.ray, self.store, self.spec, self.bar, self.token = ray, store, spec, bar, token
+        self.root = None if root is None else _absolute(root)
+        self.queue = collections.deque(groups)
+        self.inflight: dict = {}  # ObjectRef -> (group, ExitStack holding its claims)
+        self.counts = {"groups": len(groups), "submitted": 0, "runs_saved": 0, "skipped": 0}
+        self.done_groups = 0
+        self.failures: list[tuple[list[RunConfig], BaseException]] = []
+        # absolute paths: a worker's working directory is not the driver's
+        self.env = {k: _absolute(os.environ[k]) for k in FORWARDED_ENV if os.environ.get(k)}
+        self.remote = ray.remote(_train_task)
+
+    def run(self) -> dict:
+        self._check_feasible()
+        self._postfix()
+        try:
+            while self.queue or self.inflight:
+                self._fill()
+                if not self.inflight:
+                    continue
+                ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    self._collect(ref)
+        except BaseException:  # Ctrl-C, or an error on this side: stop the cluster's work too
+            for ref in self.inflight:
+                with contextlib.suppress(Exception):
+                    self.ray.cancel(ref, force=True)
+            raise
+        finally:
+            for _, claims in self.inflight.values():
+                claims.close()
+        if self.failures:
+            group, err = self.failures[0]
+            raise RuntimeError(f"{len(self.failures)} of {self.counts['submitted']} Ray tasks failed; the first "
+                               f"({len(group)} runs, e.g. {group[0].key()}) with: {err}") from err
+        return self.counts
+
+    def _check_feasible(self) -> None:
+        if not self.queue:
+            return
+        cluster = _cluster_resources()
+        wanted = resources_for(self.queue[0], cluster)
+        if wanted["num_gpus"] and not cluster.get("GPU", 0):
+            raise ConfigError(f"the sweep's device is {self.queue[0][0].device!r} but the Ray cluster has no GPU "
+                              f"(resources: {cluster}); see `ray status`")
+
+    def _capacity(self) -> int:
+        """Tasks kept submitted at once: twice what the cluster can run now (it may grow), so claims
+        stay few and Ctrl-C has little to cancel."""
+        cluster = _cluster_resources()
+        kind = "GPU" if self.queue and resources_for(self.queue[0], cluster)["num_gpus"] else "CPU"
+        return max(2, 2 * int(cluster.get(kind, 0)))
+
+    def _fill(self) -> None:
+        capacity = self._capacity() if self.queue else 0
+        while self.queue and len(self.inflight) < capacity:
+            group = self.queue.popleft()
+            claims = contextlib.ExitStack()
+            # claim() yields the keys it could lock that are not complete: the last check before submitting
+            todo = set(claims.enter_context(self.store.claim([c.key() for c in group])))
+            group = [c for c in group if c.key() in todo]
+            if not group:
+                claims.close()
+                self.counts["skipped"] += 1
+                self.done_groups += 1
+                continue
+            try:
+                ref = self.remote.options(**resources_for(group), max_retries=MAX_RETRIES, retry_exceptions=False,
+                                          name=f"mulreg-group-{len(group)}runs").remote(
+                    group, _absolute(self.store.root), self.token, self.store.every, self.env, self.root)
+            except BaseException:
+                claims.close()
+                raise
+            self.inflight[ref] = (group, claims)
+            self.counts["submitted"] += 1
+
+    def _collect(self, ref) -> None:
+        group, claims = self.inflight.pop(ref)
+        self.done_groups += 1
+        self._postfix(refresh=False)
+        try:
+            results = self.ray.get(ref)
+        except self.ray.exceptions.RayError as err:  # retries used up, or the task raised
+            self.failures.append((group, err))
+            if self.bar is not None:
+                self.bar.write(f"ray task failed ({len(group)} runs, e.g. {group[0].key()}): {_first_line(err)}")
+        else:
+            from .sweep import summary
+
+            for result in results:
+                self.store.save(result)
+                self.counts["runs_saved"] += 1
+                if self.bar is not None:
+                    self.bar.update()
+                    self.bar.write(summary(result.config.model_dump() | result.metrics
+                                           | {"stop_reason": result.stop_reason}))
+        finally:
+            claims.close()
+
+    def _postfix(self, refresh: bool = True) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"ray groups {self.done_groups}/{self.counts['groups']}, "
+                                     f"{len(self.inflight)} submitted", refresh=refresh)
+
+
+def _absolute(path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("executor: ray needs Ray installed: pip install -e '.[ray]' (docs/CLUSTER.md)") from None
+    return ray
+
+
+def _connect(ray, spec) -> bool:
+    """Initialise Ray as `spec.ray_address` says; True when this call did (and must shut it down)."""
+    if ray.is_initialized():
+        return False
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=True)
+    if spec.ray_address == "local":
+        ray.init(address="local", num_cpus=spec.workers or os.cpu_count() or 1, include_dashboard=False, **quiet)
+        return True
+    try:
+        ray.init(address=spec.ray_address, **quiet)
+    except ConnectionError as err:
+        raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} ({_first_line(err)}); start one "
+                          "with `ray start --head` (docs/CLUSTER.md), or use ray_address: local") from None
+    return True
+
+
+def _cluster_resources() -> dict:
+    import ray
+
+    return ray.cluster_resources() if ray.is_initialized() else {}
+
+
+# ---- the task (runs on a worker)
+def _train_task(group: list[RunConfig], store_root: str, token: str, every: int, env: dict[str, str],
+                root: str | None) -> list:
+    """Train one group on this worker and return its `RunResult`s (weights on the CPU)."""
+    import torch
+
+    from .train import resolve_device, train_group
+
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        for k, v in env.items():  # the driver's data and cache paths, where this node has them
+            if Path(v).exists():
+                os.environ[k] = v
+        _kill_once_hook()
+        if resolve_device(group[0].device).type == "cpu":
+            torch.set_num_threads(1)  # one CPU per task; more threads only contend (docs/PERFORMANCE.md)
+        shared = (Path(store_root) / "claims" / token).is_file()
+        checkpoints = Store(store_root, every).checkpoints() if shared else None
+        return train_group(group, root=root, checkpoints=checkpoints, progress=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _kill_once_hook() -> None:
+    marker = os.environ.get("MULREG_RAY_KILL_ONCE")
+    if marker:
+        try:
+            os.remove(marker)  # atomic: only one task wins the marker
+        except FileNotFoundError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)

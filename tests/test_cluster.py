@@ -1,0 +1,125 @@
+"""The Ray executor on a real local Ray instance (2 CPUs, started once for this module): same runs
+table as the local executor, complete runs never resubmitted, a killed worker's task retried."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from mulreg.cluster import resources_for, run_groups_on_ray  # noqa: E402
+from mulreg.config import ConfigError, RunConfig  # noqa: E402
+from mulreg.store import Store  # noqa: E402
+from mulreg.sweep import SweepSpec, plan_groups, run  # noqa: E402
+
+BASE = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, max_epochs=2, init_scale=0.5, lr=0.01,
+            device="cpu", early_stopping={"patience": 5})
+GRID = {"penalty": ["none", "mul"], "lam": [1e-3], "seed": [1, 2]}  # 4 runs
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def tiny(tiny_cifar_image_folder, monkeypatch):
+    monkeypatch.setenv("MULREG_DATA", str(tiny_cifar_image_folder))
+    monkeypatch.delenv("MULREG_EXECUTOR", raising=False)
+    return tiny_cifar_image_folder
+
+
+def spec(store: Path, **fields) -> SweepSpec:
+    return SweepSpec(base=BASE, grid=GRID, store=str(store), **fields)
+
+
+def assert_same_runs(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    a, b = a.sort_values("key").reset_index(drop=True), b.sort_values("key").reset_index(drop=True)
+    assert set(a.columns) == set(b.columns) and list(a["key"]) == list(b["key"])
+    for col in a.columns:
+        if pd.api.types.is_numeric_dtype(a[col]) and not pd.api.types.is_bool_dtype(a[col]):
+            np.testing.assert_allclose(a[col].to_numpy(float), b[col][a.index].to_numpy(float),
+                                       rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=col)
+        else:
+            assert a[col].astype(str).tolist() == b[col].astype(str).tolist(), col
+
+
+def stored_dirs(store: Path) -> list[str]:
+    return sorted(p.name for p in (store / "runs").iterdir())
+
+
+def test_resources_for_device():
+    cpu = [RunConfig.parse(BASE)]
+    assert resources_for(cpu) == {"num_cpus": 1, "num_gpus": 0}
+    assert resources_for([c.replace(device="cuda") for c in cpu])["num_gpus"] == 1
+    auto = [c.replace(device="auto") for c in cpu]
+    assert resources_for(auto, {"CPU": 8, "GPU": 2})["num_gpus"] == 1
+    assert resources_for(auto, {"CPU": 8})["num_gpus"] == 0
+
+
+def test_ray_sweep_equals_local_and_skips_complete_runs(ray_instance, tiny, tmp_path):
+    local = run(spec(tmp_path / "local", strategy="inline"), progress=False)
+    on_ray = run(spec(tmp_path / "ray", executor="ray"), progress=False)
+    assert len(local) == len(on_ray) == 4
+    assert_same_runs(local, on_ray)
+
+    # a second call trains nothing: same files, untouched, and no task submitted
+    store = Store(tmp_path / "ray")
+    mtimes = {k: (store.run_dir(k) / "metrics.json").stat().st_mtime_ns for k in on_ray["key"]}
+    again = run(spec(tmp_path / "ray", executor="ray"), progress=False)
+    assert_same_runs(on_ray, again)
+    assert {k: (store.run_dir(k) / "metrics.json").stat().st_mtime_ns for k in on_ray["key"]} == mtimes
+    groups = plan_groups(spec(tmp_path / "ray").configs())  # all complete, even if a caller passes them
+    counts = run_groups_on_ray(groups, store, spec(tmp_path / "ray", executor="ray"), None)
+    assert counts["submitted"] == 0 and counts["skipped"] == len(groups) == 4
+    assert stored_dirs(tmp_path / "ray") == sorted(on_ray["key"])
+
+
+def test_killed_worker_is_retried_and_every_run_stored_once(ray_instance, tiny, tmp_path, monkeypatch):
+    marker = tmp_path / "kill-once"
+    marker.touch()
+    monkeypatch.setenv("MULREG_RAY_KILL_ONCE", str(marker))
+    sweep = spec(tmp_path / "ray", executor="ray", group_size=2)  # 2 tasks of 2 stacked runs
+    table = run(sweep, progress=False)
+    assert not marker.exists()  # one task found it and SIGKILLed its worker; Ray ran that task again
+    assert len(table) == 4 and table["key"].is_unique
+    assert stored_dirs(tmp_path / "ray") == sorted(table["key"])  # no duplicates, no half-written temp dirs
+    assert not list((tmp_path / "ray" / "checkpoints").iterdir())
+    assert not list((tmp_path / "ray" / "claims").glob("ray-*.driver"))
+
+
+def test_gpu_sweep_on_cpu_only_cluster_is_refused(ray_instance, tiny, tmp_path):
+    group = [RunConfig.parse(BASE).replace(device="cuda")]
+    with pytest.raises(ConfigError, match="no GPU"):
+        run_groups_on_ray([group], Store(tmp_path / "s"), spec(tmp_path / "s", executor="ray"), None)
+
+
+def test_executor_from_env_fills_only_what_the_sweep_leaves_unset(monkeypatch):
+    from mulreg.sweep import executor_from_env
+
+    monkeypatch.setenv("MULREG_EXECUTOR", "ray")
+    monkeypatch.setenv("MULREG_RAY_ADDRESS", "auto")
+    picked = executor_from_env(SweepSpec(grid=GRID))  # e.g. a notebook's sweep under `make figures`
+    assert (picked.executor, picked.ray_address) == ("ray", "auto") and picked.grid == GRID
+    assert executor_from_env(SweepSpec(executor="local")).executor == "local"
+    monkeypatch.setenv("MULREG_EXECUTOR", "slurm")
+    with pytest.raises(ConfigError, match="executor"):
+        executor_from_env(SweepSpec())
+
+
+def test_task_checkpoints_into_the_store_only_where_the_driver_token_is_visible(tiny, tmp_path):
+    from mulreg.cluster import _train_task  # the task body, run here without Ray
+
+    group = [RunConfig.parse({**BASE, "early_stopping": None})]  # 2 epochs, a checkpoint after epoch 1
+    store = Store(tmp_path / "store", checkpoint_every=1)
+    (store.root / "claims" / "ray-test.driver").touch()
+    results = _train_task(group, str(store.root), "ray-test.driver", 1, {}, None)
+    assert [r.config.key() for r in results] == [group[0].key()]
+    assert store.checkpoint_path(group[0].key()).exists()  # shared store: the worker checkpoints there
+    store.checkpoint_path(group[0].key()).unlink()
+    _train_task(group, str(store.root), "ray-other.driver", 1, {}, None)  # a store of the same name elsewhere
+    assert not list((store.root / "checkpoints").iterdir())
