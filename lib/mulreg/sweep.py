@@ -101,17 +101,19 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     configs = spec.configs()
     pending = [c for c in configs if not store.is_complete(c.key())]
     groups = plan_groups(pending, spec.group_size)
-    with tqdm(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
-              disable=not progress, dynamic_ncols=True) as bar:
+    with (tqdm(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
+               disable=not progress, dynamic_ncols=True) as bar,
+          tqdm(total=sum(c.max_epochs for c in pending), unit="epoch", desc="epochs", position=1,
+               leave=False, disable=not progress or spec.executor == "ray", dynamic_ncols=True) as epochs):
         if spec.executor == "ray":
             from .cluster import run_groups_on_ray
 
             run_groups_on_ray(groups, store, spec, bar, root=root)
         elif _strategy(spec, pending) == "processes":
-            _run_processes(groups, store, spec, bar, root)
+            _run_processes(groups, store, spec, bar, epochs, root)
         else:
             for group in groups:
-                _train_claimed(group, store, root, bar)
+                _train_claimed(group, store, root, bar, epochs.update)
     return store.load_runs([c.key() for c in configs])
 
 
@@ -141,7 +143,7 @@ def summary(row: dict) -> str:
             f"test acc {row.get('test_acc', float('nan')):.4f} after {row['epochs']} epochs ({row['stop_reason']})")
 
 
-def _train_claimed(group: list[RunConfig], store: Store, root, bar: tqdm | None) -> None:
+def _train_claimed(group: list[RunConfig], store: Store, root, bar: tqdm | None, on_epochs=None) -> None:
     """Train the runs of `group` that no other process holds, saving each as it finishes."""
     with store.claim([c.key() for c in group]) as claimed:
         todo = [c for c in group if c.key() in claimed]
@@ -154,27 +156,45 @@ def _train_claimed(group: list[RunConfig], store: Store, root, bar: tqdm | None)
                 bar.update()
                 bar.write(summary(result.config.model_dump() | result.metrics | {"stop_reason": result.stop_reason}))
 
-        train_group(todo, root=root, checkpoints=store.checkpoints(), progress=False, on_result=done)
+        train_group(todo, root=root, checkpoints=store.checkpoints(), progress=False, on_result=done,
+                    on_epochs=on_epochs)
 
 
-def _worker(group: list[RunConfig], store_root: str, every: int, threads: int, root) -> None:
-    torch.set_num_threads(threads)
-    _train_claimed(group, Store(store_root, every), root, None)
+_epochs_done = None  # in a worker process: the counter of run-epochs shared with the parent
 
 
-def _run_processes(groups, store: Store, spec: SweepSpec, bar: tqdm, root) -> None:
+def _init_worker(counter) -> None:
+    global _epochs_done
+    _epochs_done = counter
+    torch.set_num_threads(1)
+
+
+def _count_epochs(n: int) -> None:
+    with _epochs_done.get_lock():
+        _epochs_done.value += n
+
+
+def _worker(group: list[RunConfig], store_root: str, every: int, root) -> None:
+    _train_claimed(group, Store(store_root, every), root, None, _count_epochs)
+
+
+def _run_processes(groups, store: Store, spec: SweepSpec, bar: tqdm, epochs: tqdm, root) -> None:
     """One worker process per core, one thread each: on a small CPU this beats threads within one
-    process (see docs/PERFORMANCE.md). The parent reports progress from the store."""
+    process (see docs/PERFORMANCE.md). The parent reports progress from the store and a shared
+    epoch counter."""
     workers = spec.workers or os.cpu_count() or 1
     keys = [c.key() for g in groups for c in g]
     reported: set[str] = set()
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_worker, g, str(store.root), store.every, 1, root) for g in groups}
+    ctx = get_context("spawn")
+    counter = ctx.Value("q", 0)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
+        futures = {pool.submit(_worker, g, str(store.root), store.every, root) for g in groups}
         try:
             while futures:
-                finished, futures = wait(futures, timeout=2, return_when=FIRST_COMPLETED)
+                finished, futures = wait(futures, timeout=1, return_when=FIRST_COMPLETED)
                 for f in finished:
                     f.result()
+                epochs.update(counter.value - epochs.n)
                 _report_new(store, keys, reported, bar)
         except BaseException:
             pool.shutdown(cancel_futures=True)

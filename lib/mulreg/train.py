@@ -89,9 +89,10 @@ def train(config: RunConfig, *, root=None, checkpoints: Checkpoints | None = Non
 
 
 def train_group(configs: list[RunConfig], *, root=None, checkpoints: Checkpoints | None = None,
-                progress: bool = True, on_result=None) -> list[RunResult]:
+                progress: bool = True, on_result=None, on_epochs=None) -> list[RunResult]:
     """Train runs that share a `group_key` together; results come back in the order given, and
-    each is also passed to `on_result` as soon as its run stops."""
+    each is also passed to `on_result` as soon as its run stops. `on_epochs(n)` hears of every n
+    run-epochs done (a run that stops early counts its remaining epochs as done)."""
     keys = {group_key(c) for c in configs}
     if len(keys) != 1:
         raise ValueError(f"train_group needs configs with one group_key, got {len(keys)} different ones")
@@ -106,12 +107,17 @@ def train_group(configs: list[RunConfig], *, root=None, checkpoints: Checkpoints
     total = sum(r.config.max_epochs for r in runs)
     with tqdm(total=total, initial=sum(r.epoch for r in runs), unit="epoch", disable=not progress,
               desc=f"training {len(runs)} run{'s' * (len(runs) > 1)}", dynamic_ncols=True) as bar:
+        def advance(n: int) -> None:
+            bar.update(n)
+            if on_epochs:
+                on_epochs(n)
+
         active = runs
         while active:
             stack = engine.stack(active)
             while not any(r.stop_reason for r in active):
                 engine.epoch(stack)
-                bar.update(len(active))
+                advance(len(active))
                 bar.set_postfix(engine.postfix(active), refresh=False)
                 for r in active:
                     if checkpoints and r.epoch % checkpoints.every == 0 and not r.stop_reason:
@@ -119,7 +125,7 @@ def train_group(configs: list[RunConfig], *, root=None, checkpoints: Checkpoints
             for r in active:
                 r.capture(stack)
             for r in [r for r in active if r.stop_reason]:
-                bar.update(r.config.max_epochs - r.epoch)
+                advance(r.config.max_epochs - r.epoch)
                 results[id(r)] = engine.finish(r)
                 if on_result:
                     on_result(results[id(r)])
