@@ -201,9 +201,6 @@ def test_smoke_reports_load_no_plotly_from_a_cdn(smoke_run):
 
 @pytest.mark.slow
 @pytest.mark.cifar
-@pytest.mark.xfail(reason="mulreg.reports.export_html uses nbconvert's stock 'lab' template, whose page head "
-                          "loads require.js and MathJax from cdnjs (and mermaid by import); the figures "
-                          "themselves do not need them", strict=False)
 def test_smoke_reports_load_no_script_from_a_cdn(smoke_run):
     _, out = smoke_run
     for stem in STEMS:

@@ -162,14 +162,11 @@ def epoch_rules_wide(rules: pd.DataFrame, by: Sequence[str] = GROUP, percent: bo
 
 # ---- per-run data from the store
 def histories(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
-    """Per-epoch histories of `runs`, long, with penalty, λ, label noise and seed attached. The
-    history's own `penalty` column (the value of λ·R(W) per epoch) is renamed `penalty_term`, so
-    `penalty` names the penalty kind as everywhere else."""
+    """Per-epoch histories of `runs`, long, with penalty, λ, label noise and seed attached."""
     store = Store(store) if isinstance(store, str) else store
     if not len(runs):
         return pd.DataFrame()
     _, hist = store.load_runs(list(runs["key"]), histories=True)
-    hist = hist.rename(columns={"penalty": "penalty_term"})
     info = runs[["key", "penalty", "lam", "label_noise", "seed"]]
     return _order(hist.merge(info, on="key"))
 

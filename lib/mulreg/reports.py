@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import nbformat
 import papermill
 from nbconvert import HTMLExporter
@@ -86,11 +87,21 @@ def execute(nb: Path, profile: str, out_dir: Path) -> Outcome:
     return Outcome(nb.stem, seconds, error, figures)
 
 
+# nbconvert's 'lab' template without the scripts it would fetch from CDNs (require.js, MathJax,
+# mermaid): the reports must open offline, and our figures need none of them.
+OFFLINE_TEMPLATE = jinja2.DictLoader({"offline.html.j2": (
+    "{%- extends 'lab/index.html.j2' -%}"
+    + "".join(f"{{%- block {b} -%}}{{%- endblock {b} -%}}" for b in
+              ("html_head_js_requirejs", "html_head_js_mathjax", "html_head_js_mermaidjs"))
+)})
+
+
 def export_html(executed: Path) -> None:
-    """Full HTML and a code-hidden version, both self-contained."""
+    """Full HTML and a code-hidden version, both self-contained and offline."""
     notebook = nbformat.read(executed, as_version=4)
     for suffix, hide in ((".html", False), (".nocode.html", True)):
-        body, _ = HTMLExporter(exclude_input=hide, exclude_input_prompt=hide,
+        body, _ = HTMLExporter(extra_loaders=[OFFLINE_TEMPLATE], template_file="offline.html.j2",
+                               exclude_input=hide, exclude_input_prompt=hide,
                                exclude_output_prompt=hide, embed_images=True).from_notebook_node(notebook)
         executed.with_suffix(suffix).write_text(body)
 

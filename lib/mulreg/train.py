@@ -286,7 +286,7 @@ class _Engine:
 
     def _row(self, run: _Run, values: torch.Tensor) -> dict:
         v = values.tolist()
-        row = {"epoch": run.epoch + 1, "train_loss": v[0], "penalty": v[1], "train_acc": v[2]}
+        row = {"epoch": run.epoch + 1, "train_loss": v[0], "penalty_term": v[1], "train_acc": v[2]}
         if len(run.val_idx):
             row |= {"val_loss": v[3], "val_acc": v[4]}
         row |= {"test_loss": v[5], "test_acc": v[6]}
