@@ -132,9 +132,9 @@ def timed(fn, repeats: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n-train", type=int, default=2000, help="training pool (80%% trained on, 20%% validation)")
-    p.add_argument("--n-test", type=int, default=500)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--n-train", type=int, default=4000, help="training pool (80%% trained on, 20%% validation)")
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ks", type=int, nargs="+", default=[2, 4], help="runs per sweep for (c)")
     p.add_argument("--device", default="auto")
