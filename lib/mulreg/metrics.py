@@ -60,7 +60,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 2000) -> torch.Tenso
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        out = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
+        chunks = (x[i : i + batch].contiguous(memory_format=torch.channels_last) for i in range(0, len(x), batch))
+        out = torch.cat([model(c) for c in chunks])  # channels-last: faster convolutions on a CPU
     model.train(was_training)
     return out
 

@@ -195,6 +195,7 @@ class _Stack:
         self.targets = torch.stack([r.targets for r in runs])
         self.hyper = {h: torch.tensor([getattr(r.config, h) for r in runs], device=device)
                       for h in ("lr", "momentum")}
+        self.heavy_ball = any(r.config.momentum > 0 for r in runs)
         self.lam = {kind: torch.tensor([r.config.lam * (r.config.penalty == kind) for r in runs],
                                        device=device) for kind in ("sum", "mul", "mul_log")}
 
@@ -333,7 +334,9 @@ class _Engine:
             t = slots["step"]
         for (name, p), g in zip(stack.params.items(), grads):
             shape = (-1,) + (1,) * (p.dim() - 1)
-            if self.optimizer == "sgd":
+            if self.optimizer == "sgd" and not stack.heavy_ball:
+                p.sub_(lr.view(shape) * g)  # θ ← θ − η g
+            elif self.optimizer == "sgd":
                 buf = slots[f"momentum.{name}"].mul_(mu.view(shape)).add_(g)  # b ← μb + g
                 p.sub_(lr.view(shape) * buf)  # θ ← θ − η b
             else:
