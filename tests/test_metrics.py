@@ -230,3 +230,23 @@ def test_accuracy_one_hot():
     y = torch.nn.functional.one_hot(torch.tensor([1, 0, 2, 1]), 3).float()
     assert correct(out, y).tolist() == [True, True, False, False]
     assert accuracy(out, y) == pytest.approx(0.5)
+
+
+def test_normalized_margins_equal_outputs_over_the_norm_product():
+    from mulreg.config import RunConfig
+    from mulreg.metrics import margin_of_outputs, normalized_margins
+    from mulreg.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(RunConfig.parse(dict(model={"width": 0.25}), init_scale=1.0)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.bias.normal_()  # non-zero biases must be scaled too
+    x, y = torch.randn(8, 3, 32, 32), torch.tensor([1.0, -1.0] * 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    product = torch.stack([w.norm() for w in [m.weight for m in model.modules()
+                                              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]]).prod()
+    expected = margin_of_outputs(model(x).detach() / product, y)
+    assert torch.allclose(normalized_margins(model, x, y), expected, rtol=1e-4, atol=1e-9)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -57,14 +57,14 @@ def test_train_end_to_end(tiny_cifar_image_folder):
     h = result.history
     assert result.stop_reason in ("max_epochs", "chance_level")
     assert list(h["epoch"]) == [1, 2]
-    expected_columns = {"epoch", "train_loss", "penalty", "train_acc", "val_loss", "val_acc", "test_loss",
+    expected_columns = {"epoch", "train_loss", "penalty_term", "train_acc", "val_loss", "val_acc", "test_loss",
                         "test_acc", "norm_product", "norm_sq_sum", *(f"norm_{n}" for n in LAYERS)}
     assert expected_columns <= set(h.columns)
     assert np.isfinite(h.drop(columns="epoch").to_numpy(float)).all()
     norms = h[[f"norm_{n}" for n in LAYERS]].to_numpy()
     np.testing.assert_allclose(h["norm_product"], norms.prod(1), rtol=1e-6)
     np.testing.assert_allclose(h["norm_sq_sum"], (norms**2).sum(1), rtol=1e-6)
-    assert (h["penalty"] > 0).all()
+    assert (h["penalty_term"] > 0).all()
     assert ((h[["train_acc", "val_acc", "test_acc"]] >= 0) & (h[["train_acc", "val_acc", "test_acc"]] <= 1)).all().all()
 
     # the reported weights are the last epoch's (no early stopping): its norms are the history's
@@ -111,7 +111,7 @@ def test_train_end_to_end(tiny_cifar_image_folder):
     if ok.any():
         assert m["margin_mean_correct"] == pytest.approx(margins[ok].mean(), abs=tol)
     for k in ("test_acc_last", "test_acc_best_test", "test_acc_best_val", "epochs", "reported_epoch",
-              "margin_std_mean"):
+              "margin_std_mean", "margin_norm_mean"):
         assert k in m
     assert m["epochs"] == 2 and m["reported_epoch"] == 2
     assert m["test_acc_last"] == h["test_acc"].iloc[-1]
@@ -121,7 +121,7 @@ def test_train_end_to_end(tiny_cifar_image_folder):
 
 def test_penalty_column_is_zero_without_penalty(tiny_cifar_image_folder):
     result = run(config(max_epochs=1, n_train=8), tiny_cifar_image_folder)
-    assert (result.history["penalty"] == 0).all()
+    assert (result.history["penalty_term"] == 0).all()
 
 
 # ---------------------------------------------------------------- divergence
@@ -219,7 +219,7 @@ def reference_training(cfg: RunConfig, root, epochs: int):
             correct += (torch.sign(out.detach()) == y).sum().item()
         with torch.no_grad():
             val_out, test_out = model(task.x_val), model(task.x_test)
-        rows.append({"train_loss": loss_sum / n, "penalty": pen_sum / n, "train_acc": correct / n,
+        rows.append({"train_loss": loss_sum / n, "penalty_term": pen_sum / n, "train_acc": correct / n,
                      "val_loss": ((val_out - task.y_val) ** 2).mean().item(),
                      "test_loss": ((test_out - task.y_test) ** 2).mean().item()})
     return model, pd.DataFrame(rows)

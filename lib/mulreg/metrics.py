@@ -55,6 +55,26 @@ def unit_norm_copy(model: nn.Module) -> nn.Module:
     return unit
 
 
+def normalized_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Margins of f(x)/Π_i‖W_i‖_F: every weight divided by its norm and every bias by the product of
+    the norms up to its layer, which for a ReLU network with average pooling is exactly the
+    trained function divided by Π‖W_i‖_F (unlike `margins`, whose untouched biases dominate)."""
+    unit = copy.deepcopy(model).eval()
+    scale = 1.0
+    with torch.no_grad():
+        for m in weight_layers(unit):
+            norm = m.weight.norm().item()
+            scale *= norm
+            if hasattr(m, "parametrizations"):
+                g = m.parametrizations.weight[0].g
+                g.copy_(torch.sign(g))
+            else:
+                m.weight.div_(norm)
+            if m.bias is not None:
+                m.bias.div_(scale)
+    return margin_of_outputs(predict(unit, x), y)
+
+
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 2000) -> torch.Tensor:
     """Outputs of `model` in eval mode, in batches, without gradients."""
     was_training = model.training

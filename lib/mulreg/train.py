@@ -404,7 +404,7 @@ def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
     y_test = pool.targets(pool.y_test)
     if not finite:
         return {"test_acc": float("nan"), "test_loss": float("nan"), "train_acc": float("nan"),
-                "margin_mean": float("nan"), "margin_mean_correct": float("nan"),
+                "margin_mean": float("nan"), "margin_mean_correct": float("nan"), "margin_norm_mean": float("nan"),
                 "margin_std_mean": float("nan"), "_margins": np.array([])}
     out = metrics.predict(model, pool.x_test)
     train_out = metrics.predict(model, pool.x_train[run.train_idx])
@@ -418,6 +418,8 @@ def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
         "train_acc": metrics.accuracy(train_out, run.targets[run.train_idx]),
         "margin_mean": m.mean().item(),
         "margin_mean_correct": m[ok].mean().item() if ok.any() else float("nan"),
+        # y·f(x)/Π‖W_i‖ with biases scaled consistently (meaningful where `margin_mean` is not)
+        "margin_norm_mean": metrics.normalized_margins(model, pool.x_test, y_test).mean().item(),
         # the authors' code also reports raw margins divided by the std of the outputs
         "margin_std_mean": (metrics.margin_of_outputs(out, y_test) / out.std()).mean().item(),
         "norm_product": math.prod(norms),
