@@ -279,3 +279,23 @@ def test_root_from_env_is_resolved_per_call(tiny_cifar_image_folder, tiny_cifar_
     keep = np.isin(arrays["y_test"], [3, 4])
     np.testing.assert_allclose(b.x_test.numpy(), np_normalize(arrays["x_test"][keep]), atol=1e-5)
     assert a.x_test.shape != b.x_test.shape or not torch.equal(a.x_test, b.x_test)
+
+
+def test_concurrent_first_loads_do_not_race(tiny_cifar_image_folder):
+    """Worker processes that decode the same data at once must all succeed (one cache file)."""
+    import multiprocessing
+
+    from mulreg.data import _cache_file
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(3) as pool:
+        shapes = pool.map(_load_shape, [str(tiny_cifar_image_folder)] * 3)
+    assert shapes == [(60, 3, 32, 32)] * 3
+    assert _cache_file(tiny_cifar_image_folder).exists()
+    assert not list(_cache_file(tiny_cifar_image_folder).parent.glob("*.tmp.npz"))
+
+
+def _load_shape(root):
+    from mulreg.data import load_cifar10
+
+    return tuple(load_cifar10(root, download=False)[0].images.shape)

@@ -50,7 +50,7 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -
     if not cache.exists():
         arrays = _decode(folder)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")  # one per process: workers may race
         np.savez(tmp, **arrays)
         os.replace(tmp, cache)
     with np.load(cache) as z:

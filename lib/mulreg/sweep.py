@@ -191,17 +191,19 @@ def _run_processes(groups, store: Store, spec: SweepSpec, bar: tqdm, epochs: tqd
     counter = ctx.Value("q", 0)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
         futures = {pool.submit(_worker, g, str(store.root), store.every, root) for g in groups}
+        errors = []
         try:
             while futures:
                 finished, futures = wait(futures, timeout=1, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    f.result()
+                errors += [f.exception() for f in finished if f.exception()]
                 epochs.update(counter.value - epochs.n)
                 _report_new(store, keys, reported, bar)
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
     _report_new(store, keys, reported, bar)
+    if errors:  # the other groups ran on; the finished runs are stored
+        raise RuntimeError(f"{len(errors)} of {len(groups)} groups failed; first error: {errors[0]!r}") from errors[0]
 
 
 def _report_new(store: Store, keys: list[str], reported: set[str], bar: tqdm) -> None:
