@@ -53,6 +53,7 @@ def parameters(profile: str, stem: str) -> dict:
 def run_notebooks(profile: str, prefix: str | None = None) -> int:
     out_dir = PROJECT_ROOT / "reports" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TQDM_MININTERVAL", "30")  # progress bars in reports: a line per 30 s, not per step
     chosen = notebooks(prefix)
     outcomes = []
     for i, nb in enumerate(chosen, 1):
