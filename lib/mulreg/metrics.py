@@ -42,37 +42,29 @@ def effective_rank(weight: torch.Tensor, rel_tol: float = 0.01) -> int:
     return int((s > rel_tol * s[0]).sum()) if s[0] > 0 else 0
 
 
-def unit_norm_copy(model: nn.Module) -> nn.Module:
-    """A copy with every layer's weight divided by its Frobenius norm (biases untouched)."""
+def unit_norm_copy(model: nn.Module, scale_biases: bool = False) -> nn.Module:
+    """A copy with every layer's weight divided by its Frobenius norm. Biases are untouched, or with
+    `scale_biases` divided by the product of the norms up to their layer, so that a ReLU network
+    with average pooling computes exactly f(x)/Π_i‖W_i‖_F."""
     unit = copy.deepcopy(model).eval()
+    product = 1.0
     with torch.no_grad():
         for m in weight_layers(unit):
+            norm = m.weight.norm().item()
+            product *= norm
             if hasattr(m, "parametrizations"):
                 g = m.parametrizations.weight[0].g
                 g.copy_(torch.sign(g))  # W = g·V/‖V‖ has ‖W‖ = |g|
             else:
-                m.weight.div_(m.weight.norm())
+                m.weight.div_(norm)
+            if scale_biases and m.bias is not None:
+                m.bias.div_(product)
     return unit
 
 
 def normalized_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Margins of f(x)/Π_i‖W_i‖_F: every weight divided by its norm and every bias by the product of
-    the norms up to its layer, which for a ReLU network with average pooling is exactly the
-    trained function divided by Π‖W_i‖_F (unlike `margins`, whose untouched biases dominate)."""
-    unit = copy.deepcopy(model).eval()
-    scale = 1.0
-    with torch.no_grad():
-        for m in weight_layers(unit):
-            norm = m.weight.norm().item()
-            scale *= norm
-            if hasattr(m, "parametrizations"):
-                g = m.parametrizations.weight[0].g
-                g.copy_(torch.sign(g))
-            else:
-                m.weight.div_(norm)
-            if m.bias is not None:
-                m.bias.div_(scale)
-    return margin_of_outputs(predict(unit, x), y)
+    """Margins of f(x)/Π_i‖W_i‖_F (unlike `margins`, whose untouched biases dominate the output)."""
+    return margin_of_outputs(predict(unit_norm_copy(model, scale_biases=True), x), y)
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 2000) -> torch.Tensor:
