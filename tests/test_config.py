@@ -47,6 +47,7 @@ INVALID = [
     ({"max_epochs": 0}, "max_epochs", "0"),
     ({"n_train": 1}, "n_train", "1"),
     ({"model": {"dropout": 1.0}}, "model.dropout", "1.0"),
+    ({"compile": "yes"}, "compile", "'yes'"),
 ]
 
 
@@ -178,7 +179,7 @@ def test_key_changes_with_fields(change):
     assert base.replace(**change).key() != base.key()
 
 
-def test_key_ignores_device():
+def test_key_ignores_device_and_compile():
     base = RunConfig(penalty="mul", lam=5e-7)
-    keys = {base.replace(device=d).key() for d in ("auto", "cpu", "cuda", "mps")}
+    keys = {base.replace(device=d, compile=c).key() for d in ("auto", "cpu", "cuda", "mps") for c in (False, True)}
     assert keys == {base.key()}

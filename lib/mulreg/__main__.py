@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag, kind in TRAIN_FLAGS.items():
         t.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind)
     t.add_argument("--no-early-stopping", action="store_true")
+    t.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training step (faster after a one-off compilation)")
     t.add_argument("--out", default="result.json", help="where to write the result (default: %(default)s)")
 
     s = sub.add_parser("sweep", help="run a sweep file; completed runs are skipped, so rerunning resumes")
@@ -58,7 +60,8 @@ def _train(args) -> int:
     from .train import train
 
     values = load_yaml(args.config) if args.config else {}
-    flags = {FIELD.get(k, k): v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}
+    flags = {FIELD.get(k, k): v for k, v in vars(args).items()
+             if (k in TRAIN_FLAGS or k == "compile") and v is not None}
     config = RunConfig.parse(deep_merge(values, nest(flags)))
     if args.no_early_stopping:
         config = config.replace(early_stopping=None)

@@ -52,7 +52,7 @@ def sweep_spec(*, task: str = "binary", store: str, seeds: Sequence[int], label_
                optimizer: str = "sgd", width: float = 1.0, features_normalization: str | None = None,
                depth_normalization: bool = False, val_fraction: float = 0.2, chance_margin: float = 0.05,
                device: str = "cpu", strategy: str = "auto", workers: int | None = None,
-               group_size: int | None = None, checkpoint_every: int = 10) -> SweepSpec:
+               group_size: int | None = None, checkpoint_every: int = 10, compile: bool = False) -> SweepSpec:
     """One sweep from flat notebook parameters: every penalty in {none, sum, mul (, mul_log)} with
     its λ list, × seeds × label noise; early stopping on `monitor` with restore of the best epoch."""
     penalties = ["none", "sum", "mul"] + (["mul_log"] if len(lam_mul_log) else [])
@@ -64,7 +64,8 @@ def sweep_spec(*, task: str = "binary", store: str, seeds: Sequence[int], label_
         "init_scale": float(init_scale), "lr": float(lr), "momentum": float(momentum),
         "batch_size": int(batch_size), "optimizer": optimizer, "features_normalization": features_normalization,
         "depth_normalization": bool(depth_normalization), "val_fraction": float(val_fraction),
-        "chance_margin": float(chance_margin), "device": device, "model": {"width": float(width)},
+        "chance_margin": float(chance_margin), "device": device, "compile": bool(compile),
+        "model": {"width": float(width)},
         "early_stopping": {"monitor": monitor, "patience": int(patience), "min_delta": float(min_delta),
                            "restore_best": True},
     }

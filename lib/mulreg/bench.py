@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-train", type=int, default=4000, help="training pool (80%% trained on, 20%% validation)")
     p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ks", type=int, nargs="+", default=[2, 4], help="runs per sweep for (c)")
     p.add_argument("--device", default="auto")
@@ -146,19 +146,24 @@ def main(argv=None) -> int:
                                 early_stopping=None, penalty="mul", lam=5e-7, device=device.type))
     images = round(args.n_train * (1 - base.val_fraction)) * args.epochs  # trained images per run
 
-    def sweep(k: int):
+    compiled = base.replace(compile=True)
+
+    def sweep(k: int, config: RunConfig):
         def go():
             with tempfile.TemporaryDirectory() as store:
-                run(SweepSpec(base=base.model_dump(), grid={"seed": list(range(1, k + 1))}, store=store),
+                run(SweepSpec(base=config.model_dump(), grid={"seed": list(range(1, k + 1))}, store=store),
                     progress=False)
         return go
 
     variants = {
         "(a) authors-style loop": (1, lambda: reference_loop(base, args.epochs, device)),
         "(b) mulreg.train": (1, lambda: train(base, progress=False)),
-        **{f"(c) sweep, K={k}": (k, sweep(k)) for k in args.ks},
+        "(b) mulreg.train, compiled": (1, lambda: train(compiled, progress=False)),
+        **{f"(c) sweep, K={k}": (k, sweep(k, base)) for k in args.ks},
+        **{f"(c) sweep, K={k}, compiled": (k, sweep(k, compiled)) for k in args.ks},
     }
-    train(base.replace(max_epochs=1), progress=False)  # warm-up: data cache, kernels
+    for config in (base, compiled):  # warm-up: data cache, kernels, compiled graphs (inherited by forked workers)
+        train(config.replace(max_epochs=1), progress=False)
     ceiling = matmul_flops(device) / training_flops_per_image(base)
     rows = []
     for name, (runs, fn) in variants.items():
@@ -184,9 +189,9 @@ def _print_table(rows, ceiling, device, config) -> None:
     flops = training_flops_per_image(config)
     print(f"\ndevice {device}, {torch.get_num_threads()} threads; training FLOPs/image {flops / 1e6:.1f} M; "
           f"ceiling {ceiling:,.0f} images/s (matmul FLOP/s ÷ FLOPs/image)")
-    print(f"{'variant':<26}{'runs':>5}{'seconds':>9}{'images·runs/s':>15}{'vs (a)':>8}{'of ceiling':>12}")
+    print(f"{'variant':<34}{'runs':>5}{'seconds':>9}{'images·runs/s':>15}{'vs (a)':>8}{'of ceiling':>12}")
     for r in rows:
-        print(f"{r['variant']:<26}{r['runs']:>5}{r['seconds']:>9.1f}{r['images_per_s']:>15,.0f}"
+        print(f"{r['variant']:<34}{r['runs']:>5}{r['seconds']:>9.1f}{r['images_per_s']:>15,.0f}"
               f"{r['vs_a']:>7.2f}x{r['of_ceiling']:>11.0%}")
 
 

@@ -73,6 +73,7 @@ class RunConfig(_Strict):
     model: ModelOptions = ModelOptions()
     chance_margin: float = Field(0.05, ge=0, lt=0.5)  # chance_level if best train acc ≤ chance + this
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    compile: bool = False  # torch.compile the training step (docs/PERFORMANCE.md)
 
     def __init__(self, **values: Any):
         """RunConfig(**values) raises ConfigError too, like RunConfig.parse."""
@@ -100,9 +101,9 @@ class RunConfig(_Strict):
         return RunConfig.parse(deep_merge(self.model_dump(), changes))
 
     def key(self) -> str:
-        """Stable 16-hex-digit hash of the resolved config; `device` is left out (it names where,
-        not what)."""
-        blob = json.dumps(self.model_dump(exclude={"device"}), sort_keys=True)
+        """Stable 16-hex-digit hash of the resolved config; `device` and `compile` are left out
+        (they say where and how, not what)."""
+        blob = json.dumps(self.model_dump(exclude={"device", "compile"}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property

@@ -152,7 +152,7 @@ def _train_claimed(group: list[RunConfig], store: Store, root, bar: tqdm | None,
 
         def done(result):
             store.save(result)
-            if bar is not None:
+            if bar is not None and not bar.disable:
                 bar.update()
                 bar.write(summary(result.config.model_dump() | result.metrics | {"stop_reason": result.stop_reason}))
 
@@ -178,6 +178,19 @@ def _worker(group: list[RunConfig], store_root: str, every: int, root) -> None:
     _train_claimed(group, Store(store_root, every), root, None, _count_epochs)
 
 
+def _worker_context():
+    """forkserver: workers fork from a clean server that has imported torch and mulreg once, so
+    they start in milliseconds (spawn re-imports torch in each: measurably slower, see
+    docs/PERFORMANCE.md) without inheriting the caller's autograd threads, which plain fork must
+    not (a worker compiling `torch.compile` graphs fails after its parent compiled any). spawn
+    where forkserver does not exist."""
+    if "forkserver" not in get_all_start_methods():
+        return get_context("spawn")
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload(["mulreg.sweep"])
+    return ctx
+
+
 def _run_processes(groups, store: Store, spec: SweepSpec, bar: tqdm, epochs: tqdm, root) -> None:
     """One worker process per core, one thread each: on a small CPU this beats threads within one
     process (see docs/PERFORMANCE.md). The parent reports progress from the store and a shared
@@ -185,9 +198,7 @@ def _run_processes(groups, store: Store, spec: SweepSpec, bar: tqdm, epochs: tqd
     workers = spec.workers or os.cpu_count() or 1
     keys = [c.key() for g in groups for c in g]
     reported: set[str] = set()
-    # fork: workers start in milliseconds with everything already imported (as DataLoader workers
-    # do on Linux, with one thread each); spawn where fork does not exist.
-    ctx = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+    ctx = _worker_context()
     counter = ctx.Value("q", 0)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
         futures = {pool.submit(_worker, g, str(store.root), store.every, root) for g in groups}
@@ -208,11 +219,13 @@ def _run_processes(groups, store: Store, spec: SweepSpec, bar: tqdm, epochs: tqd
 
 def _report_new(store: Store, keys: list[str], reported: set[str], bar: tqdm) -> None:
     new = [k for k in keys if k not in reported and store.is_complete(k)]
-    if new:
+    if not new:
+        return
+    if not bar.disable:
         for row in store.load_runs(new).to_dict("records"):
             bar.write(summary(row))
-        reported.update(new)
-        bar.update(len(new))
+    reported.update(new)
+    bar.update(len(new))
 
 
 # ---- the paper's selection rule
