@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import RunConfig
 from .data import MEAN, PROJECT_ROOT, STD, load_cifar10
-from .models import build_model
+from .models import build_model, weight_layers
 from .penalties import l2_mul
 from .sweep import SweepSpec, run
 from .train import resolve_device, train
@@ -84,24 +85,49 @@ def reference_loop(config: RunConfig, epochs: int, device: torch.device) -> None
                     correct += (torch.sign(out) == y.to(device)).sum().item()
 
 
+def _weight_layer_calls(config: RunConfig, batch: int) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """(layer, input, output) of every conv and linear layer in one forward pass of `batch` images."""
+    model = build_model(config)
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, i[0], o))) for m in weight_layers(model)]
+    with torch.no_grad():
+        model(torch.randn(batch, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    return calls
+
+
 def training_flops_per_image(config: RunConfig) -> int:
     """Multiply-adds ×2 of the forward pass, ×3 for training (the backward pass costs two forward
     passes: gradients of inputs and of weights), less the first layer's unused input gradient."""
-    model = build_model(config)
-    forward = []
-
-    def count(module, inputs, output):
-        if isinstance(module, nn.Conv2d):
-            forward.append(2 * output[0].numel() * module.weight[0].numel())
-        elif isinstance(module, nn.Linear):
-            forward.append(2 * module.in_features * module.out_features)
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32))
-    for h in hooks:
-        h.remove()
+    forward = [2 * out[0].numel() * (m.weight[0].numel() if isinstance(m, nn.Conv2d) else m.in_features)
+               for m, _, out in _weight_layer_calls(config, 1)]
     return 3 * sum(forward) - forward[0]
+
+
+def kernel_floor(config: RunConfig, device: torch.device, steps: int = 100) -> float:
+    """Training images/s of the conv and linear kernels alone (forward, weight and input gradients
+    at the config's batch size, channels-last; nothing else): what no engine can beat. On a CPU
+    timed on one thread and × cores, as the sweep runs one single-threaded worker per core."""
+    calls = [(m.to(device, memory_format=torch.channels_last) if isinstance(m, nn.Conv2d) else m.to(device),
+              x.to(device).contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x.to(device))
+             for m, x, _ in _weight_layer_calls(config, config.batch_size)]
+    for i, (_, x) in enumerate(calls):
+        x.requires_grad_(i > 0)  # the images need no gradient
+
+    def step():
+        for m, x in calls:
+            out = m(x)
+            torch.autograd.grad(out, [m.weight, x] if x.requires_grad else [m.weight], torch.ones_like(out))
+
+    threads = torch.get_num_threads()
+    workers = 1 if device.type == "cuda" else os.cpu_count() or 1
+    torch.set_num_threads(threads if device.type == "cuda" else 1)
+    try:
+        seconds = timed(lambda: [step() for _ in range(steps)], repeats=5) / steps
+    finally:
+        torch.set_num_threads(threads)
+    return workers * config.batch_size / seconds
 
 
 def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
@@ -165,6 +191,7 @@ def main(argv=None) -> int:
     for config in (base, compiled):  # warm-up: data cache, kernels, compiled graphs (inherited by forked workers)
         train(config.replace(max_epochs=1), progress=False)
     ceiling = matmul_flops(device) / training_flops_per_image(base)
+    floor = kernel_floor(base, device)
     rows = []
     for name, (runs, fn) in variants.items():
         seconds = timed(fn, args.repeats)
@@ -174,18 +201,19 @@ def main(argv=None) -> int:
     for r in rows:
         r["vs_a"] = r["images_per_s"] / ref
         r["of_ceiling"] = r["images_per_s"] / ceiling
-    _print_table(rows, ceiling, device, base)
+    _print_table(rows, ceiling, floor, device, base)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": str(device), "machine": platform.processor() or platform.machine(),
                                "threads": torch.get_num_threads(), "args": vars(args),
                                "training_flops_per_image": training_flops_per_image(base),
-                               "ceiling_images_per_s": ceiling, "rows": rows}, indent=1))
+                               "ceiling_images_per_s": ceiling, "kernel_floor_images_per_s": floor,
+                               "rows": rows}, indent=1))
     print(f"written to {out}")
     return 0
 
 
-def _print_table(rows, ceiling, device, config) -> None:
+def _print_table(rows, ceiling, floor, device, config) -> None:
     flops = training_flops_per_image(config)
     print(f"\ndevice {device}, {torch.get_num_threads()} threads; training FLOPs/image {flops / 1e6:.1f} M; "
           f"ceiling {ceiling:,.0f} images/s (matmul FLOP/s ÷ FLOPs/image)")
@@ -193,6 +221,8 @@ def _print_table(rows, ceiling, device, config) -> None:
     for r in rows:
         print(f"{r['variant']:<34}{r['runs']:>5}{r['seconds']:>9.1f}{r['images_per_s']:>15,.0f}"
               f"{r['vs_a']:>7.2f}x{r['of_ceiling']:>11.0%}")
+    print(f"kernel floor: the conv/linear kernels alone reach {floor:,.0f} images/s ({floor / ceiling:.0%} of the "
+          f"ceiling) at batch {config.batch_size}; no engine built on them can exceed that")
 
 
 if __name__ == "__main__":
