@@ -188,7 +188,9 @@ def main(argv=None) -> int:
         **{f"(c) sweep, K={k}": (k, sweep(k, base)) for k in args.ks},
         **{f"(c) sweep, K={k}, compiled": (k, sweep(k, compiled)) for k in args.ks},
     }
-    for config in (base, compiled):  # warm-up: data cache, kernels, compiled graphs (inherited by forked workers)
+    # warm-up of this process (data cache, kernels, compiled graphs); sweep workers start clean and
+    # compile their own graphs within (c)'s time
+    for config in (base, compiled):
         train(config.replace(max_epochs=1), progress=False)
     ceiling = matmul_flops(device) / training_flops_per_image(base)
     floor = kernel_floor(base, device)

@@ -95,7 +95,11 @@ def auto_group_size(config: RunConfig) -> int:
 
 
 def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
-    """Train every run of `spec` the store lacks; return the runs table of the whole sweep."""
+    """Train every run of `spec` the store lacks; return the runs table of the whole sweep.
+
+    On a CPU the runs go to worker processes started from a forkserver, which imports the calling
+    script's main module again: a script that calls `run` needs `if __name__ == "__main__":`
+    (notebooks and `python -m mulreg sweep` need nothing)."""
     spec = executor_from_env(spec)
     store = spec.open_store()
     configs = spec.configs()
