@@ -211,7 +211,6 @@ def reference_training(cfg: RunConfig, root, epochs: int):
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     n = len(task.x_train)
     rows = []
     for epoch in range(epochs):
@@ -222,6 +221,7 @@ def reference_training(cfg: RunConfig, root, epochs: int):
             x, y = task.x_train[idx], task.y_train[idx]
             out = model(x)
             data = ((out - y) ** 2).mean()
+            weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]  # W = g·V/‖V‖ anew
             sq = [w.pow(2).sum() for w in weights]
             if cfg.penalty == "sum":
                 reg = cfg.lam * sum(sq)
@@ -236,7 +236,9 @@ def reference_training(cfg: RunConfig, root, epochs: int):
             pen_sum += reg.item() * len(idx)
             correct += (torch.sign(out.detach()) == y).sum().item()
         with torch.no_grad():
+            model.eval()
             val_out, test_out = model(task.x_val), model(task.x_test)
+            model.train()
         rows.append({"train_loss": loss_sum / n, "penalty_term": pen_sum / n, "train_acc": correct / n,
                      "val_loss": ((val_out - task.y_val) ** 2).mean().item(),
                      "test_loss": ((test_out - task.y_test) ** 2).mean().item()})
@@ -247,6 +249,8 @@ def reference_training(cfg: RunConfig, root, epochs: int):
     dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="sum", lam=1e-3),
     dict(optimizer="sgd", momentum=0.0, lr=0.02, penalty="none"),
     dict(optimizer="adam", lr=1e-3, penalty="mul", lam=1e-4, init_scale=0.5),
+    dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="sum", lam=1e-3, model={"batch_norm": True, "bias": True}),
+    dict(optimizer="sgd", lr=0.01, penalty="mul", lam=1e-6, init_scale=0.5, model={"weight_norm": True}),
 ])
 def test_single_run_matches_torch_optim(tiny_cifar_image_folder, values):
     cfg = config(batch_size=3, max_epochs=2, seed=5, label_noise=0.2, val_fraction=0.2, **values)

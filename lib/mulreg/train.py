@@ -6,7 +6,8 @@ stacked along a leading run axis and the network is applied with `torch.func.vma
 `functional_call`, so K batches of 16 become one batched forward/backward pass. Each run keeps its
 own init seed, data order, label noise, penalty, λ, learning rate and early stopping; a run that
 stops leaves the stack. K = 1 (and models with batch norm or dropout, which `vmap` cannot batch)
-take the same path with a plain call instead of `vmap`.
+take the same path with a plain call instead of `vmap`. A training step (forward, `torch.func.grad`,
+update) is one pure function of tensors, which `config.compile` hands to `torch.compile` whole.
 
 Objective per run (paper, Sec. 3): L = MSE(f(x), y) + λ·R(W), R ∈ {0, R_sum, R_mul, R_log}.
 """
@@ -297,6 +298,7 @@ class _Engine:
     # ---- one epoch
     def epoch(self, stack: _Stack) -> None:
         train = self._train_epoch(stack)
+        self.model.eval()  # until the next training steps: batch-norm statistics and dropout left alone
         val = self._evaluate(stack, self.pool.x_train, [r.val_idx for r in stack.runs])
         test = self._evaluate(stack, self.pool.x_test, None)
         norms = torch.stack([w.flatten(1).norm(dim=1) for w in
@@ -364,11 +366,11 @@ class _Engine:
 
     @torch.no_grad()
     def _evaluate(self, stack: _Stack, x_all: torch.Tensor, idx: list[torch.Tensor] | None) -> torch.Tensor:
-        """Per run: (mean loss, accuracy) on its own indices into `x_all`, or on all of it."""
+        """Per run: (mean loss, accuracy) on its own indices into `x_all`, or on all of it (the
+        model in eval mode)."""
         K = len(stack.runs)
         if idx is not None and len(idx[0]) == 0:
             return torch.full((K, 2), float("nan"), device=self.device)
-        self.model.eval()
         if idx is None:
             y_all = self.pool.targets(self.pool.y_test)
             fn = self._compiled(self._over_runs(self._loss_and_correct, (0, 0, None, None)))
@@ -386,7 +388,6 @@ class _Engine:
                 x, y = x_all[sel], stack.targets[rows, sel]
             loss, ok = fn(stack.params, stack.buffers, x, y)
             sums += torch.stack([loss.sum(-1), ok.float().sum(-1)], 1)
-        self.model.train()
         return sums / n
 
     def postfix(self, runs: list[_Run]) -> dict:
