@@ -14,6 +14,7 @@ Objective per run (paper, Sec. 3): L = MSE(f(x), y) + λ·R(W), R ∈ {0, R_sum,
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -282,7 +283,12 @@ class _Engine:
     def _compiled(self, fn):
         """`torch.compile(fn)` when config.compile: fused kernels, ~1.5x faster training steps on a
         CPU after a one-off compilation (docs/PERFORMANCE.md)."""
-        return torch.compile(fn, dynamic=False) if self.compile else fn
+        if not self.compile:
+            return fn
+        # inductor warns in every process of a CPU-only machine that it found no CUDA runtime,
+        # which says nothing about compiling for the CPU and would litter every notebook report
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        return torch.compile(fn, dynamic=False)
 
     def _over_runs(self, fn, in_dims):
         """fn over the run axis: vmap, or a plain call on run 0 for a single or unbatchable run."""
