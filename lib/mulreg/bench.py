@@ -192,7 +192,8 @@ def main(argv=None) -> int:
     # compile their own graphs within (c)'s time
     for config in (base, compiled):
         train(config.replace(max_epochs=1), progress=False)
-    ceiling = matmul_flops(device) / training_flops_per_image(base)
+    flops = training_flops_per_image(base)
+    ceiling = matmul_flops(device) / flops
     floor = kernel_floor(base, device)
     rows = []
     for name, (runs, fn) in variants.items():
@@ -203,20 +204,19 @@ def main(argv=None) -> int:
     for r in rows:
         r["vs_a"] = r["images_per_s"] / ref
         r["of_ceiling"] = r["images_per_s"] / ceiling
-    _print_table(rows, ceiling, floor, device, base)
+    _print_table(rows, flops, ceiling, floor, device, base.batch_size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": str(device), "machine": platform.processor() or platform.machine(),
                                "threads": torch.get_num_threads(), "args": vars(args),
-                               "training_flops_per_image": training_flops_per_image(base),
+                               "training_flops_per_image": flops,
                                "ceiling_images_per_s": ceiling, "kernel_floor_images_per_s": floor,
                                "rows": rows}, indent=1))
     print(f"written to {out}")
     return 0
 
 
-def _print_table(rows, ceiling, floor, device, config) -> None:
-    flops = training_flops_per_image(config)
+def _print_table(rows, flops, ceiling, floor, device, batch_size: int) -> None:
     print(f"\ndevice {device}, {torch.get_num_threads()} threads; training FLOPs/image {flops / 1e6:.1f} M; "
           f"ceiling {ceiling:,.0f} images/s (matmul FLOP/s ÷ FLOPs/image)")
     print(f"{'variant':<34}{'runs':>5}{'seconds':>9}{'images·runs/s':>15}{'vs (a)':>8}{'of ceiling':>12}")
@@ -224,7 +224,7 @@ def _print_table(rows, ceiling, floor, device, config) -> None:
         print(f"{r['variant']:<34}{r['runs']:>5}{r['seconds']:>9.1f}{r['images_per_s']:>15,.0f}"
               f"{r['vs_a']:>7.2f}x{r['of_ceiling']:>11.0%}")
     print(f"kernel floor: the conv/linear kernels alone reach {floor:,.0f} images/s ({floor / ceiling:.0%} of the "
-          f"ceiling) at batch {config.batch_size}; no engine built on them can exceed that")
+          f"ceiling) at batch {batch_size}; no engine built on them can exceed that")
 
 
 if __name__ == "__main__":

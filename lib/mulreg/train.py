@@ -219,6 +219,10 @@ class _Engine:
         self.model = build_model(config).to(device)
         self.layers = layer_names(self.model)
         self.compile = config.compile
+        if self.compile:
+            # inductor warns in every process of a CPU-only machine that it found no CUDA runtime,
+            # which says nothing about compiling for the CPU and would litter every notebook report
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.step = self._compiled(self._step)
 
     def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> _Run:
@@ -283,12 +287,7 @@ class _Engine:
     def _compiled(self, fn):
         """`torch.compile(fn)` when config.compile: fused kernels, ~1.5x faster training steps on a
         CPU after a one-off compilation (docs/PERFORMANCE.md)."""
-        if not self.compile:
-            return fn
-        # inductor warns in every process of a CPU-only machine that it found no CUDA runtime,
-        # which says nothing about compiling for the CPU and would litter every notebook report
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        return torch.compile(fn, dynamic=False)
+        return torch.compile(fn, dynamic=False) if self.compile else fn
 
     def _over_runs(self, fn, in_dims):
         """fn over the run axis: vmap, or a plain call on run 0 for a single or unbatchable run."""
