@@ -171,15 +171,11 @@ class _Driver:
             if self.bar is not None:
                 self.bar.write(f"ray task failed ({len(group)} runs, e.g. {group[0].key()}): {_first_line(err)}")
         else:
-            from .sweep import summary
+            from .sweep import record
 
             for result in results:
-                self.store.save(result)
+                record(result, self.store, self.bar)
                 self.counts["runs_saved"] += 1
-                if self.bar is not None:
-                    self.bar.update()
-                    self.bar.write(summary(result.config.model_dump() | result.metrics
-                                           | {"stop_reason": result.stop_reason}))
         finally:
             claims.close()
 

@@ -22,7 +22,6 @@ import json
 import os
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -41,7 +40,7 @@ from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
 from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
 
 from .data import generator
-from .metrics import correct
+from .metrics import correct, eval_mode, layer_norms, squared_error
 from .models import ScaledUnitNorm, weight_layers
 
 Params = dict[str, torch.Tensor]
@@ -83,22 +82,9 @@ def cosine(d1: Params, d2: Params) -> float:
 
 # ---- evaluation of many perturbed models
 
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Evaluate with batch-norm running statistics and without dropout; restore the mode after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def _per_sample(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared error per sample (mean over outputs for one-hot targets, as in training) and
-    correctness; y are float targets, ±1 (N,) or one-hot (N, C)."""
-    err = (out - y).square()
-    return (err if y.dim() == 1 else err.mean(-1)), correct(out, y)
+    """Training loss and correctness per sample; y are float targets, ±1 (N,) or one-hot (N, C)."""
+    return squared_error(out, y), correct(out, y)
 
 
 @torch.no_grad()
@@ -232,6 +218,9 @@ def surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, alphas: Sequence
         meta = {"n_images": len(x), "data": data, "autocast": str(autocast), "fingerprint": key, "seconds": 0.0}
         surf = Surface.empty(alphas, betas, seeds, cosine(d1, d2), meta)
     theta = {n: p.detach() for n, p in model.named_parameters() if is_perturbed(p)}
+    device = next(iter(theta.values())).device
+    # on the device and channels-last once, not in every pass of `evaluate`
+    x = x.to(device, memory_format=torch.channels_last) if x.dim() == 4 else x.to(device)
     todo = np.argwhere(~surf.done)
     with tqdm(total=surf.done.size, initial=int(surf.done.sum()), unit="model", disable=not progress,
               desc=f"surface on {len(x)} images", dynamic_ncols=True) as bar:
@@ -385,7 +374,7 @@ def rebalance(model: nn.Module) -> nn.Module:
     new = copy.deepcopy(model)
     layers = weight_layers(new)
     with torch.no_grad():
-        norms = torch.stack([m.weight.norm() for m in layers]).double()
+        norms = layer_norms(new).double()
         target = norms.log().mean().exp()  # geometric mean
         cumulative = torch.ones((), dtype=torch.float64)
         for layer, norm in zip(layers, norms):

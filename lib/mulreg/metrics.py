@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -67,15 +68,22 @@ def normalized_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
     return margin_of_outputs(predict(unit_norm_copy(model, scale_biases=True), x), y)
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch: int = 2000) -> torch.Tensor:
-    """Outputs of `model` in eval mode, in batches, without gradients."""
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Evaluate with batch-norm running statistics and without dropout; restore the mode after."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 2000) -> torch.Tensor:
+    """Outputs of `model` in eval mode, in batches, without gradients."""
+    with eval_mode(model), torch.no_grad():
         chunks = (x[i : i + batch].contiguous(memory_format=torch.channels_last) for i in range(0, len(x), batch))
-        out = torch.cat([model(c) for c in chunks])  # channels-last: faster convolutions on a CPU
-    model.train(was_training)
-    return out
+        return torch.cat([model(c) for c in chunks])  # channels-last: faster convolutions on a CPU
 
 
 def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -90,6 +98,13 @@ def margin_of_outputs(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     true = (out * y).sum(-1)
     others = out.masked_fill(y.bool(), float("-inf")).amax(-1)
     return true - others
+
+
+def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss per sample: (f(x) − y)² for ±1 targets (N,), its mean over the outputs
+    for one-hot targets (N, C)."""
+    err = (out - y).square()
+    return err if y.dim() == 1 else err.mean(-1)
 
 
 def correct(out: torch.Tensor, y: torch.Tensor, binary: bool | None = None) -> torch.Tensor:

@@ -154,14 +154,16 @@ def _train_claimed(group: list[RunConfig], store: Store, root, bar: tqdm | None,
         if not todo:
             return
 
-        def done(result):
-            store.save(result)
-            if bar is not None and not bar.disable:
-                bar.update()
-                bar.write(summary(result.config.model_dump() | result.metrics | {"stop_reason": result.stop_reason}))
+        train_group(todo, root=root, checkpoints=store.checkpoints(), progress=False,
+                    on_result=lambda result: record(result, store, bar), on_epochs=on_epochs)
 
-        train_group(todo, root=root, checkpoints=store.checkpoints(), progress=False, on_result=done,
-                    on_epochs=on_epochs)
+
+def record(result, store: Store, bar: tqdm | None) -> None:
+    """Store a finished run; where progress is shown, count it and print its summary line."""
+    store.save(result)
+    if bar is not None and not bar.disable:
+        bar.update()
+        bar.write(summary(result.config.model_dump() | result.metrics | {"stop_reason": result.stop_reason}))
 
 
 _epochs_done = None  # in a worker process: the counter of run-epochs shared with the parent
