@@ -23,7 +23,7 @@ from . import metrics as M
 from .models import layer_names
 from .paper import PENALTY_NAMES, PENALTY_ORDER, PROTOCOL
 from .store import Store
-from .sweep import EXCLUDED, SweepSpec, run, select_best
+from .sweep import EXCLUDED, SweepSpec, excluded, run, select_best
 
 GROUP = ("penalty", "label_noise")
 # test accuracy of the reported model under each epoch rule; the first is the headline
@@ -88,17 +88,13 @@ def run_sweep(spec: SweepSpec, progress: bool = True) -> pd.DataFrame:
     start = time.perf_counter()
     runs = run(spec, progress=progress)
     seconds = time.perf_counter() - start
-    excluded = runs["stop_reason"].isin(EXCLUDED).sum() if len(runs) else 0
+    n_excluded = runs["stop_reason"].isin(EXCLUDED).sum() if len(runs) else 0
     print(f"{len(configs)} runs in the sweep: {len(configs) - pending} found in {store.root}, "
-          f"{pending} trained now in {seconds:.0f} s; {excluded} excluded (diverged or at chance level).")
+          f"{pending} trained now in {seconds:.0f} s; {n_excluded} excluded (diverged or at chance level).")
     return runs
 
 
 # ---- the selection rule and the runs behind it
-def excluded(runs: pd.DataFrame, metric: str = "test_acc") -> pd.Series:
-    return runs["stop_reason"].isin(EXCLUDED) | runs[metric].isna()
-
-
 def select(runs: pd.DataFrame, metric: str = "test_acc", by: Sequence[str] = GROUP) -> pd.DataFrame:
     """The paper's selection rule (`mulreg.sweep.select_best`), penalties in the paper's order."""
     best = select_best(runs, metric=metric, by=tuple(by))
@@ -167,7 +163,7 @@ def histories(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
     store = Store(store) if isinstance(store, str) else store
     if not len(runs):
         return pd.DataFrame()
-    _, hist = store.load_runs(list(runs["key"]), histories=True)
+    hist = store.load_histories(list(runs["key"]))
     info = runs[["key", "penalty", "lam", "label_noise", "seed"]]
     return _order(hist.merge(info, on="key"))
 
@@ -195,7 +191,7 @@ def margins(store: Store | str, runs: pd.DataFrame, kind: str = "unit_norm", roo
             c = result.config
             pool = load_pool(c.task, c.n_train, c.n_test, None if root is None else str(root), "cpu")
             out = M.predict(result.model(), pool.x_test)
-            m = (M.margin_of_outputs(out, pool.targets(pool.y_test)) / out.std()).numpy()
+            m = M.output_std_margins(out, pool.targets(pool.y_test)).numpy()
         else:
             raise ValueError(f"kind must be one of {list(MARGIN_KINDS)}, got {kind!r}")
         parts.append(pd.DataFrame({"margin": m, "correct": m > 0, "penalty": r.penalty,
@@ -500,10 +496,10 @@ def dynamics_summary(hist: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFr
     and their change over the second half of training (log10 ratio of the last epoch to the middle
     one), to check Fig. 2's words ('Σ keeps rising while Π stays flat' for the multiplicative run)."""
     rows = []
-    for keys, g in hist.groupby(list(by)):
+    for keys, g in hist.sort_values("epoch").groupby(list(by)):
         row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,)))
         for metric in ("norm_product", "norm_sq_sum"):
-            per_run = g.sort_values("epoch").groupby("key")[metric]
+            per_run = g.groupby("key")[metric]
             last = per_run.last()
             middle = per_run.apply(lambda s: s.iloc[len(s) // 2])
             row[f"{metric} last"] = last.mean()

@@ -100,6 +100,11 @@ def margin_of_outputs(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - others
 
 
+def output_std_margins(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """y·f(x)/std f(x) per sample: the margins the authors' code reports."""
+    return margin_of_outputs(out, y) / out.std()
+
+
 def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The training loss per sample: (f(x) − y)² for ±1 targets (N,), its mean over the outputs
     for one-hot targets (N, C)."""

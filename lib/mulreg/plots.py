@@ -414,13 +414,11 @@ def norm_vs_loss(runs: pd.DataFrame, loss: str = "test_loss") -> Figure:
     return fig
 
 
-def style_rank_table(table: pd.DataFrame, paper: pd.DataFrame | None = None):
+def style_rank_table(table: pd.DataFrame):
     """`analysis.rank_table` as a styled table: ranks as integers, norms with 3 significant
     digits, Π in scientific notation, ranks below full size highlighted."""
     def fmt(v):
-        if pd.isna(v):
-            return ""
-        return f"{v:.3g}" if abs(v) < 1e3 else f"{v:.3g}"
+        return "" if pd.isna(v) else f"{v:.3g}"
 
     styler = table.style.format(fmt)
     rank_cols = [c for c in table.columns if c[0] == "rank"]

@@ -91,10 +91,12 @@ class Store:
             config = pd.json_normalize(json.loads((d / "config.json").read_text())).iloc[0].to_dict()
             rows.append({"key": k, **config, **json.loads((d / "metrics.json").read_text())})
         table = pd.DataFrame(rows)
-        if not histories:
-            return table
+        return (table, self.load_histories(keys)) if histories else table
+
+    def load_histories(self, keys: list[str]) -> pd.DataFrame:
+        """All epochs of the runs `keys`, one long table keyed by `key`."""
         hist = [pd.read_parquet(self.run_dir(k) / "history.parquet").assign(key=k) for k in keys]
-        return table, (pd.concat(hist, ignore_index=True) if hist else pd.DataFrame())
+        return pd.concat(hist, ignore_index=True) if hist else pd.DataFrame()
 
     # ---- checkpoints (the `train.Checkpoints` protocol)
     def checkpoint_path(self, key: str) -> Path:

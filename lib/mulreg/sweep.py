@@ -235,6 +235,11 @@ def _report_new(store: Store, keys: list[str], reported: set[str], bar: tqdm) ->
 
 
 # ---- the paper's selection rule
+def excluded(runs: pd.DataFrame, metric: str = "test_acc") -> pd.Series:
+    """Runs left out of every mean: diverged, never left chance level, or without `metric`."""
+    return runs["stop_reason"].isin(EXCLUDED) | runs[metric].isna()
+
+
 def select_best(runs: pd.DataFrame, metric: str = "test_acc", by=("penalty", "label_noise"),
                 higher_is_better: bool = True) -> pd.DataFrame:
     """Per group in `by`: mean of `metric` over seeds for each λ, keep the λ with the best mean,
@@ -243,7 +248,7 @@ def select_best(runs: pd.DataFrame, metric: str = "test_acc", by=("penalty", "la
     Diverged and chance-level runs are left out of every mean and counted in `n_excluded` (of
     `n_runs` in the group); a group whose runs were all excluded has no λ and a NaN mean."""
     by = list(by)
-    runs = runs.assign(excluded=runs["stop_reason"].isin(EXCLUDED) | runs[metric].isna())
+    runs = runs.assign(excluded=excluded(runs, metric))
     per_lam = (runs[~runs["excluded"]].groupby(by + ["lam"])[metric].agg(["mean", "std", "count"])
                .rename(columns={"count": "n_used"}).reset_index())
     best = per_lam.sort_values("mean", ascending=not higher_is_better).groupby(by).head(1)

@@ -442,8 +442,7 @@ def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
         "margin_mean_correct": m[ok].mean().item() if ok.any() else float("nan"),
         # y·f(x)/Π‖W_i‖ with biases scaled consistently (meaningful where `margin_mean` is not)
         "margin_norm_mean": metrics.normalized_margins(model, pool.x_test, y_test).mean().item(),
-        # the authors' code also reports raw margins divided by the std of the outputs
-        "margin_std_mean": (metrics.margin_of_outputs(out, y_test) / out.std()).mean().item(),
+        "margin_std_mean": metrics.output_std_margins(out, y_test).mean().item(),
         "norm_product": math.prod(norms),
         "norm_sq_sum": sum(n * n for n in norms),
         **{f"norm_{n}": v for n, v in zip(names, norms)},
