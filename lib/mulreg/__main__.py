@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--config", help="YAML file of RunConfig fields (flags override it)")
     for flag, kind in TRAIN_FLAGS.items():
         t.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind)
+    t.add_argument("--classes", nargs=2, metavar=("NEG", "POS"),
+                   help="binary task: two CIFAR-10 classes (names or indices 0-9) → −1, +1; default cat deer")
     t.add_argument("--no-early-stopping", action="store_true")
     t.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the training step (faster after a one-off compilation)")
@@ -61,7 +63,7 @@ def _train(args) -> int:
 
     values = load_yaml(args.config) if args.config else {}
     flags = {FIELD.get(k, k): v for k, v in vars(args).items()
-             if (k in TRAIN_FLAGS or k == "compile") and v is not None}
+             if (k in TRAIN_FLAGS or k in ("compile", "classes")) and v is not None}
     config = RunConfig.parse(deep_merge(values, nest(flags)))
     if args.no_early_stopping:
         config = config.replace(early_stopping=None)

@@ -179,7 +179,7 @@ def margins(store: Store | str, runs: pd.DataFrame, kind: str = "unit_norm", roo
     stored margins of the unit-norm network; "output_std" evaluates the reported model on the
     test set and divides y·f(x) by the std of f(x) (the authors' normalisation, whose mean is the
     store's `margin_std_mean`)."""
-    from .data import load_pool
+    from .data import pool_for
 
     store = Store(store) if isinstance(store, str) else store
     parts = []
@@ -189,7 +189,7 @@ def margins(store: Store | str, runs: pd.DataFrame, kind: str = "unit_norm", roo
         elif kind == "output_std":
             result = store.load(r.key)
             c = result.config
-            pool = load_pool(c.task, c.n_train, c.n_test, None if root is None else str(root), "cpu")
+            pool = pool_for(c, root)
             out = M.predict(result.model(), pool.x_test)
             m = M.output_std_margins(out, pool.targets(pool.y_test)).numpy()
         else:
@@ -412,9 +412,9 @@ def landscape_data(config, n_images: int, split: str = "train", root=None) -> tu
     """A fixed, unshuffled subset for landscapes and flatness: the first `n_images` images of the
     run's training split in data-set order, with its (possibly noisy) training targets, or of
     the test set. Returns (x, y, description)."""
-    from .data import load_pool, split_run
+    from .data import pool_for, split_run
 
-    pool = load_pool(config.task, config.n_train, config.n_test, None if root is None else str(root), "cpu")
+    pool = pool_for(config, root)
     if split == "test":
         x, y = pool.x_test[:n_images], pool.targets(pool.y_test[:n_images])
         return x, y, f"first {len(x)} test images (clean labels)"

@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Penalty = Literal["none", "sum", "mul", "mul_log"]
 Monitor = Literal["val_acc", "val_loss", "test_acc"]
 PENALTIES: tuple[str, ...] = ("none", "sum", "mul", "mul_log")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
+# fields added after stores existed: left out of the run key at their default, so old keys stay valid
+KEY_OMITS_DEFAULT = ("classes",)
 
 
 class ConfigError(ValueError):
@@ -54,6 +58,7 @@ class RunConfig(_Strict):
     """Everything that determines one training run's numbers."""
 
     task: Literal["binary", "multiclass"] = "binary"
+    classes: tuple[int, int] = PAPER_CLASSES  # binary task: CIFAR-10 classes → (−1, +1); names accepted
     penalty: Penalty = "none"
     lam: float = Field(0.0, ge=0)  # λ in L = L_data + λ·R(W)
     depth_normalization: bool = False
@@ -82,8 +87,21 @@ class RunConfig(_Strict):
         except ValidationError as err:
             raise ConfigError(describe(err)) from None
 
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_indices(cls, value: Any) -> tuple[int, ...]:
+        """Two distinct CIFAR-10 classes, by index (0-9) or name ('cat', 'deer')."""
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError("give two CIFAR-10 classes, e.g. [3, 4] or [cat, deer]")
+        indices = tuple(_class_index(v) for v in value)
+        if indices[0] == indices[1]:
+            raise ValueError(f"the two classes must differ (both are {CIFAR10_CLASSES[indices[0]]!r})")
+        return indices
+
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if self.task != "binary" and self.classes != PAPER_CLASSES:
+            raise ValueError(f"classes applies to the binary task only (task={self.task!r})")
         if self.penalty == "none" and self.lam != 0:
             raise ValueError(f"lam must be 0 when penalty is 'none' (got lam={self.lam})")
         monitor = self.early_stopping.monitor if self.early_stopping else None
@@ -103,12 +121,30 @@ class RunConfig(_Strict):
     def key(self) -> str:
         """Stable 16-hex-digit hash of the resolved config; `device` and `compile` are left out
         (they say where and how, not what)."""
-        blob = json.dumps(self.model_dump(exclude={"device", "compile"}), sort_keys=True)
+        values = self.model_dump(exclude={"device", "compile"})
+        for name in KEY_OMITS_DEFAULT:
+            if values[name] == RunConfig.model_fields[name].default:
+                del values[name]
+        blob = json.dumps(values, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def num_classes(self) -> int:
         return 1 if self.task == "binary" else 10
+
+
+def _class_index(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{value!r} is not a CIFAR-10 class index or name")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int):
+        if not 0 <= value < len(CIFAR10_CLASSES):
+            raise ValueError(f"class index {value} is out of range 0-9 ({', '.join(CIFAR10_CLASSES)})")
+        return value
+    if value.strip().lower() not in CIFAR10_CLASSES:
+        raise ValueError(f"unknown class {value!r}; CIFAR-10 has {', '.join(CIFAR10_CLASSES)}")
+    return CIFAR10_CLASSES.index(value.strip().lower())
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -155,7 +191,9 @@ def describe(err: ValidationError) -> str:
         allowed = e["msg"]
         if e["type"] == "extra_forbidden":
             allowed = "unknown field; allowed fields: " + ", ".join(_allowed_fields(e["loc"]))
-        lines.append(f"{field}: got {e.get('input')!r}; {allowed}")
+        lines.append(f"{field}: got {e.get('input')!r}; {allowed.removeprefix('Value error, ')}")
+    if len(lines) == 1:
+        return f"invalid run configuration: {lines[0]}"
     return "invalid run configuration:\n  " + "\n  ".join(lines)
 
 

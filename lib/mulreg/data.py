@@ -18,8 +18,10 @@ import numpy as np
 import torch
 import torchvision
 
+from .config import CIFAR10_CLASSES as CLASSES
+from .config import PAPER_CLASSES, RunConfig
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)  # the paper's per-channel normalisation
 STD = (0.2470, 0.2435, 0.2616)
 
@@ -182,11 +184,17 @@ def load_pool(
     n_test: int | None = None,
     root: str | None = None,
     device: str = "cpu",
-    classes: tuple[int, ...] = (3, 4),
+    classes: tuple[int, ...] = PAPER_CLASSES,
 ) -> Pool:
     """The clean, normalised data of `task` ("binary": `classes` → −1, +1; "multiclass": all 10)."""
     # resolve root (argument, MULREG_DATA, data/) before the cache: root=None must follow the env
     return _load_pool(task, n_train, n_test, str(data_root(root)), str(device), tuple(classes))
+
+
+def pool_for(config: RunConfig, root: str | os.PathLike | None = None, device: str = "cpu") -> Pool:
+    """The pool a run trains on: its task, data caps and (binary) class pair."""
+    return load_pool(config.task, config.n_train, config.n_test, None if root is None else str(root),
+                     str(device), config.classes)
 
 
 @functools.lru_cache(maxsize=4)
@@ -233,7 +241,7 @@ class Task:
 
 
 def _task(task: str, *, n_train=None, n_test=None, val_fraction=0.2, label_noise=0.0, seed=1,
-          device="cpu", root=None, classes=(3, 4)) -> Task:
+          device="cpu", root=None, classes=PAPER_CLASSES) -> Task:
     pool = load_pool(task, n_train, n_test, None if root is None else str(root), str(device), tuple(classes))
     run = split_run(pool, seed, label_noise, val_fraction)
     y = pool.targets(run.labels)
@@ -245,7 +253,7 @@ def _task(task: str, *, n_train=None, n_test=None, val_fraction=0.2, label_noise
 
 
 def binary_task(**kwargs) -> Task:
-    """Cats (class 3) → −1 vs deer (class 4) → +1; keyword arguments as in `_task`."""
+    """Two classes → (−1, +1), by default cats (class 3) vs deer (class 4); keyword arguments as in `_task`."""
     return _task("binary", **kwargs)
 
 

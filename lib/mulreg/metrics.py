@@ -122,3 +122,22 @@ def correct(out: torch.Tensor, y: torch.Tensor, binary: bool | None = None) -> t
 def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of correct predictions (±1 or one-hot targets)."""
     return correct(out, y).float().mean().item()
+
+
+def correct_counts(out: torch.Tensor, y: torch.Tensor, flipped: torch.Tensor, binary: bool | None = None) -> torch.Tensor:
+    """(number correct, number correct among the samples with `flipped` = 1) against the training
+    labels `y`: the two counts behind `label_fit`, cheap enough to take inside every training step."""
+    ok = correct(out, y, binary).float()
+    return torch.stack([ok.sum(-1), (ok * flipped).sum(-1)], -1)
+
+
+def label_fit(out: torch.Tensor, y: torch.Tensor, flipped: torch.Tensor) -> tuple[float, float]:
+    """Accuracy against the (noisy) training labels `y` on the samples whose label was flipped and
+    on the clean ones: a network that memorises every flipped label scores 1.0 on both, one that
+    predicts the true classes scores 0.0 on the flipped ones. NaN for an empty subset."""
+    flipped = flipped.float()
+    n_correct, n_flipped_correct = correct_counts(out, y, flipped).tolist()
+    n_flipped = flipped.sum().item()
+    n_clean = len(flipped) - n_flipped
+    return (n_flipped_correct / n_flipped if n_flipped else float("nan"),
+            (n_correct - n_flipped_correct) / n_clean if n_clean else float("nan"))

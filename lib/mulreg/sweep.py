@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
 
 from .config import ConfigError, RunConfig, describe, load_yaml, nest
+from .data import PROJECT_ROOT
 from .store import Store
 from .train import group_key, resolve_device, train_group, vectorizable
 
@@ -33,13 +34,19 @@ class SweepSpec(BaseModel):
 
     base: dict[str, Any] = {}
     grid: dict[str, Any] = {}
-    store: str | None = None  # default: results/ at the project root (or env MULREG_RESULTS)
+    store: str | None = None  # relative paths: to the project root; default results/ (or env MULREG_RESULTS)
     executor: Literal["local", "ray"] = "local"
     ray_address: str = "local"  # "auto", "ray://host:port", "host:port" or "local" (private instance)
     strategy: Literal["auto", "inline", "processes"] = "auto"
     workers: int | None = Field(None, ge=1)
     group_size: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(10, ge=1)
+
+    @field_validator("store")
+    @classmethod
+    def _absolute(cls, store: str | None) -> str | None:
+        """One store whatever the working directory (notebooks run in notebooks/, make in the root)."""
+        return None if store is None else str((PROJECT_ROOT / os.path.expanduser(store)).resolve())
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> SweepSpec:

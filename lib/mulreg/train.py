@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from . import metrics
 from .config import RunConfig
-from .data import Pool, generator, load_pool, split_run
+from .data import Pool, generator, pool_for, split_run
+from .epochs import CHANCE, rule_metrics
 from .models import build_model, layer_names
 from .penalties import mixed_penalty
 
@@ -74,7 +75,7 @@ def resolve_device(name: str) -> torch.device:
 
 def group_key(config: RunConfig) -> tuple:
     """Runs with equal keys can be trained in one stack."""
-    return (config.task, config.batch_size, config.n_train, config.n_test, config.val_fraction,
+    return (config.task, config.classes, config.batch_size, config.n_train, config.n_test, config.val_fraction,
             config.model, config.optimizer, config.depth_normalization,
             config.features_normalization, str(resolve_device(config.device)), config.compile)
 
@@ -102,7 +103,7 @@ def train_group(configs: list[RunConfig], *, root=None, checkpoints: Checkpoints
         raise ValueError("batch norm and dropout cannot be vectorized: train these runs one at a time")
     c0 = configs[0]
     device = resolve_device(c0.device)
-    pool = load_pool(c0.task, c0.n_train, c0.n_test, None if root is None else str(root), str(device))
+    pool = pool_for(c0, root, device)
     engine = _Engine(c0, pool, device)
     runs = [engine.new_run(c, checkpoints) for c in configs]
     results: dict[int, RunResult] = {}
@@ -141,6 +142,7 @@ class _Run:
 
     config: RunConfig
     targets: torch.Tensor  # training-pool targets after label noise
+    flipped: torch.Tensor  # 1.0 where label noise flipped the training-pool label, else 0.0
     train_idx: torch.Tensor
     val_idx: torch.Tensor
     state: dict  # params, buffers, optimiser slots (unstacked)
@@ -195,6 +197,8 @@ class _Stack:
         self.buffers = stacked("buffers")
         self.slots = stacked("slots")
         self.targets = torch.stack([r.targets for r in runs])
+        self.flipped = torch.stack([r.flipped for r in runs])
+        self.n_flipped = torch.stack([r.flipped[r.train_idx].sum() for r in runs])  # in each training split
         self.hyper = {h: torch.tensor([getattr(r.config, h) for r in runs], device=device)
                       for h in ("lr", "momentum")}
         self.hyper |= {f"lam_{kind}": torch.tensor([r.config.lam * (r.config.penalty == kind) for r in runs],
@@ -227,7 +231,9 @@ class _Engine:
 
     def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> _Run:
         data = split_run(self.pool, config.seed, config.label_noise, config.val_fraction)
-        run = _Run(config, self.pool.targets(data.labels), data.train_idx, data.val_idx, {})
+        flipped = torch.zeros(len(data.labels), device=self.device)
+        flipped[data.flipped.to(self.device)] = 1.0
+        run = _Run(config, self.pool.targets(data.labels), flipped, data.train_idx, data.val_idx, {})
         saved = checkpoints.load(config.key()) if checkpoints else None
         if saved:
             for name, value in saved.items():
@@ -250,25 +256,27 @@ class _Engine:
         return _Stack(runs, self.device)
 
     # ---- the per-run functions, batched over runs by `_over_runs`
-    def _objective(self, params, buffers, x, y, hyper):
-        """L = MSE(f(x), y) + λ·R(W) for one run (paper, Eq. 1-2), with (data loss, λR, #correct)."""
+    def _objective(self, params, buffers, x, y, flipped, hyper):
+        """L = MSE(f(x), y) + λ·R(W) for one run (paper, Eq. 1-2), with (data loss, λR, (#correct,
+        #correct among flipped labels))."""
         out, weights = functional_call(self.model, (params, buffers), (self._layout(x),), {"with_weights": True})
         data = (out - y).square().mean()
         reg = mixed_penalty(weights, hyper["lam_sum"], hyper["lam_mul"], hyper["lam_mul_log"], **self.norm_kwargs)
-        return data + reg, (data, reg, metrics.correct(out, y, self.binary).sum())
+        return data + reg, (data, reg, metrics.correct_counts(out, y, flipped, self.binary))
 
-    def _summed_objective(self, params, buffers, x, y, hyper):
+    def _summed_objective(self, params, buffers, x, y, flipped, hyper):
         """Σ_k L_k over the runs: they share no parameters, so its gradient holds each run's own."""
-        loss, aux = self._over_runs(self._objective, (0, 0, 0, 0, 0))(params, buffers, x, y, hyper)
+        loss, aux = self._over_runs(self._objective, (0, 0, 0, 0, 0, 0))(params, buffers, x, y, flipped, hyper)
         return loss.sum(), aux
 
-    def _step(self, params, buffers, slots, x, y, hyper) -> torch.Tensor:
+    def _step(self, params, buffers, slots, x, y, flipped, hyper) -> torch.Tensor:
         """One optimiser step of every run k on its batch (x[k], y[k]), in place; returns per run
-        (Σ data loss, Σ λR, #correct) over the batch. A pure function of tensors, so that
-        `torch.compile` makes one graph of forward, backward and update (config.compile)."""
-        grads, (data, reg, n_correct) = grad(self._summed_objective, has_aux=True)(params, buffers, x, y, hyper)
+        (Σ data loss, Σ λR, #correct, #correct among flipped labels) over the batch. A pure function
+        of tensors, so that `torch.compile` makes one graph of forward, backward and update."""
+        grads, (data, reg, counts) = grad(self._summed_objective, has_aux=True)(
+            params, buffers, x, y, flipped, hyper)
         self._update(params, slots, grads, hyper)
-        return torch.stack([data * y.shape[1], reg * y.shape[1], n_correct.float()], 1)
+        return torch.cat([torch.stack([data * y.shape[1], reg * y.shape[1]], 1), counts], 1)
 
     def _loss_and_correct(self, params, buffers, x, y):
         out = functional_call(self.model, (params, buffers), (self._layout(x),))
@@ -314,11 +322,12 @@ class _Engine:
 
     def _row(self, run: _Run, values: torch.Tensor) -> dict:
         v = values.tolist()
-        row = {"epoch": run.epoch + 1, "train_loss": v[0], "penalty_term": v[1], "train_acc": v[2]}
+        row = {"epoch": run.epoch + 1, "train_loss": v[0], "penalty_term": v[1], "train_acc": v[2],
+               "train_acc_flipped": v[3], "train_acc_clean": v[4]}
         if len(run.val_idx):
-            row |= {"val_loss": v[3], "val_acc": v[4]}
-        row |= {"test_loss": v[5], "test_acc": v[6]}
-        layer_norms = v[7:]
+            row |= {"val_loss": v[5], "val_acc": v[6]}
+        row |= {"test_loss": v[7], "test_acc": v[8]}
+        layer_norms = v[9:]
         row |= {f"norm_{name}": n for name, n in zip(self.layers, layer_norms)}
         row["norm_product"] = math.prod(layer_norms)  # Π‖W_i‖_F
         row["norm_sq_sum"] = sum(n * n for n in layer_norms)  # Σ‖W_i‖_F²
@@ -326,7 +335,8 @@ class _Engine:
 
     def _train_epoch(self, stack: _Stack) -> torch.Tensor:
         """One pass over each run's training split in its own seeded order; returns per run
-        (mean data loss, mean λR, accuracy) over the epoch, as seen while training."""
+        (mean data loss, mean λR, accuracy, accuracy on flipped labels, accuracy on clean labels)
+        over the epoch, against the training labels, as seen while training."""
         runs, n = stack.runs, len(stack.runs[0].train_idx)
         order = torch.stack([r.train_idx[torch.randperm(n, generator=generator(r.config.seed, f"epoch-{r.epoch}"))
                                          .to(self.device)] for r in runs])
@@ -338,13 +348,16 @@ class _Engine:
         """SGD/Adam steps over `order` (run × position → pool index), B indices at a time."""
         runs, B, n = stack.runs, stack.runs[0].config.batch_size, order.shape[1]
         rows = torch.arange(len(runs), device=self.device)[:, None]
-        totals = torch.zeros(len(runs), 3, device=self.device)
+        totals = torch.zeros(len(runs), 4, device=self.device)
         self.model.train()
         for start in range(0, n, B):
             idx = order[:, start:start + B]
-            x, y = self.pool.x_train[idx], stack.targets[rows, idx]
-            totals += self.step(stack.params, stack.buffers, stack.slots, x, y, stack.hyper)
-        return totals / n
+            x, y, flipped = self.pool.x_train[idx], stack.targets[rows, idx], stack.flipped[rows, idx]
+            totals += self.step(stack.params, stack.buffers, stack.slots, x, y, flipped, stack.hyper)
+        loss, reg, n_correct, n_flipped_correct = totals.unbind(1)
+        n_flipped = stack.n_flipped
+        return torch.stack([loss / n, reg / n, n_correct / n, n_flipped_correct / n_flipped,  # 0/0: NaN, no noise
+                            (n_correct - n_flipped_correct) / (n - n_flipped)], 1)
 
     @torch.no_grad()
     def _update(self, params, slots, grads, hyper) -> None:
@@ -410,11 +423,11 @@ class _Engine:
         model.load_state_dict(weights)
         history = pd.DataFrame(run.history)
         finite = all(torch.isfinite(p).all() for p in weights.values())
-        final = _final_metrics(model, self.pool, run, finite) | _epoch_rules(history, run.config)
+        chance = CHANCE[run.config.task]
+        final = _final_metrics(model, self.pool, run, finite) | rule_metrics(history, chance, run.config.chance_margin)
         final |= {"epochs": run.epoch, "reported_epoch": run.best_epoch if restore else run.epoch}
         reason = run.stop_reason
-        chance = 0.5 if self.binary else 0.1
-        if reason != "diverged" and history["train_acc"].max() <= chance + run.config.chance_margin:
+        if reason != "diverged" and math.isnan(final["escape_epoch"]):
             reason = "chance_level"
         margins = final.pop("_margins")
         return RunResult(run.config, history, final, reason,
@@ -426,18 +439,22 @@ def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
     y_test = pool.targets(pool.y_test)
     if not finite:
         return {"test_acc": float("nan"), "test_loss": float("nan"), "train_acc": float("nan"),
+                "train_acc_flipped": float("nan"), "train_acc_clean": float("nan"),
                 "margin_mean": float("nan"), "margin_mean_correct": float("nan"), "margin_norm_mean": float("nan"),
                 "margin_std_mean": float("nan"), "_margins": np.array([])}
     out = metrics.predict(model, pool.x_test)
     train_out = metrics.predict(model, pool.x_train[run.train_idx])
     m = metrics.margins(model, pool.x_test, y_test)
     ok = metrics.correct(out, y_test)
+    fit_flipped, fit_clean = metrics.label_fit(train_out, run.targets[run.train_idx], run.flipped[run.train_idx])
     norms = metrics.layer_norms(model).tolist()
     names = layer_names(model)
     return {
         "test_acc": ok.float().mean().item(),
         "test_loss": (out - y_test).square().mean().item(),
         "train_acc": metrics.accuracy(train_out, run.targets[run.train_idx]),
+        "train_acc_flipped": fit_flipped,  # fit of the flipped training labels: memorisation
+        "train_acc_clean": fit_clean,
         "margin_mean": m.mean().item(),
         "margin_mean_correct": m[ok].mean().item() if ok.any() else float("nan"),
         # y·f(x)/Π‖W_i‖ with biases scaled consistently (meaningful where `margin_mean` is not)
@@ -449,12 +466,3 @@ def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
         **{f"rank_{n}": metrics.effective_rank(w) for n, w in zip(names, metrics.weight_matrices(model))},
         "_margins": m.cpu().numpy(),
     }
-
-
-def _epoch_rules(history: pd.DataFrame, config: RunConfig) -> dict:
-    """Test accuracy under each reporting rule (PAPER.md, 'A protocol question'): the last epoch,
-    the epoch with the best validation loss, and the best test accuracy (optimistic)."""
-    out = {"test_acc_last": history["test_acc"].iloc[-1], "test_acc_best_test": history["test_acc"].max()}
-    if "val_loss" in history and history["val_loss"].notna().any():
-        out["test_acc_best_val"] = history["test_acc"].loc[history["val_loss"].idxmin()]
-    return out
