@@ -183,3 +183,55 @@ def test_key_ignores_device_and_compile():
     base = RunConfig(penalty="mul", lam=5e-7)
     keys = {base.replace(device=d, compile=c).key() for d in ("auto", "cpu", "cuda", "mps") for c in (False, True)}
     assert keys == {base.key()}
+
+
+def test_key_changes_with_classes():
+    base = RunConfig(penalty="mul", lam=5e-7)
+    assert base.replace(classes=("dog", "horse")).key() != base.key()
+
+
+def test_classes_at_their_default_leave_keys_of_older_stores_unchanged():
+    """A store written before `classes` existed named runs by the hash of every other field."""
+    import hashlib
+    import json
+
+    config = RunConfig(penalty="mul", lam=5e-7, label_noise=0.2)
+    before = config.model_dump(exclude={"device", "compile", "classes"})
+    old_key = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert config.key() == old_key == config.replace(classes=["cat", "deer"]).key() == config.replace(classes=[3, 4]).key()
+
+
+# ---------------------------------------------------------------- classes
+@pytest.mark.parametrize("value, expected", [
+    ((3, 4), (3, 4)), (["cat", "deer"], (3, 4)), (["dog", "horse"], (5, 7)), (["Ship", "0"], (8, 0)),
+])
+def test_classes_by_index_or_name(value, expected):
+    assert RunConfig(classes=value).classes == expected
+
+
+@pytest.mark.parametrize("value, shown", [
+    (["cat", "cat"], "must differ"), (["cat", "unicorn"], "unknown class 'unicorn'"),
+    ([3, 10], "out of range 0-9"), ([3], "two CIFAR-10 classes"), ("cat", "two CIFAR-10 classes"),
+    ([3, 4, 5], "two CIFAR-10 classes"), ([3, 4.5], "not a CIFAR-10 class"),
+])
+def test_bad_classes_name_the_field(value, shown):
+    with pytest.raises(ConfigError) as err:
+        RunConfig(classes=value)
+    message = str(err.value)
+    assert "classes" in message and shown in message and "\n" not in message
+
+
+def test_classes_are_for_the_binary_task():
+    with pytest.raises(ConfigError, match="classes applies to the binary task only"):
+        RunConfig(task="multiclass", classes=("dog", "horse"))
+
+
+@pytest.mark.parametrize("pair, shown", [
+    (["dog", "dog"], "must differ"), (["dog", "unicorn"], "unknown class"), (["3", "10"], "out of range"),
+])
+def test_train_command_rejects_a_bad_pair_in_one_line(pair, shown, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mulreg", "train", "--classes", *pair, "--epochs", "1",
+                          "--out", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "classes" in out.stderr and shown in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "r.json").exists()

@@ -1,10 +1,12 @@
 """What the paper notebooks compute from the run store, so the notebooks only hold parameters,
 calls, figures and prose.
 
-- `sweep_spec` turns the notebooks' flat parameters into one `SweepSpec` (notebooks 01-04 build the
-  same binary sweep from the same parameters, so its runs are trained once and shared);
+- `load_sweep` reads the one sweep file a notebook takes (notebooks 01-04 share the binary one, so
+  its runs are trained once);
 - `select` applies the paper's selection rule, `chosen_runs` keeps the runs behind each chosen λ;
-- `epoch_rules` reports accuracy under the three epoch rules (PAPER.md, "A protocol question");
+- `epoch_rules` reports accuracy under the epoch rules of `mulreg.epochs` (PAPER.md, "A protocol
+  question"), `with_paper_rule` adds the paper's literal one; `memorisation` and `escape_table`
+  say how much of the flipped labels each run fits and when it left chance level;
 - `histories`, `margins`, `rank_table`, `spectra`, `norm_loss_correlation` gather what figures
   and tables need;
 - `reduction_notes` says in words how a profile departs from the paper's protocol.
@@ -21,17 +23,12 @@ import torch
 
 from . import metrics as M
 from .models import layer_names
+from .epochs import HEADLINE, RULES, paper_rule
 from .paper import PENALTY_NAMES, PENALTY_ORDER, PROTOCOL
 from .store import Store
-from .sweep import EXCLUDED, SweepSpec, excluded, run, select_best
+from .sweep import EXCLUDED, SweepSpec, chosen, excluded, run, select_best
 
 GROUP = ("penalty", "label_noise")
-# test accuracy of the reported model under each epoch rule; the first is the headline
-EPOCH_RULES = {
-    "test_acc": "restored best-validation-loss epoch (headline)",
-    "test_acc_last": "last epoch",
-    "test_acc_best_test": "best test-accuracy epoch (optimistic)",
-}
 
 
 def set_threads(threads: int | None) -> int:
@@ -44,40 +41,10 @@ def set_threads(threads: int | None) -> int:
 
 
 # ---- the sweep
-def sweep_spec(*, task: str = "binary", store: str, seeds: Sequence[int], label_noise: Sequence[float],
-               lam_sum: Sequence[float], lam_mul: Sequence[float], lam_mul_log: Sequence[float] = (),
-               n_train: int | None = None, n_test: int | None = None, max_epochs: int = 2000,
-               patience: int = 200, min_delta: float = 1e-4, monitor: str = "val_loss",
-               init_scale: float = 0.2, lr: float = 0.03, momentum: float = 0.0, batch_size: int = 16,
-               optimizer: str = "sgd", width: float = 1.0, features_normalization: str | None = None,
-               depth_normalization: bool = False, val_fraction: float = 0.2, chance_margin: float = 0.05,
-               device: str = "cpu", strategy: str = "auto", workers: int | None = None,
-               group_size: int | None = None, checkpoint_every: int = 10, compile: bool = False) -> SweepSpec:
-    """One sweep from flat notebook parameters: every penalty in {none, sum, mul (, mul_log)} with
-    its λ list, × seeds × label noise; early stopping on `monitor` with restore of the best epoch."""
-    penalties = ["none", "sum", "mul"] + (["mul_log"] if len(lam_mul_log) else [])
-    def opt_int(v):
-        return None if v is None else int(v)
-
-    base = {
-        "task": task, "n_train": opt_int(n_train), "n_test": opt_int(n_test), "max_epochs": int(max_epochs),
-        "init_scale": float(init_scale), "lr": float(lr), "momentum": float(momentum),
-        "batch_size": int(batch_size), "optimizer": optimizer, "features_normalization": features_normalization,
-        "depth_normalization": bool(depth_normalization), "val_fraction": float(val_fraction),
-        "chance_margin": float(chance_margin), "device": device, "compile": bool(compile),
-        "model": {"width": float(width)},
-        "early_stopping": {"monitor": monitor, "patience": int(patience), "min_delta": float(min_delta),
-                           "restore_best": True},
-    }
-    grid = {
-        "penalty": penalties,
-        "lam": {"sum": [float(v) for v in lam_sum], "mul": [float(v) for v in lam_mul],
-                "mul_log": [float(v) for v in lam_mul_log]},
-        "seed": [int(s) for s in seeds],
-        "label_noise": [float(v) for v in label_noise],
-    }
-    return SweepSpec(base=base, grid=grid, store=store, strategy=strategy, workers=workers,
-                     group_size=group_size, checkpoint_every=checkpoint_every)
+def load_sweep(path: str) -> SweepSpec:
+    """The sweep file a notebook takes as its one `sweep` parameter (`params/<profile>/*_sweep.yaml`,
+    the format `python -m mulreg sweep` runs); a relative path is relative to the working directory."""
+    return SweepSpec.from_yaml(path)
 
 
 def run_sweep(spec: SweepSpec, progress: bool = True) -> pd.DataFrame:
@@ -95,18 +62,16 @@ def run_sweep(spec: SweepSpec, progress: bool = True) -> pd.DataFrame:
 
 
 # ---- the selection rule and the runs behind it
-def select(runs: pd.DataFrame, metric: str = "test_acc", by: Sequence[str] = GROUP) -> pd.DataFrame:
+def select(runs: pd.DataFrame, metric: str = HEADLINE, by: Sequence[str] = GROUP) -> pd.DataFrame:
     """The paper's selection rule (`mulreg.sweep.select_best`), penalties in the paper's order."""
     best = select_best(runs, metric=metric, by=tuple(by))
     return _order(best)
 
 
 def chosen_runs(runs: pd.DataFrame, best: pd.DataFrame, by: Sequence[str] = GROUP,
-                metric: str = "test_acc") -> pd.DataFrame:
+                metric: str = HEADLINE) -> pd.DataFrame:
     """The runs (not excluded) of the λ chosen for each group."""
-    keep = runs[~excluded(runs, metric)]
-    chosen = best.dropna(subset=["lam"])[list(by) + ["lam"]]
-    return _order(keep.merge(chosen, on=list(by) + ["lam"]))
+    return _order(chosen(runs, best, by, metric))
 
 
 def group_stats(runs: pd.DataFrame, quantities: Iterable[str], by: Sequence[str] = GROUP) -> pd.DataFrame:
@@ -135,10 +100,10 @@ def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
 
 
 def epoch_rules(runs: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
-    """Test accuracy per group under each epoch rule, the paper's selection rule applied to each:
-    columns rule, <by>, lam, mean, std, n_used. The headline rule is `test_acc`."""
+    """Test accuracy per group under each epoch rule (`mulreg.epochs.RULES`), the paper's selection
+    rule applied to each: columns rule, <by>, lam, mean, std, n_used."""
     parts = []
-    for metric, label in EPOCH_RULES.items():
+    for metric, label in RULES.items():
         if metric in runs:
             parts.append(select(runs, metric=metric, by=by).assign(rule=label, metric=metric))
     return pd.concat(parts, ignore_index=True)
@@ -151,10 +116,56 @@ def epoch_rules_wide(rules: pd.DataFrame, by: Sequence[str] = GROUP, percent: bo
              if lam else f"{scale * m:.2f} ± {0 if pd.isna(s) else scale * s:.2f}")
             for m, s, lam in zip(rules["mean"], rules["std"], rules["lam"].fillna(0))]
     wide = rules.assign(cell=cell).pivot(index=list(by), columns="rule", values="cell")
-    wide = _order(wide[[r for r in EPOCH_RULES.values() if r in wide.columns]].reset_index())
+    wide = _order(wide[[r for r in RULES.values() if r in wide.columns]].reset_index())
     wide["penalty"] = wide["penalty"].map(lambda p: PENALTY_NAMES.get(p, p))
     wide.columns.name = None
     return wide
+
+
+def with_paper_rule(runs: pd.DataFrame, hist: pd.DataFrame, patience: int) -> pd.DataFrame:
+    """`runs` with the paper's literal epoch rule (`mulreg.epochs.paper_rule`) read off each run's
+    history: `test_acc_paper` and the epoch it stops at, `paper_stop_epoch`."""
+    picked = {key: paper_rule(h.sort_values("epoch"), patience) for key, h in hist.groupby("key")}
+    return runs.assign(test_acc_paper=runs["key"].map(lambda k: picked.get(k, (np.nan, np.nan))[0]),
+                       paper_stop_epoch=runs["key"].map(lambda k: picked.get(k, (np.nan, np.nan))[1]))
+
+
+def memorisation(runs: pd.DataFrame, noise: float | None = None) -> pd.DataFrame:
+    """Per penalty and λ at label noise `noise` (default: the highest): the fraction of flipped
+    training labels the final model fits (mean, min and max over seeds), of clean ones, and how
+    many runs were at chance level."""
+    noise = runs["label_noise"].max() if noise is None else noise
+    part = runs[np.isclose(runs["label_noise"], noise)]
+    out = part.groupby(["penalty", "lam"]).agg(
+        flipped_fit=("train_acc_flipped", "mean"), flipped_fit_min=("train_acc_flipped", "min"),
+        flipped_fit_max=("train_acc_flipped", "max"), clean_fit=("train_acc_clean", "mean"),
+        runs=("key", "size"), at_chance=("stop_reason", lambda r: int((r == "chance_level").sum())))
+    return _order(out.reset_index().assign(label_noise=noise))
+
+
+def escape_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The epoch at which each run left chance level, one row per penalty and λ, one column per
+    (label noise, seed); 'never' for runs that stayed at chance for all their epochs."""
+    cell = runs.assign(escape=[("never" if pd.isna(e) else f"{e:.0f}") + f" / {n:.0f}"
+                               for e, n in zip(runs["escape_epoch"], runs["epochs"])])
+    wide = cell.pivot_table(index=["penalty", "lam"], columns=["label_noise", "seed"], values="escape", aggfunc="first")
+    wide.columns = [f"noise {n:g}, seed {s}" for n, s in wide.columns]
+    return _order(wide.reset_index())
+
+
+def escape_summary(runs: pd.DataFrame) -> list[str]:
+    """One sentence per penalty: which λ never left chance, and the median escape epoch of the others."""
+    out = []
+    for pen, g in _order(runs).groupby("penalty", sort=False):
+        never = sorted(g.loc[g["escape_epoch"].isna(), "lam"].unique())
+        left = g.dropna(subset=["escape_epoch"])
+        by_lam = left.groupby("lam")["escape_epoch"].median().sort_index(ascending=False)
+        parts = [f"λ={lam:.0e}: median epoch {e:.0f}" if lam else f"median epoch {e:.0f}" for lam, e in by_lam.items()]
+        text = f"{PENALTY_NAMES[pen]}: left chance at " + ("; ".join(parts) or "no λ")
+        if never:
+            text += f". Never left chance in {g['epochs'].max():.0f} epochs: λ = " + ", ".join(f"{v:.0e}" for v in never)
+        out.append(text + ".")
+    return out
 
 
 # ---- per-run data from the store
@@ -510,36 +521,36 @@ def dynamics_summary(hist: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFr
 
 
 # ---- profiles
-def reduction_notes(profile: str, task: str = "binary", **used) -> str:
-    """A sentence saying how a profile departs from the paper's protocol (`mulreg.paper.PROTOCOL`),
-    or that it follows it. Pass what the notebook used: n_train, n_test, max_epochs, patience,
-    seeds (a list), lambdas (number per penalty), label_noise, width, init_scale, and any other
-    size with its paper value as a (used, paper) pair."""
-    paper = PROTOCOL[task]
-    diffs = []
+def reduction_notes(profile: str, spec: SweepSpec) -> str:
+    """A sentence saying how a profile's sweep departs from the paper's protocol
+    (`mulreg.paper.PROTOCOL`), or that it follows it."""
+    configs = spec.configs()
+    c = configs[0]
+    paper = PROTOCOL[c.task]
+    lams = [sum(1 for x in configs if x.penalty == p and x.seed == c.seed and x.label_noise == c.label_noise)
+            for p in ("sum", "mul")]
+    used = {"n_train": c.n_train or paper["n_train"], "n_test": c.n_test or paper["n_test"],
+            "max_epochs": c.max_epochs, "seeds": len({x.seed for x in configs}), "lambdas": min(lams),
+            "width": c.model.width, "init_scale": c.init_scale, "lr": c.lr, "batch_size": c.batch_size}
     names = {"n_train": "training images (pool before the 80/20 split)", "n_test": "test images",
-             "max_epochs": "epochs at most", "patience": "epochs of early-stopping patience",
-             "seeds": "seeds", "lambdas": "λ values per penalty", "width": "× the channel width"}
-    for key, label in names.items():
-        if key not in used:
-            continue
-        value = used[key]
-        value = len(value) if key == "seeds" else value
-        value = paper[key] if value is None else value
-        if value != paper[key]:
-            diffs.append(f"{value:g} instead of {paper[key]:g} {label}")
-    if "label_noise" in used and tuple(used["label_noise"]) != tuple(paper["label_noise"]):
-        diffs.append(f"label noise {list(used['label_noise'])} instead of {list(paper['label_noise'])}")
-    if "init_scale" in used and "init_scale" in paper and used["init_scale"] != paper["init_scale"]:
-        diffs.append(f"init scale {used['init_scale']:g} instead of {paper['init_scale']:g}")
-    for key, pair in used.items():
-        if key not in names and key not in ("label_noise", "init_scale") and isinstance(pair, tuple):
-            if pair[0] != pair[1]:
-                diffs.append(f"{key} {pair[0]} instead of {pair[1]}")
+             "max_epochs": "epochs at most", "seeds": "seeds", "lambdas": "λ values per penalty",
+             "width": "× the channel width", "init_scale": "init scale", "lr": "learning rate",
+             "batch_size": "batch size"}
+    diffs = [f"{used[k]:g} instead of {paper[k]:g} {label}" for k, label in names.items()
+             if k in paper and used[k] != paper[k]]
+    noise = tuple(sorted({x.label_noise for x in configs}))
+    if noise != tuple(paper["label_noise"]):
+        diffs.append(f"label noise {list(noise)} instead of {list(paper['label_noise'])}")
+    es = c.early_stopping
+    if es is None:
+        diffs.append("no early stopping (every epoch recorded; epoch rules applied afterwards) instead of "
+                     f"patience {paper['patience']}")
+    elif es.patience != paper["patience"]:
+        diffs.append(f"{es.patience} instead of {paper['patience']} epochs of early-stopping patience")
     if not diffs:
-        return f"Profile '{profile}' follows the paper's {task} protocol in every size checked here."
-    return (f"Profile '{profile}' is a REDUCED version of the paper's {task} protocol: " + "; ".join(diffs)
-            + ". Numbers below are therefore not expected to match the paper's; compare trends, not digits.")
+        return f"Profile '{profile}' follows the paper's {c.task} protocol in every size checked here."
+    return (f"Profile '{profile}' is a REDUCED version of the paper's {c.task} protocol: " + "; ".join(diffs)
+            + ". Numbers below are therefore not expected to match the paper's digits; docs/PROFILES.md says why.")
 
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:

@@ -261,3 +261,9 @@ def select_best(runs: pd.DataFrame, metric: str = "test_acc", by=("penalty", "la
     best = per_lam.sort_values("mean", ascending=not higher_is_better).groupby(by).head(1)
     counts = runs.groupby(by).agg(n_runs=("excluded", "size"), n_excluded=("excluded", "sum")).reset_index()
     return counts.merge(best, on=by, how="left").sort_values(by).reset_index(drop=True)
+
+
+def chosen(runs: pd.DataFrame, best: pd.DataFrame, by=("penalty", "label_noise"), metric: str = "test_acc") -> pd.DataFrame:
+    """The runs behind `select_best`'s numbers: those (not excluded) of each group's chosen λ."""
+    keep = runs[~excluded(runs, metric)]
+    return keep.merge(best.dropna(subset=["lam"])[list(by) + ["lam"]], on=list(by) + ["lam"])
