@@ -26,10 +26,7 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 STEMS = ("01_noise_robustness", "02_training_dynamics", "03_rank_table", "04_loss_landscape", "05_multiclass")
 PROFILES = ("smoke", "quick", "paper")
 BINARY = STEMS[:4]
-# the parameters that define the binary sweep (`mulreg.analysis.sweep_spec`) shared by 01-04
-SWEEP_KEYS = ("store", "device", "n_train", "n_test", "max_epochs", "patience", "init_scale", "lr",
-              "batch_size", "features_normalization", "seeds", "label_noise", "lam_sum", "lam_mul",
-              "chance_margin")
+SWEEPS = {"binary": BINARY, "multiclass": STEMS[4:]}  # sweep file → the notebooks that read it
 
 
 def read(stem: str) -> nbformat.NotebookNode:
@@ -99,14 +96,16 @@ def test_params_file_keys_are_notebook_parameters(profile, stem):
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_binary_notebooks_share_one_sweep(profile):
-    """01-04 must build the same sweep, or a run would be trained once per notebook."""
-    def sweep(values):
-        return {k: values.get(k) for k in SWEEP_KEYS}
-
-    first = sweep({**defaults(BINARY[0]), **params(profile, BINARY[0])})
-    for stem in BINARY[1:]:
-        assert sweep({**defaults(stem), **params(profile, stem)}) == first, f"{stem} ({profile}) differs from {BINARY[0]}"
+@pytest.mark.parametrize("task", SWEEPS)
+def test_notebooks_read_their_profiles_one_sweep_file(profile, task):
+    """01-04 read the same binary sweep file (or a run would be trained once per notebook), 05 the
+    multiclass one, and the notebooks restate none of its settings."""
+    expected = f"../params/{profile}/{task}_sweep.yaml"
+    for stem in SWEEPS[task]:
+        values = {**defaults(stem), **params(profile, stem)}
+        assert values["sweep"] == expected, f"{stem} ({profile}) reads {values['sweep']}"
+        restated = {"store", "seeds", "lam_sum", "lam_mul", "max_epochs", "init_scale"} & set(values)
+        assert not restated, f"{stem} ({profile}) restates sweep settings {sorted(restated)}"
 
 
 def test_notebook_defaults_are_the_quick_profile():
@@ -117,19 +116,29 @@ def test_notebook_defaults_are_the_quick_profile():
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_sweeps_of_every_profile_are_valid(profile):
-    """Every run config the notebooks would train validates (without loading any data)."""
-    from mulreg import analysis
+@pytest.mark.parametrize("task", SWEEPS)
+def test_sweeps_of_every_profile_are_valid(profile, task):
+    """Every run config of the profile's sweep files validates (without loading any data)."""
+    from mulreg.sweep import SweepSpec
 
-    for stem in ("01_noise_robustness", "05_multiclass"):
-        v = {**defaults(stem), **params(profile, stem)}
-        spec = analysis.sweep_spec(
-            task="multiclass" if stem.startswith("05") else "binary", store=str(ROOT / "results" / "unused"),
-            device=v["device"], n_train=v["n_train"], n_test=v["n_test"], max_epochs=v["max_epochs"],
-            patience=v["patience"], init_scale=v["init_scale"], lr=v["lr"], batch_size=v["batch_size"],
-            width=v.get("width", 1.0), seeds=v["seeds"], label_noise=v.get("label_noise", [0.0]),
-            lam_sum=v["lam_sum"], lam_mul=v["lam_mul"], chance_margin=v["chance_margin"])
-        assert spec.configs()
+    spec = SweepSpec.from_yaml(ROOT / "params" / profile / f"{task}_sweep.yaml")
+    configs = spec.configs()
+    assert configs and {c.task for c in configs} == {task}
+    assert spec.store == str(ROOT / "results" / profile)
+
+
+def test_quick_binary_sweep_is_in_the_papers_regime():
+    """The settings issue 10 fixes for `quick`: the paper's init scale, optimiser and pool, no early
+    stopping (epoch rules afterwards), and each λ grid with a value on either side of the middle."""
+    from mulreg.sweep import SweepSpec
+
+    configs = SweepSpec.from_yaml(ROOT / "params" / "quick" / "binary_sweep.yaml").configs()
+    c = configs[0]
+    assert (c.init_scale, c.lr, c.batch_size, c.optimizer, c.momentum) == (0.2, 0.03, 16, "sgd", 0.0)
+    assert c.n_train is None and c.n_test is None and c.classes == (3, 4)
+    assert all(x.early_stopping is None for x in configs)
+    for pen in ("sum", "mul"):
+        assert len({x.lam for x in configs if x.penalty == pen}) >= 3
 
 
 # ---- (c)

@@ -85,6 +85,13 @@ def group_stats(runs: pd.DataFrame, quantities: Iterable[str], by: Sequence[str]
     return _order(out)
 
 
+def headline_stats(chosen: pd.DataFrame, quantities: Iterable[str] = ()) -> pd.DataFrame:
+    """`group_stats` of the headline rule's test accuracy (`mulreg.epochs.HEADLINE`), named
+    `test_acc` as in the paper's tables, and of `quantities` (of the stored weights)."""
+    stats = group_stats(chosen, [HEADLINE, *quantities])
+    return stats.assign(quantity=stats["quantity"].replace({HEADLINE: "test_acc"}))
+
+
 def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
     """`select`'s table for reading: chosen λ, mean ± std, runs used / excluded."""
     out = best.copy()
@@ -130,6 +137,17 @@ def with_paper_rule(runs: pd.DataFrame, hist: pd.DataFrame, patience: int) -> pd
                        paper_stop_epoch=runs["key"].map(lambda k: picked.get(k, (np.nan, np.nan))[1]))
 
 
+def paper_rule_note(runs: pd.DataFrame, patience: int) -> str:
+    """A sentence on where the paper's literal rule stopped: how many runs it stopped while still at
+    chance level (before their escape epoch), which a patience shorter than the plateau does."""
+    kept = runs[~excluded(runs)]
+    early = kept[kept["paper_stop_epoch"] < kept["escape_epoch"]]
+    stops = kept["paper_stop_epoch"]
+    return (f"The paper's rule with patience {patience} stopped the {len(kept)} runs that left chance level at "
+            f"epochs {stops.min():.0f}-{stops.max():.0f} (median {stops.median():.0f}) of {kept['epochs'].max():.0f}; "
+            f"{len(early)} of them while still in their chance plateau.")
+
+
 def memorisation(runs: pd.DataFrame, noise: float | None = None) -> pd.DataFrame:
     """Per penalty and λ at label noise `noise` (default: the highest): the fraction of flipped
     training labels the final model fits (mean, min and max over seeds), of clean ones, and how
@@ -141,6 +159,21 @@ def memorisation(runs: pd.DataFrame, noise: float | None = None) -> pd.DataFrame
         flipped_fit_max=("train_acc_flipped", "max"), clean_fit=("train_acc_clean", "mean"),
         runs=("key", "size"), at_chance=("stop_reason", lambda r: int((r == "chance_level").sum())))
     return _order(out.reset_index().assign(label_noise=noise))
+
+
+def memorisation_sentence(fit: pd.DataFrame) -> str:
+    """How much of the flipped labels the unregularised runs fit at the end (from `memorisation`),
+    and the other penalties' λ beside them."""
+    if fit.empty or fit["flipped_fit"].isna().all():
+        return "No label noise in this sweep: nothing to memorise."
+    noise = fit["label_noise"].iloc[0]
+    none = fit[fit["penalty"] == "none"]
+    head = ("no unregularised run" if none.empty else
+            f"the unregularised runs fit {100 * none['flipped_fit'].iloc[0]:.1f} % of their flipped training labels "
+            f"(seeds {100 * none['flipped_fit_min'].iloc[0]:.1f}-{100 * none['flipped_fit_max'].iloc[0]:.1f} %)")
+    others = [f"{PENALTY_NAMES[r.penalty]} λ={r.lam:.0e}: {100 * r.flipped_fit:.1f} %"
+              for r in fit[fit["penalty"] != "none"].itertuples() if pd.notna(r.flipped_fit)]
+    return f"At label noise {noise:g}, at the end of training, {head}; " + "; ".join(others) + "."
 
 
 def escape_table(runs: pd.DataFrame) -> pd.DataFrame:

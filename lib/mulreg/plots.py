@@ -33,6 +33,7 @@ LABELS = {
     "norm_product": "Π‖W_i‖_F", "norm_sq_sum": "Σ‖W_i‖_F²", "margin_mean": "mean test margin (unit-norm layers)",
     "margin_std_mean": "mean test margin y·f(x)/std(f)",
     "penalty_term": "λ·R(W)",
+    "train_acc_flipped": "fit of flipped training labels", "train_acc_clean": "fit of clean training labels",
 }
 LOG_SCALE = ("norm_product", "norm_sq_sum", "penalty_term", "train_loss", "val_loss", "test_loss")
 RENDERER = "mulreg_offline"
@@ -97,6 +98,16 @@ def save(fig, name: str, figures_dir: str | Path, formats: Sequence[str] = ("png
 
 
 # ---- small helpers
+def save_table(table: pd.DataFrame, name: str, figures_dir: str | Path) -> Path:
+    """A table beside the figures, as CSV and as an HTML fragment (the reports index shows it)."""
+    folder = Path(figures_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / f"{name}.csv", index=False)
+    path = folder / f"{name}.html"
+    path.write_text(table.to_html(index=False, border=0, na_rep="—"))
+    return path
+
+
 def penalty_label(p: str) -> str:
     return PENALTY_NAMES.get(p, p)
 

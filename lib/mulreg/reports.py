@@ -107,20 +107,42 @@ def export_html(executed: Path) -> None:
         executed.with_suffix(suffix).write_text(body)
 
 
+VERDICT = "_verdict.html"  # a table a notebook saves beside its figures (`plots.save_table`) for the index
+THUMBNAIL_PX = 260
+
+
 def write_index(out_dir: Path, profile: str, outcomes: list[Outcome]) -> None:
+    """index.html: the verdict table first (what a reader opens the reports for), then one row per
+    notebook with its status, run time, reports and figure thumbnails."""
     rows = []
     for o in outcomes:
         status = "ok" if o.error is None else f"<b>failed</b><pre>{html.escape(o.error)}</pre>"
-        figs = " ".join(f'<a href="{os.path.relpath(f, out_dir)}">{f.name}</a>' for f in o.figures)
+        figs = " ".join(_thumbnail(f, out_dir) for f in o.figures if f.suffix == ".png")
+        others = " · ".join(f'<a href="{os.path.relpath(f, out_dir)}">{f.name}</a>' for f in o.figures
+                            if f.suffix in (".html", ".csv", ".vtp"))
         rows.append(f"<tr><td>{o.stem}</td><td>{status}</td><td>{o.seconds:.0f} s</td>"
                     f'<td><a href="{o.stem}.html">full</a> · <a href="{o.stem}.nocode.html">no code</a>'
-                    f' · <a href="{o.stem}.ipynb">ipynb</a></td><td>{figs}</td></tr>')
+                    f' · <a href="{o.stem}.ipynb">ipynb</a></td><td>{figs}<br><small>{others}</small></td></tr>')
     (out_dir / "index.html").write_text(
         f"<!doctype html><meta charset='utf-8'><title>mulreg reports ({profile})</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;"
-        "vertical-align:top}</style>"
+        "vertical-align:top;text-align:left}img{margin:2px;border:1px solid #ddd}</style>"
         f"<h1>mulreg: paper notebooks, profile <code>{profile}</code></h1>"
-        "<table><tr><th>notebook</th><th>status</th><th>run time</th><th>report</th><th>figures</th></tr>"
-        + "".join(rows) + "</table>"
+        + _verdict_section(outcomes)
+        + "<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>run time</th><th>report</th>"
+        "<th>figures</th></tr>" + "".join(rows) + "</table>"
     )
 
+
+def _thumbnail(png: Path, out_dir: Path) -> str:
+    href = html.escape(os.path.relpath(png, out_dir))
+    return f'<a href="{href}" title="{html.escape(png.stem)}"><img src="{href}" width="{THUMBNAIL_PX}" alt="{html.escape(png.stem)}"></a>'
+
+
+def _verdict_section(outcomes: list[Outcome]) -> str:
+    tables = [f for o in outcomes for f in o.figures if f.name.endswith(VERDICT)]
+    if not tables:
+        return "<p>No verdict table: notebook 01 did not run, or failed (see below).</p>"
+    return ("<h2>Does the paper's Fig. 1 hold here?</h2><p>Paired-by-seed differences in test accuracy "
+            "(points) with 95 % t intervals, for each claim under each epoch rule (notebook 01).</p>"
+            + "".join(t.read_text() for t in tables))
