@@ -60,7 +60,8 @@ def test_train_end_to_end(tiny_cifar_image_folder):
     expected_columns = {"epoch", "train_loss", "penalty_term", "train_acc", "val_loss", "val_acc", "test_loss",
                         "test_acc", "norm_product", "norm_sq_sum", *(f"norm_{n}" for n in LAYERS)}
     assert expected_columns <= set(h.columns)
-    assert np.isfinite(h.drop(columns="epoch").to_numpy(float)).all()
+    # the flipped-label fit is NaN when the training split holds no flipped label (tested below)
+    assert np.isfinite(h.drop(columns=["epoch", "train_acc_flipped"]).to_numpy(float)).all()
     norms = h[[f"norm_{n}" for n in LAYERS]].to_numpy()
     np.testing.assert_allclose(h["norm_product"], norms.prod(1), rtol=1e-6)
     np.testing.assert_allclose(h["norm_sq_sum"], (norms**2).sum(1), rtol=1e-6)
@@ -117,6 +118,38 @@ def test_train_end_to_end(tiny_cifar_image_folder):
     assert m["test_acc_last"] == h["test_acc"].iloc[-1]
     assert m["test_acc_best_test"] == h["test_acc"].max()
     assert m["test_acc_best_val"] == h["test_acc"].iloc[int(h["val_loss"].to_numpy().argmin())]
+
+
+def test_flipped_and_clean_fit_add_up_to_the_training_accuracy(tiny_cifar_image_folder):
+    from mulreg.data import load_pool, split_run
+
+    cfg = config(label_noise=0.25, n_train=40, val_fraction=0.2, seed=5, max_epochs=3)
+    result = run(cfg, tiny_cifar_image_folder)
+    h, m = result.history, result.metrics
+    pool = load_pool("binary", 40, None, str(tiny_cifar_image_folder))
+    data = split_run(pool, cfg.seed, cfg.label_noise, cfg.val_fraction)
+    n = len(data.train_idx)
+    n_flipped = int(np.isin(data.train_idx.numpy(), data.flipped.numpy()).sum())
+    assert 0 < n_flipped < n
+    for col in ("train_acc_flipped", "train_acc_clean"):
+        assert h[col].between(0, 1).all() and 0 <= m[col] <= 1
+    mixed = (n_flipped * h["train_acc_flipped"] + (n - n_flipped) * h["train_acc_clean"]) / n
+    np.testing.assert_allclose(mixed, h["train_acc"], rtol=1e-5)
+    np.testing.assert_allclose((n_flipped * m["train_acc_flipped"] + (n - n_flipped) * m["train_acc_clean"]) / n,
+                               m["train_acc"], rtol=1e-5)
+
+
+def test_flipped_fit_is_nan_without_label_noise(tiny_cifar_image_folder):
+    result = run(config(max_epochs=1, n_train=8), tiny_cifar_image_folder)
+    assert result.history["train_acc_flipped"].isna().all() and math.isnan(result.metrics["train_acc_flipped"])
+    assert (result.history["train_acc_clean"] == result.history["train_acc"]).all()
+
+
+def test_classes_choose_the_pair(tiny_cifar_image_folder):
+    """Another pair trains on other images: same seed and init, different data, different history."""
+    a = run(config(max_epochs=1, n_train=8), tiny_cifar_image_folder)
+    b = run(config(max_epochs=1, n_train=8, classes=("dog", "horse")), tiny_cifar_image_folder)
+    assert not a.history["train_loss"].equals(b.history["train_loss"])
 
 
 def test_penalty_column_is_zero_without_penalty(tiny_cifar_image_folder):

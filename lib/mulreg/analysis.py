@@ -41,10 +41,14 @@ def set_threads(threads: int | None) -> int:
 
 
 # ---- the sweep
-def load_sweep(path: str) -> SweepSpec:
+def load_sweep(path: str, classes: Sequence[int | str] | None = None) -> SweepSpec:
     """The sweep file a notebook takes as its one `sweep` parameter (`params/<profile>/*_sweep.yaml`,
-    the format `python -m mulreg sweep` runs); a relative path is relative to the working directory."""
-    return SweepSpec.from_yaml(path)
+    the format `python -m mulreg sweep` runs; a relative path is relative to the working
+    directory), with another binary class pair when `classes` is given (names or indices 0-9)."""
+    spec = SweepSpec.from_yaml(path)
+    if classes is None:
+        return spec
+    return spec.model_copy(update={"base": {**spec.base, "classes": list(classes)}})
 
 
 def run_sweep(spec: SweepSpec, progress: bool = True) -> pd.DataFrame:
