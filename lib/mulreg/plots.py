@@ -202,6 +202,38 @@ def noise_robustness(stats: pd.DataFrame, paper: pd.DataFrame | None = None,
     return fig
 
 
+OUTCOME_COLORS = {"holds": "#009E73", "reversed": "#D55E00"}  # anything else: not resolved (grey)
+
+
+def verdict_forest(claims: pd.DataFrame, paper: dict[tuple[str, str], float] | None = None,
+                   rules: dict[str, str] | None = None) -> Figure:
+    """One panel per tested claim (`mulreg.claims.claims`), one row per epoch rule: the mean
+    paired difference in points with its interval, green where the claim holds, red where it is
+    reversed, grey where it is not resolved; a dotted line at 0, a dashed one at the paper's
+    difference (`paper`, as from `mulreg.claims.paper_gaps`)."""
+    tested = claims[claims["n"] > 0]
+    panels = list(dict.fromkeys(zip(tested["claim"], tested["noise"])))
+    fig = Figure(figsize=(4.6 * max(1, len(panels)), 0.55 * tested["rule"].nunique() + 1.6), layout="constrained")
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    if not panels:
+        _empty(axes[0], "no claim could be tested (no pairs of runs)")
+    for ax, (claim, noise) in zip(axes, panels):
+        part = tested[(tested["claim"] == claim) & (tested["noise"] == noise)].reset_index(drop=True)
+        y = np.arange(len(part))[::-1]
+        for yi, r in zip(y, part.itertuples()):
+            color = OUTCOME_COLORS.get(r.outcome, "#7F7F7F")
+            lo, hi = (100 * r.low, 100 * r.high) if pd.notna(r.low) else (100 * r.mean, 100 * r.mean)
+            ax.plot([lo, hi], [yi, yi], color=color, lw=2.5)
+            ax.plot(100 * r.mean, yi, "o", color=color)
+        ax.axvline(0, color="black", lw=0.8, ls=":")
+        if paper and (claim, noise) in paper:
+            ax.axvline(paper[(claim, noise)], color="black", lw=1, ls="--", label="paper")
+            ax.legend(loc="lower right", frameon=False, fontsize="small")
+        ax.set_yticks(y, [(rules or {}).get(r, r).split(" (")[0] for r in part["rule"]])
+        ax.set(xlabel="difference in test accuracy (points)", title=f"{claim}\n(label noise {noise})")
+    return fig
+
+
 def noise_robustness_interactive(stats: pd.DataFrame, best: pd.DataFrame | None = None,
                                  paper: pd.DataFrame | None = None,
                                  quantities: Sequence[str] = ("test_acc", "margin_mean", "margin_std_mean"),

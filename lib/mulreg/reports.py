@@ -128,7 +128,7 @@ def write_index(out_dir: Path, profile: str, outcomes: list[Outcome]) -> None:
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;"
         "vertical-align:top;text-align:left}img{margin:2px;border:1px solid #ddd}</style>"
         f"<h1>mulreg: paper notebooks, profile <code>{profile}</code></h1>"
-        + _verdict_section(outcomes)
+        + _verdict_section(outcomes, out_dir)
         + "<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>run time</th><th>report</th>"
         "<th>figures</th></tr>" + "".join(rows) + "</table>"
     )
@@ -139,10 +139,16 @@ def _thumbnail(png: Path, out_dir: Path) -> str:
     return f'<a href="{href}" title="{html.escape(png.stem)}"><img src="{href}" width="{THUMBNAIL_PX}" alt="{html.escape(png.stem)}"></a>'
 
 
-def _verdict_section(outcomes: list[Outcome]) -> str:
+def _verdict_section(outcomes: list[Outcome], out_dir: Path) -> str:
+    """The verdict tables notebooks saved (`plots.save_table`), each with its figure when there is one."""
     tables = [f for o in outcomes for f in o.figures if f.name.endswith(VERDICT)]
     if not tables:
         return "<p>No verdict table: notebook 01 did not run, or failed (see below).</p>"
+    parts = []
+    for t in tables:
+        png = t.with_suffix(".png")
+        figure = f"<p>{_thumbnail(png, out_dir).replace(str(THUMBNAIL_PX), '900')}</p>" if png.exists() else ""
+        parts.append(t.read_text() + figure)
     return ("<h2>Does the paper's Fig. 1 hold here?</h2><p>Paired-by-seed differences in test accuracy "
             "(points) with 95 % t intervals, for each claim under each epoch rule (notebook 01).</p>"
-            + "".join(t.read_text() for t in tables))
+            + "".join(parts))
