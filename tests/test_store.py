@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -101,3 +102,28 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny, tmp_path):
     pd.testing.assert_frame_equal(a.history, b.history, check_exact=True)
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert not store.checkpoint_path(key).exists()
+
+
+def test_every_run_records_its_provenance(tmp_path, tiny_cifar_image_folder):
+    """Commit, versions, device and times are stored with the run and carried by the runs table."""
+    import subprocess
+
+    from mulreg import __version__
+    from mulreg.analysis import provenance_note
+    from mulreg.config import RunConfig
+    from mulreg.train import train
+
+    cfg = RunConfig(device="cpu", init_scale=1.0, lr=0.01, batch_size=4, max_epochs=1, n_train=8,
+                    early_stopping=None)
+    store = Store(tmp_path / "store")
+    store.save(train(cfg, root=tiny_cifar_image_folder, progress=False))
+    row = store.load_runs().iloc[0]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    assert row["git_commit"] == (head or None) and row["mulreg_version"] == __version__
+    assert row["torch"] == torch.__version__ and row["device_name"]
+    assert row["wall_seconds"] > 0 and row["train_images_per_second"] > 0 and row["finished"] >= row["started"]
+    assert store.load(cfg.key()).provenance["git_commit"] == row["git_commit"]
+    assert "WARNING" not in provenance_note(store.load_runs())
+    mixed = pd.concat([store.load_runs(), store.load_runs().assign(git_commit="0" * 40)])
+    assert provenance_note(mixed).startswith("WARNING")

@@ -62,7 +62,25 @@ def run_sweep(spec: SweepSpec, progress: bool = True) -> pd.DataFrame:
     n_excluded = runs["stop_reason"].isin(EXCLUDED).sum() if len(runs) else 0
     print(f"{len(configs)} runs in the sweep: {len(configs) - pending} found in {store.root}, "
           f"{pending} trained now in {seconds:.0f} s; {n_excluded} excluded (diverged or at chance level).")
+    print(provenance_note(runs))
     return runs
+
+
+def provenance_note(runs: pd.DataFrame) -> str:
+    """Which commit(s) and device(s) produced `runs`; a warning when there is more than one."""
+    def values(col: str) -> list[str]:
+        if col not in runs:
+            return ["not recorded"]
+        dirty = runs["git_dirty"] if "git_dirty" in runs else pd.Series(False, index=runs.index)
+        return sorted({"not recorded" if pd.isna(v) else str(v)[:10] + ("+" if col == "git_commit" and d is True else "")
+                       for v, d in zip(runs[col], dirty.astype(object).where(dirty.notna(), False).map(bool))})
+
+    commits, devices = values("git_commit"), values("device_name")
+    text = f"Produced by commit {', '.join(commits)} on {', '.join(devices)} (+: uncommitted changes)."
+    if len(commits) > 1 or len(devices) > 1:
+        return ("WARNING: these runs come from more than one commit or device; numbers may not be comparable. "
+                + text)
+    return text
 
 
 # ---- the selection rule and the runs behind it

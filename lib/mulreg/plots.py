@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from plotly.io._base_renderers import MimetypeRenderer
 from plotly.subplots import make_subplots
 
+from . import provenance
 from .paper import PENALTY_NAMES, PENALTY_ORDER
 
 COLORS = {"mul": "#0072B2", "sum": "#E69F00", "none": "#7F7F7F", "mul_log": "#009E73"}
@@ -63,8 +64,14 @@ def offline_plotly(mimetype: bool = True) -> str:
     return pio.renderers.default
 
 
-def setup(context: str = "notebook", font_scale: float = 1.0, dpi: int = 110) -> None:
-    """Seaborn theme, inline figure resolution, offline Plotly: call once at the top of a notebook."""
+_caption: str | None = None  # the line `save` writes under every figure (set by `setup`)
+
+
+def setup(context: str = "notebook", font_scale: float = 1.0, dpi: int = 110, profile: str | None = None) -> None:
+    """Seaborn theme, inline figure resolution, offline Plotly: call once at the top of a notebook.
+    With `profile`, every figure `save` writes carries a caption: profile, commit and date."""
+    global _caption
+    _caption = None if profile is None else provenance.caption(profile)
     try:  # figures built with matplotlib.figure.Figure display inline only once this is active
         from IPython import get_ipython
 
@@ -86,14 +93,21 @@ def save(fig, name: str, figures_dir: str | Path, formats: Sequence[str] = ("png
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(fig, go.Figure):
         path = folder / f"{name}.html"
-        fig.write_html(path, include_plotlyjs=True, include_mathjax=False, full_html=True)
+        captioned = go.Figure(fig)
+        if _caption:
+            captioned.add_annotation(text=_caption, xref="paper", yref="paper", x=1, y=1.06, showarrow=False,
+                                     xanchor="right", font={"size": 10, "color": "grey"})
+        captioned.write_html(path, include_plotlyjs=True, include_mathjax=False, full_html=True)
         return [path]
     fig = getattr(fig, "figure", fig)  # seaborn FacetGrid / JointGrid
+    text = fig.text(0, 0, _caption, fontsize=7, color="grey", va="top", transform=fig.transFigure) if _caption else None
     paths = []
     for fmt in formats:
         path = folder / f"{name}.{fmt}"
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
         paths.append(path)
+    if text is not None:
+        text.remove()  # the notebook shows the figure without it; the files carry it
     return paths
 
 

@@ -5,6 +5,7 @@
                        metrics.json    final metrics and stop reason
                        weights.pt      the reported weights
                        margins.npy     test-set margins of the reported model
+                       provenance.json commit, versions, device, times (`mulreg.provenance`)
     results/checkpoints/<key>.pt       training state of an unfinished run
     results/claims/<key>.lock          held (flock) while a process trains the run
 
@@ -31,6 +32,8 @@ import torch
 from .config import RunConfig
 from .data import PROJECT_ROOT
 from .train import RunResult
+
+PROVENANCE = "provenance.json"
 
 
 class Store:
@@ -60,6 +63,7 @@ class Store:
         np.save(tmp / "margins.npy", result.test_margins)
         metrics = {"stop_reason": result.stop_reason, **_plain(result.metrics)}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (tmp / PROVENANCE).write_text(json.dumps(result.provenance, indent=1))
         try:
             os.rename(tmp, self.run_dir(key))
         except OSError:  # already stored by someone else: keep theirs
@@ -76,6 +80,7 @@ class Store:
             metrics.pop("stop_reason"),
             torch.load(d / "weights.pt", weights_only=True),
             np.load(d / "margins.npy"),
+            _provenance(d),
         )
 
     def keys(self) -> list[str]:
@@ -89,7 +94,7 @@ class Store:
         for k in keys:
             d = self.run_dir(k)
             config = pd.json_normalize(json.loads((d / "config.json").read_text())).iloc[0].to_dict()
-            rows.append({"key": k, **config, **json.loads((d / "metrics.json").read_text())})
+            rows.append({"key": k, **config, **json.loads((d / "metrics.json").read_text()), **_provenance(d)})
         table = pd.DataFrame(rows)
         return (table, self.load_histories(keys)) if histories else table
 
@@ -138,6 +143,12 @@ class _Checkpoints:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(state, tmp)
         os.replace(tmp, path)
+
+
+def _provenance(run_dir: Path) -> dict:
+    """A run's provenance; empty for runs stored before it was recorded."""
+    path = run_dir / PROVENANCE
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _plain(metrics: dict) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,7 +27,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
-from . import metrics
+from . import metrics, provenance
 from .config import RunConfig
 from .data import Pool, generator, pool_for, split_run
 from .epochs import CHANCE, rule_metrics
@@ -57,6 +58,7 @@ class RunResult:
     stop_reason: str
     state_dict: dict[str, torch.Tensor]
     test_margins: np.ndarray
+    provenance: dict = field(default_factory=dict)  # code, versions, device, times (`mulreg.provenance`)
 
     def model(self):
         """The trained network (the reported weights), on the CPU."""
@@ -152,6 +154,8 @@ class _Run:
     best_epoch: int = 0
     best_state: dict | None = None
     stop_reason: str | None = None
+    started: float = field(default_factory=time.time)  # when this process began (or resumed) the run
+    start_epoch: int = 0
 
     def capture(self, stack: _Stack) -> None:
         """Copy this run's row of the stack back into `state`."""
@@ -238,6 +242,7 @@ class _Engine:
         if saved:
             for name, value in saved.items():
                 setattr(run, name, tree_map(lambda t: t.to(self.device) if isinstance(t, torch.Tensor) else t, value))
+            run.start_epoch = run.epoch
             return run
         model = build_model(config)
         params = {n: p.detach().to(self.device) for n, p in model.named_parameters()}
@@ -431,7 +436,15 @@ class _Engine:
             reason = "chance_level"
         margins = final.pop("_margins")
         return RunResult(run.config, history, final, reason,
-                         {n: t.cpu() for n, t in model.state_dict().items()}, margins)
+                         {n: t.cpu() for n, t in model.state_dict().items()}, margins, self._provenance(run))
+
+    def _provenance(self, run: _Run) -> dict:
+        """Code, versions and device, and this process's share of the run: times and throughput."""
+        end = time.time()
+        images = (run.epoch - run.start_epoch) * len(run.train_idx)
+        return provenance.environment(self.device) | {
+            "started": provenance.timestamp(run.started), "finished": provenance.timestamp(end),
+            "wall_seconds": end - run.started, "train_images_per_second": images / max(end - run.started, 1e-9)}
 
 
 def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
