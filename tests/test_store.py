@@ -127,3 +127,70 @@ def test_every_run_records_its_provenance(tmp_path, tiny_cifar_image_folder):
     assert "WARNING" not in provenance_note(store.load_runs())
     mixed = pd.concat([store.load_runs(), store.load_runs().assign(git_commit="0" * 40)])
     assert provenance_note(mixed).startswith("WARNING")
+
+
+def _stored_run(tmp_path, root) -> tuple[Store, RunConfig]:
+    cfg = RunConfig(device="cpu", init_scale=1.0, lr=0.01, batch_size=4, max_epochs=1, n_train=8,
+                    early_stopping=None)
+    store = Store(tmp_path / "store")
+    store.save(train(cfg, root=root, progress=False))
+    return store, cfg
+
+
+def test_an_unreadable_run_is_reported_skipped_and_stored_again(tmp_path, tiny_cifar_image_folder):
+    store, cfg = _stored_run(tmp_path, tiny_cifar_image_folder)
+    key = cfg.key()
+    metrics = store.run_dir(key) / "metrics.json"
+    metrics.write_text(metrics.read_text()[:20])  # truncated
+    fresh = Store(store.root)
+    assert not fresh.is_complete(key)
+    assert "metrics.json is not valid JSON" in fresh.unreadable()[key]
+    with pytest.warns(UserWarning, match=f"run {key} at .* cannot be read"):
+        assert fresh.load_runs().empty
+    fresh.save(train(cfg, root=tiny_cifar_image_folder, progress=False))  # what the next sweep does
+    assert fresh.is_complete(key) and len(Store(store.root).load_runs()) == 1
+    assert list((store.root / "runs").glob(f".broken-{key}-*")), "the unreadable copy is kept aside"
+
+
+def test_clean_removes_leftovers_of_killed_processes_but_not_of_live_ones(tmp_path):
+    store = Store(tmp_path / "store")
+    dead_dir = store.root / "runs" / ".0123456789abcdef-x1y2"
+    dead_dir.mkdir()
+    (dead_dir / "config.json").write_text("{}")
+    dead_ckpt = store.root / "checkpoints" / "0123456789abcdef.tmp4242"
+    dead_ckpt.write_bytes(b"half a checkpoint")
+    live_ckpt = store.root / "checkpoints" / "fedcba9876543210.tmp4343"
+    live_ckpt.write_bytes(b"being written")
+    with store.claim(["fedcba9876543210"]):  # another process trains this run right now
+        child = subprocess.run([sys.executable, "-c", f"from mulreg.store import Store; "
+                                f"print(len(Store({str(store.root)!r}).clean()))"], capture_output=True, text=True)
+    assert child.returncode == 0 and child.stdout.strip() == "2", child.stderr
+    assert not dead_dir.exists() and not dead_ckpt.exists() and live_ckpt.exists()
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    from mulreg.store import CheckpointError
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    store = Store(tmp_path / "store")
+    with open(store.checkpoint_path("0123456789abcdef"), "wb") as f:
+        pickle.dump({"epoch": 3, "state": Payload()}, f)
+    with pytest.raises(CheckpointError, match="was refused"):
+        store.checkpoints().load("0123456789abcdef")
+    assert not marker.exists()
+
+
+def test_checkpoints_round_trip_with_weights_only(tmp_path):
+    store = Store(tmp_path / "store")
+    state = {"epoch": 2, "history": [{"epoch": 1, "test_acc": 0.5}], "best": None, "best_epoch": 0,
+             "best_state": None, "state": {"params": {"w": torch.ones(2)}}}
+    store.checkpoints().save("0123456789abcdef", state)
+    loaded = store.checkpoints().load("0123456789abcdef")
+    assert loaded["history"] == state["history"] and torch.equal(loaded["state"]["params"]["w"], torch.ones(2))

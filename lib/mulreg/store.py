@@ -9,8 +9,12 @@
     results/checkpoints/<key>.pt       training state of an unfinished run
     results/claims/<key>.lock          held (flock) while a process trains the run
 
-A run folder is written under a temporary name and renamed into place, so it is either complete or
-absent; checkpoints are written the same way. Claims are advisory file locks, released by the
+A run folder is written under a temporary name, flushed to disk (files and folder) and renamed
+into place, so it is either complete or absent, even after a power loss; checkpoints are written the
+same way. Leftovers of killed processes (temporary folders, checkpoint temp files) are removed by
+the next sweep (`clean`); a run folder that cannot be read is reported, left out of the runs table
+and trained again. Checkpoints hold only tensors, numbers, strings, lists and dicts, and are loaded
+with `weights_only=True`: a checkpoint cannot run code. Claims are advisory file locks, released by the
 operating system when their process dies, so two sweeps on one store never train the same run and
 a killed sweep leaves nothing locked.
 """
@@ -21,8 +25,11 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import shutil
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +41,18 @@ from .data import PROJECT_ROOT
 from .train import RunResult
 
 PROVENANCE = "provenance.json"
+RUN_FILES = ("config.json", "history.parquet", "weights.pt", "margins.npy", "metrics.json")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file could not be loaded safely (corrupt, or holding arbitrary objects)."""
 
 
 class Store:
     def __init__(self, root: str | os.PathLike | None = None, checkpoint_every: int = 10):
         self.root = Path(root or os.environ.get("MULREG_RESULTS") or PROJECT_ROOT / "results")
         self.every = checkpoint_every
+        self._readable: set[str] = set()  # keys whose folder was read successfully
         for sub in ("runs", "checkpoints", "claims"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -50,7 +63,38 @@ class Store:
         return self.root / "runs" / key
 
     def is_complete(self, key: str) -> bool:
-        return (self.run_dir(key) / "metrics.json").exists()
+        """The run is stored and its folder can be read (an unreadable one counts as missing)."""
+        if key in self._readable:
+            return True
+        d = self.run_dir(key)
+        if not (d / "metrics.json").exists():
+            return False
+        if _broken(d):
+            return False
+        self._readable.add(key)
+        return True
+
+    def unreadable(self) -> dict[str, str]:
+        """Run folders that exist but cannot be read: key → what is wrong."""
+        out = {}
+        for k in self.keys():
+            problem = _broken(self.run_dir(k))
+            if problem:
+                out[k] = problem
+        return out
+
+    def clean(self) -> list[Path]:
+        """Remove what killed processes left behind: temporary run folders and checkpoint temp
+        files whose run no live process holds (its claim is free). Returns what was removed."""
+        removed = []
+        leftovers = [(p, p.name[1:17]) for p in (self.root / "runs").glob(".*-*") if not p.name.startswith(".broken")]
+        leftovers += [(p, p.name.split(".")[0]) for p in (self.root / "checkpoints").glob("*.tmp*")]
+        for path, key in leftovers:
+            with self.claim([key], only_incomplete=False) as free:
+                if key in free:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
 
     # ---- finished runs
     def save(self, result: RunResult) -> None:
@@ -64,10 +108,15 @@ class Store:
         metrics = {"stop_reason": result.stop_reason, **_plain(result.metrics)}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (tmp / PROVENANCE).write_text(json.dumps(result.provenance, indent=1))
+        _fsync_folder(tmp)
+        target = self.run_dir(key)
+        if target.exists() and _broken(target):  # an unreadable earlier copy: keep it aside, store this one
+            target.rename(self.root / "runs" / f".broken-{key}-{int(time.time())}")
         try:
-            os.rename(tmp, self.run_dir(key))
+            os.rename(tmp, target)
         except OSError:  # already stored by someone else: keep theirs
             shutil.rmtree(tmp)
+        _fsync_folder(self.root / "runs", files=False)
         self.checkpoint_path(key).unlink(missing_ok=True)
 
     def load(self, key: str) -> RunResult:
@@ -89,7 +138,13 @@ class Store:
     def load_runs(self, keys: list[str] | None = None, histories: bool = False):
         """One row per complete run: config columns (nested ones dotted), final metrics, stop
         reason and key. With `histories`, also a long table of all epochs, keyed by `key`."""
-        keys = [k for k in (self.keys() if keys is None else keys) if self.is_complete(k)]
+        wanted = self.keys() if keys is None else keys
+        for k in wanted:
+            problem = (self.run_dir(k) / "metrics.json").exists() and _broken(self.run_dir(k))
+            if problem:
+                warnings.warn(f"run {k} at {self.run_dir(k)} cannot be read ({problem}); left out, "
+                              "and trained again by the next sweep", stacklevel=2)
+        keys = [k for k in wanted if self.is_complete(k)]
         rows = []
         for k in keys:
             d = self.run_dir(k)
@@ -112,8 +167,9 @@ class Store:
 
     # ---- claims
     @contextlib.contextmanager
-    def claim(self, keys: list[str]):
-        """Lock as many of `keys` as are free; yields the claimed ones, releases them on exit."""
+    def claim(self, keys: list[str], only_incomplete: bool = True):
+        """Lock as many of `keys` as are free; yields the claimed ones (those not yet stored, unless
+        `only_incomplete` is False), releases them on exit."""
         held = []
         try:
             for k in keys:
@@ -124,7 +180,7 @@ class Store:
                     f.close()
                     continue
                 held.append((k, f))
-            yield [k for k, _ in held if not self.is_complete(k)]
+            yield [k for k, _ in held if not (only_incomplete and self.is_complete(k))]
         finally:
             for _, f in held:
                 f.close()
@@ -136,13 +192,52 @@ class _Checkpoints:
 
     def load(self, key: str) -> dict | None:
         path = self.store.checkpoint_path(key)
-        return torch.load(path, weights_only=False) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise CheckpointError(f"checkpoint {path} was refused: it is corrupt or holds objects other than "
+                                  f"tensors, numbers, strings, lists and dicts ({str(err).splitlines()[0]}). "
+                                  "Delete it to train the run from the start.") from None
 
     def save(self, key: str, state: dict) -> None:
         path = self.store.checkpoint_path(key)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(state, tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
+
+
+def _broken(run_dir: Path) -> str | None:
+    """What makes a run folder unreadable, or None: a missing file, invalid JSON, an empty history."""
+    for name in RUN_FILES:
+        if not (run_dir / name).is_file():
+            return f"{name} missing"
+    for name in ("config.json", "metrics.json"):
+        try:
+            json.loads((run_dir / name).read_text())
+        except (ValueError, OSError) as err:
+            return f"{name} is not valid JSON: {err}"
+    if (run_dir / "history.parquet").stat().st_size == 0:
+        return "history.parquet is empty"
+    return None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path, files: bool = True) -> None:
+    """Flush every file of `folder` (with `files`) and the folder's own entries to disk."""
+    if files:
+        for f in folder.iterdir():
+            _fsync(f)
+    _fsync(folder)
 
 
 def _provenance(run_dir: Path) -> dict:

@@ -109,6 +109,7 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     (notebooks and `python -m mulreg sweep` need nothing)."""
     spec = executor_from_env(spec)
     store = spec.open_store()
+    store.clean()
     configs = spec.configs()
     pending = [c for c in configs if not store.is_complete(c.key())]
     groups = plan_groups(pending, spec.group_size)
