@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-from .config import ConfigError, RunConfig, deep_merge, load_yaml, nest
+from .config import MulregError, RunConfig, deep_merge, load_yaml, nest
 
 # command-line flag → RunConfig field (dotted for nested ones)
 TRAIN_FLAGS = {
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"train": _train, "sweep": _sweep, "figures": _figures}[args.command](args)
-    except ConfigError as err:
+    except MulregError as err:  # anticipated: bad input, missing data, unavailable device
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

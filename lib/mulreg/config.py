@@ -27,7 +27,12 @@ PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
 KEY_OMITS_DEFAULT = ("classes",)
 
 
-class ConfigError(ValueError):
+class MulregError(Exception):
+    """An error the project anticipates (bad input, missing data, unavailable device): the command
+    line prints its message, without a traceback, and exits with code 2."""
+
+
+class ConfigError(MulregError, ValueError):
     """A configuration value is invalid; the message names the field, the value and what is allowed."""
 
 
@@ -159,8 +164,21 @@ _YamlLoader.add_implicit_resolver(
 
 
 def load_yaml(path: str | os.PathLike) -> Any:
-    """A YAML file as Python data, with 5e-7 read as a float."""
-    return yaml.load(Path(path).read_text(), Loader=_YamlLoader)
+    """A YAML file as Python data, with 5e-7 read as a float; a missing file or invalid YAML raises
+    ConfigError naming the file (and line and column)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        return yaml.load(text, Loader=_YamlLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
 
 
 def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

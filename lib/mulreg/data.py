@@ -19,15 +19,19 @@ import torch
 import torchvision
 
 from .config import CIFAR10_CLASSES as CLASSES
-from .config import PAPER_CLASSES, RunConfig
+from .config import PAPER_CLASSES, MulregError, RunConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MEAN = (0.4914, 0.4822, 0.4465)  # the paper's per-channel normalisation
 STD = (0.2470, 0.2435, 0.2616)
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(MulregError, FileNotFoundError):
     """CIFAR-10 is not where we looked and could not be downloaded."""
+
+
+class DataError(MulregError):
+    """CIFAR-10 was found but a file of it cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,13 @@ def _layout(folder: Path) -> str | None:
 
 
 def _download(folder: Path, allowed: bool) -> None:
+    missing = [f"{split}/{name}" for split in ("train", "test") for name in CLASSES
+               if not (folder / split / name).is_dir()]
+    found = (f"the folder does not exist" if not folder.exists() else
+             f"it lacks {', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}" if len(missing) < 20 else
+             "it holds neither layout")
     hint = (
-        f"CIFAR-10 not found in {folder} (looked for {folder / 'cifar-10-batches-py'} and for "
+        f"CIFAR-10 not found in {folder} ({found}; looked for {folder / 'cifar-10-batches-py'} and for "
         f"{folder}/{{train,test}}/<class>/ image folders). Point MULREG_DATA at a copy, e.g. "
         "`export MULREG_DATA=../shared/data/cifar10`, or pass root=<folder>"
     )
@@ -107,8 +116,15 @@ def _decode_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     ds = torchvision.datasets.ImageFolder(folder)
     if tuple(ds.classes) != CLASSES:
         raise DataNotFoundError(f"{folder}: class folders {ds.classes} are not CIFAR-10's {CLASSES}")
-    images = np.stack([np.asarray(ds.loader(path)) for path, _ in ds.samples])  # PIL, RGB, (N, H, W, C)
+    images = np.stack([_read_image(ds, path) for path, _ in ds.samples])  # PIL, RGB, (N, H, W, C)
     return images.transpose(0, 3, 1, 2), np.asarray(ds.targets)
+
+
+def _read_image(ds: torchvision.datasets.ImageFolder, path: str) -> np.ndarray:
+    try:
+        return np.asarray(ds.loader(path))
+    except OSError as err:  # PIL: truncated or not an image at all
+        raise DataError(f"unreadable image {path}: {err}. Replace the file, or point MULREG_DATA at an intact copy") from None
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

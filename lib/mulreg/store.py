@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import RunConfig
+from .config import MulregError, RunConfig
 from .data import PROJECT_ROOT
 from .train import RunResult
 
@@ -44,7 +44,7 @@ PROVENANCE = "provenance.json"
 RUN_FILES = ("config.json", "history.parquet", "weights.pt", "margins.npy", "metrics.json")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MulregError, RuntimeError):
     """A checkpoint file could not be loaded safely (corrupt, or holding arbitrary objects)."""
 
 

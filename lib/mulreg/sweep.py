@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm import tqdm
 
 from .config import ConfigError, RunConfig, describe, load_yaml, nest
-from .data import PROJECT_ROOT
+from .data import PROJECT_ROOT, load_cifar10
 from .store import Store
 from .train import group_key, resolve_device, train_group, vectorizable
 
@@ -112,6 +112,8 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     store.clean()
     configs = spec.configs()
     pending = [c for c in configs if not store.is_complete(c.key())]
+    if pending and spec.executor == "local":
+        _preflight(pending, root)
     groups = plan_groups(pending, spec.group_size)
     with (tqdm(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
                disable=not progress, dynamic_ncols=True) as bar,
@@ -127,6 +129,14 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
             for group in groups:
                 _train_claimed(group, store, root, bar, epochs.update)
     return store.load_runs([c.key() for c in configs])
+
+
+def _preflight(pending: list[RunConfig], root) -> None:
+    """Fail before any training when a device is unavailable or the data cannot be found and read
+    (this also decodes and caches CIFAR-10 once, for all workers)."""
+    for device in {c.device for c in pending}:
+        resolve_device(device)
+    load_cifar10(root)
 
 
 def executor_from_env(spec: SweepSpec) -> SweepSpec:

@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
 from . import metrics, provenance
-from .config import RunConfig
+from .config import MulregError, RunConfig
 from .data import Pool, generator, pool_for, split_run
 from .epochs import CHANCE, rule_metrics
 from .models import build_model, layer_names
@@ -67,11 +67,21 @@ class RunResult:
         return model.eval()
 
 
+class DeviceError(MulregError, RuntimeError):
+    """The device a config asks for is not available on this machine."""
+
+
+def available_devices() -> list[str]:
+    return ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
+
+
 def resolve_device(name: str) -> torch.device:
+    """`name` as a torch device ("auto": CUDA, else MPS, else the CPU); DeviceError if unavailable."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but torch.cuda.is_available() is False")
+    if name not in available_devices():
+        raise DeviceError(f"device: {name!r} was asked for but is not available on this machine; available: "
+                          f"{', '.join(available_devices())} (torch {torch.__version__})")
     return torch.device(name)
 
 

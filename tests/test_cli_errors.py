@@ -1,0 +1,87 @@
+"""Bad input through the real command line: one message on stderr, exit code 2, no traceback, and
+nothing trained (issue 11, 'Errors at the edge')."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def mulreg(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mulreg", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def assert_one_message(out: subprocess.CompletedProcess, *shown: str) -> None:
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("error: "), out.stderr
+    for text in shown:
+        assert text in out.stderr, out.stderr
+
+
+def train_args(tmp_path: Path) -> list[str]:
+    return ["train", "--epochs", "1", "--n-train", "8", "--n-test", "4", "--device", "cpu",
+            "--out", str(tmp_path / "r.json")]
+
+
+def test_data_folder_that_does_not_exist(tmp_path):
+    missing = tmp_path / "nowhere"
+    out = mulreg(*train_args(tmp_path), env={"MULREG_DATA": str(missing), "MULREG_CACHE": str(tmp_path / "c")})
+    assert_one_message(out, str(missing), "does not exist", "MULREG_DATA")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_data_folder_with_missing_class_folders(tmp_path, tiny_cifar_image_folder):
+    import shutil
+
+    shutil.rmtree(tiny_cifar_image_folder / "test" / "truck")
+    out = mulreg(*train_args(tmp_path), env={"MULREG_DATA": str(tiny_cifar_image_folder),
+                                              "MULREG_CACHE": str(tmp_path / "c")})
+    assert_one_message(out, "test/truck", "MULREG_DATA")
+
+
+def test_corrupt_image_names_the_file(tmp_path, tiny_cifar_image_folder):
+    victim = sorted((tiny_cifar_image_folder / "train" / "cat").iterdir())[0]
+    victim.write_bytes(b"\xff\xd8\xff not really a JPEG")
+    out = mulreg(*train_args(tmp_path), env={"MULREG_DATA": str(tiny_cifar_image_folder),
+                                              "MULREG_CACHE": str(tmp_path / "c")})
+    assert_one_message(out, "unreadable image", victim.name)
+
+
+def test_malformed_sweep_yaml_names_file_line_and_column(tmp_path):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("base:\n  task: binary\n  lr: [0.1\ngrid: {}\n")
+    assert_one_message(mulreg("sweep", str(bad)), str(bad), "line", "column", "invalid YAML")
+
+
+def test_sweep_file_that_does_not_exist(tmp_path):
+    assert_one_message(mulreg("sweep", str(tmp_path / "nope.yaml")), "nope.yaml", "no such file")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_machine_without_it(tmp_path, tiny_cifar_image_folder):
+    args = [a if a != "cpu" else "cuda" for a in train_args(tmp_path)]
+    out = mulreg(*args, env={"MULREG_DATA": str(tiny_cifar_image_folder), "MULREG_CACHE": str(tmp_path / "c")})
+    assert_one_message(out, "'cuda'", "available: cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_sweep_on_an_unavailable_device_fails_before_training(tmp_path, tiny_cifar_image_folder):
+    spec = tmp_path / "sweep.yaml"
+    store = tmp_path / "store"
+    spec.write_text(f"store: {store}\nbase: {{n_train: 8, n_test: 4, max_epochs: 1, device: cuda}}\n"
+                    "grid: {seed: [1, 2]}\n")
+    out = mulreg("sweep", str(spec), env={"MULREG_DATA": str(tiny_cifar_image_folder),
+                                          "MULREG_CACHE": str(tmp_path / "c")})
+    assert_one_message(out, "'cuda'")
+    assert not list((store / "runs").glob("*")) if (store / "runs").exists() else True
+
+
+def test_invalid_config_value(tmp_path):
+    assert_one_message(mulreg(*train_args(tmp_path), "--lr", "-1"), "lr", "-1")
