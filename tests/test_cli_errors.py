@@ -85,3 +85,53 @@ def test_sweep_on_an_unavailable_device_fails_before_training(tmp_path, tiny_cif
 
 def test_invalid_config_value(tmp_path):
     assert_one_message(mulreg(*train_args(tmp_path), "--lr", "-1"), "lr", "-1")
+
+
+def test_figures_refuses_an_unknown_override_before_any_notebook_runs(tmp_path):
+    out = mulreg("figures", "--profile", "smoke", "--nb", "03", "-p", "bogus", "1")
+    assert_one_message(out, "bogus", "03_rank_table")
+    assert "[1/" not in out.stdout
+
+
+def test_figures_refuses_a_params_file_key_the_notebook_lacks(monkeypatch):
+    from mulreg import reports
+    from mulreg.config import ConfigError
+
+    real = reports.parameters
+    monkeypatch.setattr(reports, "parameters", lambda profile, stem: {**real(profile, stem), "tabel_noise": 0.2})
+    with pytest.raises(ConfigError, match="tabel_noise is not a parameter of 03_rank_table"):
+        reports.checked_parameters("smoke", reports.notebooks("03"))
+
+
+def test_figures_overrides_reach_the_notebooks_that_define_them():
+    from mulreg import reports
+
+    params = reports.checked_parameters("smoke", reports.notebooks("0"), {"table_noise": 0.2, "progress": True})
+    assert params["03_rank_table"]["table_noise"] == 0.2 and "table_noise" not in params["01_noise_robustness"]
+    assert all(p["progress"] is True for p in params.values())
+
+
+def test_runs_lists_a_store_and_check_names_an_unreadable_run(tmp_path, tiny_cifar_image_folder):
+    from mulreg.config import RunConfig
+    from mulreg.store import Store
+    from mulreg.train import train
+
+    store = Store(tmp_path / "store")
+    configs = [RunConfig(device="cpu", init_scale=1.0, lr=0.01, batch_size=4, max_epochs=1, n_train=8,
+                         early_stopping=None, seed=s) for s in (1, 2)]
+    for c in configs:
+        store.save(train(c, root=tiny_cifar_image_folder, progress=False))
+    listing = mulreg("runs", "--store", str(store.root))
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert max(map(len, lines)) <= 120 and "2 runs" in lines[0] and "penalty: none" in listing.stdout
+    assert all(any(c.key() in line for line in lines) for c in configs)
+    assert mulreg("runs", "--store", str(store.root), "--check").returncode == 0
+
+    broken = store.run_dir(configs[1].key()) / "metrics.json"
+    broken.write_text("{\"stop_reason\": ")
+    check = mulreg("runs", "--store", str(store.root), "--check")
+    assert check.returncode == 1 and configs[1].key() in check.stdout and "not valid JSON" in check.stdout
+    assert configs[0].key() not in check.stdout
+    listing = mulreg("runs", "--store", str(store.root))
+    assert listing.returncode == 0 and configs[1].key() not in listing.stdout and "1 runs" in listing.stdout

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-from .config import MulregError, RunConfig, deep_merge, load_yaml, nest
+from .config import ConfigError, MulregError, RunConfig, deep_merge, load_yaml, nest
 
 # command-line flag → RunConfig field (dotted for nested ones)
 TRAIN_FLAGS = {
@@ -42,13 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--ray-address")
     s.add_argument("--store")
 
+    r = sub.add_parser("runs", help="list the runs of a store (one line each), or --check its folders")
+    r.add_argument("--store", help="the store folder (default: results/, or env MULREG_RESULTS)")
+    r.add_argument("--check", action="store_true", help="verify every run folder; list the unreadable ones")
+
     f = sub.add_parser("figures", help="execute the notebooks with papermill and export HTML reports")
     f.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
     f.add_argument("--nb", help="run only notebooks whose name starts with this, e.g. 03")
+    f.add_argument("--params", metavar="FILE", help="YAML file of parameter overrides for a one-off run")
+    f.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                   help="override one parameter (VALUE read as YAML) in every notebook that defines it")
 
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "sweep": _sweep, "figures": _figures}[args.command](args)
+        return {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures}[args.command](args)
     except MulregError as err:  # anticipated: bad input, missing data, unavailable device
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -90,10 +97,40 @@ def _sweep(args) -> int:
     return 0
 
 
+def _runs(args) -> int:
+    import warnings
+
+    from .store import Store
+    from .listing import runs_listing
+
+    store = Store(args.store)
+    if args.check:
+        broken = store.unreadable()
+        for key, problem in broken.items():
+            print(f"{key}  {store.run_dir(key)}: {problem}")
+        print(f"{len(store.keys())} run folders in {store.root}: {len(broken)} unreadable"
+              + (" (the next sweep trains them again)" if broken else ""))
+        return 1 if broken else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unreadable runs: `--check` lists them
+        print(runs_listing(store.load_runs()))
+    return 0
+
+
 def _figures(args) -> int:
+    import yaml
+
     from .reports import run_notebooks
 
-    return run_notebooks(args.profile, args.nb)
+    overrides = load_yaml(args.params) if args.params else {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"--params {args.params}: expected a mapping of parameter names to values")
+    for name, value in args.p:
+        try:
+            overrides[name] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"-p {name}: {value!r} is not a YAML value") from None
+    return run_notebooks(args.profile, args.nb, overrides)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import nbformat
 import papermill
 from nbconvert import HTMLExporter
 
-from .config import load_yaml
+from . import provenance
+from .config import ConfigError, load_yaml
 from .data import PROJECT_ROOT
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -39,26 +40,51 @@ def notebooks(prefix: str | None = None) -> list[Path]:
     found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     chosen = [nb for nb in found if prefix is None or nb.stem.startswith(prefix)]
     if not chosen:
-        raise SystemExit(f"no notebook in {NOTEBOOKS} starts with {prefix!r}; have: {[n.stem for n in found]}")
+        raise ConfigError(f"--nb: no notebook in {NOTEBOOKS} starts with {prefix!r}; have: {[n.stem for n in found]}")
     return chosen
 
 
 def parameters(profile: str, stem: str) -> dict:
     path = PROJECT_ROOT / "params" / profile / f"{stem}.yaml"
     if not path.exists():
-        raise SystemExit(f"missing parameter file {path} (profile {profile!r}, notebook {stem})")
+        raise ConfigError(f"missing parameter file {path} (profile {profile!r}, notebook {stem})")
     return load_yaml(path) or {}
 
 
-def run_notebooks(profile: str, prefix: str | None = None) -> int:
+def checked_parameters(profile: str, chosen: list[Path], overrides: dict | None = None) -> dict[str, dict]:
+    """Each notebook's parameters (its profile file, then `overrides` for the names it defines),
+    refusing before anything runs a file key the notebook's `parameters` cell lacks, and an
+    override that no chosen notebook defines: papermill would only warn, and run the wrong thing."""
+    out, used = {}, set()
+    for nb in chosen:
+        known = set(papermill.inspect_notebook(nb))
+        values = parameters(profile, nb.stem)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"params/{profile}/{nb.stem}.yaml: {', '.join(unknown)} is not a parameter of "
+                              f"{nb.stem}; its parameters: {', '.join(sorted(known))}")
+        mine = {k: v for k, v in (overrides or {}).items() if k in known}
+        used |= set(mine)
+        out[nb.stem] = values | mine
+    unused = sorted(set(overrides or {}) - used)
+    if unused:
+        raise ConfigError(f"-p/--params: {', '.join(unused)} is not a parameter of "
+                          f"{', '.join(nb.stem for nb in chosen)}")
+    return out
+
+
+def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | None = None) -> int:
+    """Execute the chosen notebooks with their profile's parameters (and `overrides`), export HTML
+    and write the index; 1 if any notebook failed."""
+    chosen = notebooks(prefix)
+    params = checked_parameters(profile, chosen, overrides)
     out_dir = PROJECT_ROOT / "reports" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TQDM_MININTERVAL", "30")  # progress bars in reports: a line per 30 s, not per step
-    chosen = notebooks(prefix)
     outcomes = []
     for i, nb in enumerate(chosen, 1):
         print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", flush=True)
-        outcome = execute(nb, profile, out_dir)
+        outcome = execute(nb, params[nb.stem], out_dir)
         outcomes.append(outcome)
         status = "ok" if outcome.error is None else f"FAILED\n{outcome.error}"
         print(f"[{i}/{len(chosen)}] {nb.stem}: {status} in {outcome.seconds:.0f} s", flush=True)
@@ -68,8 +94,7 @@ def run_notebooks(profile: str, prefix: str | None = None) -> int:
     return 1 if failed else 0
 
 
-def execute(nb: Path, profile: str, out_dir: Path) -> Outcome:
-    params = parameters(profile, nb.stem)
+def execute(nb: Path, params: dict, out_dir: Path) -> Outcome:
     executed = out_dir / nb.name
     start = time.perf_counter()
     error = None
@@ -128,6 +153,8 @@ def write_index(out_dir: Path, profile: str, outcomes: list[Outcome]) -> None:
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;"
         "vertical-align:top;text-align:left}img{margin:2px;border:1px solid #ddd}</style>"
         f"<h1>mulreg: paper notebooks, profile <code>{profile}</code></h1>"
+        f"<p>{html.escape(provenance.caption(profile))} · {html.escape(provenance.device_name('cpu'))} (this "
+        "machine; each notebook states the commit and device of the runs it read)</p>"
         + _verdict_section(outcomes, out_dir)
         + "<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>run time</th><th>report</th>"
         "<th>figures</th></tr>" + "".join(rows) + "</table>"
