@@ -216,3 +216,22 @@ def test_smoke_reports_load_no_script_from_a_cdn(smoke_run):
         for suffix in (".html", ".nocode.html"):
             scripts = external_scripts((out / f"{stem}{suffix}").read_text())
             assert not [s for s in scripts if "cdn" in s], f"{stem}{suffix} loads {scripts}"
+
+
+@pytest.mark.slow
+@pytest.mark.cifar
+def test_smoke_reports_hold_no_warning_box_and_no_escape_codes(smoke_run):
+    """What a reader sees: no stderr box (a TqdmWarning, a library warning) and no progress-bar
+    redraws; the sweep cells log one line per finished run instead."""
+    _, out = smoke_run
+    for stem in STEMS:
+        nb = nbformat.read(out / f"{stem}.ipynb", as_version=4)
+        for cell in nb.cells:
+            for output in cell.get("outputs", []):
+                text = output.get("text", "")
+                assert not (output.get("output_type") == "stream" and output.get("name") == "stderr"), \
+                    f"{stem}: stderr output in a report: {text[:200]!r}"
+                assert "\x1b[" not in text and "\r" not in text, f"{stem}: escape codes in {text[:200]!r}"
+    log = "".join(o.get("text", "") for c in nbformat.read(out / f"{STEMS[0]}.ipynb", as_version=4).cells
+                  if "run_sweep" in c.source for o in c.get("outputs", []))
+    assert "runs in the sweep" in log and "seed=" in log, log[:500]

@@ -33,7 +33,6 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
 from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
 from vtkmodules.vtkCommonCore import vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
@@ -42,6 +41,7 @@ from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
 from .data import generator
 from .metrics import correct, eval_mode, layer_norms, squared_error
 from .models import ScaledUnitNorm, weight_layers
+from .progress import bar as progress_bar
 
 Params = dict[str, torch.Tensor]
 PASS_SIZE = 2048  # models × images per forward pass: bounds activation memory
@@ -222,8 +222,8 @@ def surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, alphas: Sequence
     # on the device and channels-last once, not in every pass of `evaluate`
     x = x.to(device, memory_format=torch.channels_last) if x.dim() == 4 else x.to(device)
     todo = np.argwhere(~surf.done)
-    with tqdm(total=surf.done.size, initial=int(surf.done.sum()), unit="model", disable=not progress,
-              desc=f"surface on {len(x)} images", dynamic_ncols=True) as bar:
+    with progress_bar(total=surf.done.size, initial=int(surf.done.sum()), unit="model", disable=not progress,
+                      desc=f"surface on {len(x)} images") as bar:
         for s in range(0, len(todo), models_per_pass):
             i, j = todo[s:s + models_per_pass].T
             start = time.perf_counter()

@@ -18,14 +18,25 @@ from pathlib import Path
 import jinja2
 import nbformat
 import papermill
+from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
 
 from . import provenance
 from .config import ConfigError, load_yaml
 from .data import PROJECT_ROOT
+from .progress import REPORT_ENV
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 KERNEL = "mulreg"
+
+
+class IPCKernelManager(AsyncKernelManager):
+    """Kernels on local IPC sockets rather than TCP ports: nothing listens on the network, and
+    ipykernel has no reason to warn about unencrypted TCP once per notebook."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.transport = "ipc"
 
 
 @dataclass
@@ -80,7 +91,7 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
     params = checked_parameters(profile, chosen, overrides)
     out_dir = PROJECT_ROOT / "reports" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TQDM_MININTERVAL", "30")  # progress bars in reports: a line per 30 s, not per step
+    os.environ[REPORT_ENV] = "1"  # kernels inherit it: a line per finished run instead of progress bars
     outcomes = []
     for i, nb in enumerate(chosen, 1):
         print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", flush=True)
@@ -99,8 +110,8 @@ def execute(nb: Path, params: dict, out_dir: Path) -> Outcome:
     start = time.perf_counter()
     error = None
     try:
-        papermill.execute_notebook(nb, executed, parameters=params, kernel_name=KERNEL,
-                                   cwd=NOTEBOOKS, progress_bar=False, log_output=False)
+        papermill.execute_notebook(nb, executed, parameters=params, kernel_name=KERNEL, cwd=NOTEBOOKS,
+                                   progress_bar=False, log_output=False, kernel_manager_class=IPCKernelManager)
     except papermill.PapermillExecutionError as err:
         error = f"  cell {err.exec_count}: {err.ename}: {err.evalue}"
     except Exception as err:  # noqa: BLE001 - kernel death, missing kernel...: report, go on

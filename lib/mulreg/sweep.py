@@ -19,6 +19,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
 
+from .progress import bar as progress_bar
+from .progress import say
+
 from .config import ConfigError, RunConfig, describe, load_yaml, nest
 from .data import PROJECT_ROOT, load_cifar10
 from .store import Store
@@ -107,6 +110,7 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     On a CPU the runs go to worker processes started from a forkserver, which imports the calling
     script's main module again: a script that calls `run` needs `if __name__ == "__main__":`
     (notebooks and `python -m mulreg sweep` need nothing)."""
+    show = progress
     spec = executor_from_env(spec)
     store = spec.open_store()
     store.clean()
@@ -115,10 +119,10 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     if pending and spec.executor == "local":
         _preflight(pending, root)
     groups = plan_groups(pending, spec.group_size)
-    with (tqdm(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
-               disable=not progress, dynamic_ncols=True) as bar,
-          tqdm(total=sum(c.max_epochs for c in pending), unit="epoch", desc="epochs", position=1,
-               leave=False, disable=not progress or spec.executor == "ray", dynamic_ncols=True) as epochs):
+    with (progress_bar(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
+                       disable=not show) as bar,
+          progress_bar(total=sum(c.max_epochs for c in pending), unit="epoch", desc="epochs", position=1,
+                       leave=False, disable=not show or spec.executor == "ray") as epochs):
         if spec.executor == "ray":
             from .cluster import run_groups_on_ray
 
@@ -179,9 +183,9 @@ def _train_claimed(group: list[RunConfig], store: Store, root, bar: tqdm | None,
 def record(result, store: Store, bar: tqdm | None) -> None:
     """Store a finished run; where progress is shown, count it and print its summary line."""
     store.save(result)
-    if bar is not None and not bar.disable:
+    if bar is not None:
         bar.update()
-        bar.write(summary(result.config.model_dump() | result.metrics | {"stop_reason": result.stop_reason}))
+        say(bar, summary(result.config.model_dump() | result.metrics | {"stop_reason": result.stop_reason}))
 
 
 _epochs_done = None  # in a worker process: the counter of run-epochs shared with the parent
@@ -245,9 +249,8 @@ def _report_new(store: Store, keys: list[str], reported: set[str], bar: tqdm) ->
     new = [k for k in keys if k not in reported and store.is_complete(k)]
     if not new:
         return
-    if not bar.disable:
-        for row in store.load_runs(new).to_dict("records"):
-            bar.write(summary(row))
+    for row in store.load_runs(new).to_dict("records"):
+        say(bar, summary(row))
     reported.update(new)
     bar.update(len(new))
 

@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
-from tqdm import tqdm
 
 from . import metrics, provenance
+from .progress import bar as progress_bar
 from .config import MulregError, RunConfig
 from .data import Pool, generator, pool_for, split_run
 from .epochs import CHANCE, rule_metrics
@@ -120,8 +120,8 @@ def train_group(configs: list[RunConfig], *, root=None, checkpoints: Checkpoints
     runs = [engine.new_run(c, checkpoints) for c in configs]
     results: dict[int, RunResult] = {}
     total = sum(r.config.max_epochs for r in runs)
-    with tqdm(total=total, initial=sum(r.epoch for r in runs), unit="epoch", disable=not progress,
-              desc=f"training {len(runs)} run{'s' * (len(runs) > 1)}", dynamic_ncols=True) as bar:
+    with progress_bar(total=total, initial=sum(r.epoch for r in runs), unit="epoch", disable=not progress,
+                      desc=f"training {len(runs)} run{'s' * (len(runs) > 1)}") as bar:
         def advance(n: int) -> None:
             bar.update(n)
             if on_epochs:

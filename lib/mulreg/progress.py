@@ -1,0 +1,34 @@
+"""Progress where people watch it, a concise log where they read it afterwards.
+
+In a terminal or JupyterLab, long work shows tqdm progress bars (widgets in JupyterLab). In the
+executed notebooks of the HTML reports (the notebook runner sets `REPORT_ENV`), redrawn bars would
+leave hundreds of lines of escape codes, so bars are off there and `say` prints plain lines: one per
+finished run, and a summary at the end.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tqdm.auto import tqdm
+
+REPORT_ENV = "MULREG_REPORT"
+
+
+def in_report() -> bool:
+    """True while the notebook runner executes notebooks for the reports."""
+    return os.environ.get(REPORT_ENV) == "1"
+
+
+def bar(*, disable: bool = False, **kwargs) -> tqdm:
+    """A tqdm progress bar, disabled in reports (`in_report`)."""
+    return tqdm(disable=disable or in_report(), dynamic_ncols=True, **kwargs)
+
+
+def say(b: tqdm | None, text: str) -> None:
+    """A line of log beside bar `b`: written above the bar while it shows, printed in reports, and
+    dropped where progress output was turned off (`b` is None or disabled outside a report)."""
+    if b is not None and not b.disable:
+        b.write(text)
+    elif b is not None and in_report():
+        print(text, flush=True)
