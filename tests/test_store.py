@@ -194,3 +194,39 @@ def test_checkpoints_round_trip_with_weights_only(tmp_path):
     store.checkpoints().save("0123456789abcdef", state)
     loaded = store.checkpoints().load("0123456789abcdef")
     assert loaded["history"] == state["history"] and torch.equal(loaded["state"]["params"]["w"], torch.ones(2))
+
+
+def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_sweep(tiny, tmp_path):
+    """A sweep of several runs killed (SIGKILL) at random moments, rerun after each kill: the same
+    runs, histories and weights as a sweep never interrupted, and no temporary leftovers. Ten kills;
+    four under CI (the short form)."""
+    import random
+
+    def sweep_file(name):
+        spec = SweepSpec(base={**BASE, "max_epochs": 12}, grid={"seed": [1, 2, 3], "penalty": ["none", "mul"],
+                                                                "lam": {"mul": [1e-6]}},
+                         store=str(tmp_path / name), strategy="inline", checkpoint_every=2)
+        (tmp_path / f"{name}.yaml").write_text(spec.model_dump_json())
+        return spec
+
+    spec = sweep_file("killed")
+    sweep_file("fresh")
+    rng = random.Random(20261122)
+    kills = 4 if os.environ.get("CI") else 10
+    for _ in range(kills):
+        proc = _sweep_cli(tmp_path / "killed.yaml")
+        time.sleep(rng.uniform(2.0, 9.0))  # start-up (imports, data) and training both get hit
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _sweep_cli(tmp_path / "killed.yaml").wait() == 0
+    assert _sweep_cli(tmp_path / "fresh.yaml").wait() == 0
+    killed, fresh = Store(tmp_path / "killed"), Store(tmp_path / "fresh")
+    for config in spec.configs():
+        a, b = killed.load(config.key()), fresh.load(config.key())
+        assert a.metrics.keys() == b.metrics.keys() and a.stop_reason == b.stop_reason
+        assert all(a.metrics[k] == b.metrics[k] or (pd.isna(a.metrics[k]) and pd.isna(b.metrics[k]))
+                   for k in b.metrics)
+        pd.testing.assert_frame_equal(a.history, b.history, check_exact=True)
+        assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert not [p.name for p in (killed.root / "runs").iterdir() if p.name.startswith(".")]
+    assert not list((killed.root / "checkpoints").iterdir())

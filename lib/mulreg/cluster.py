@@ -210,12 +210,28 @@ def _connect(ray, spec) -> bool:
     if spec.ray_address == "local":
         ray.init(address="local", num_cpus=spec.workers or os.cpu_count() or 1, include_dashboard=False, **quiet)
         return True
+    auth_error = getattr(ray.exceptions, "AuthenticationError", ())
     try:
         ray.init(address=spec.ray_address, **quiet)
+    except auth_error as err:
+        raise ConfigError(f"ray_address: the Ray cluster at {spec.ray_address!r} refused this driver's "
+                          f"authentication ({_first_line(err)}). {AUTH_HINT}") from None
     except ConnectionError as err:
+        hint = f" If it is up, authentication may have failed: {AUTH_HINT}" if _token_without_mode() else ""
         raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} ({_first_line(err)}); start one "
-                          "with `ray start --head` (docs/CLUSTER.md), or use ray_address: local") from None
+                          f"with `ray start --head` (docs/CLUSTER.md), or use ray_address: local.{hint}") from None
     return True
+
+
+AUTH_HINT = ("A head started while ~/.ray/auth_token existed uses token authentication: give the driver the same "
+             "token and mode (`export RAY_AUTH_MODE=token`, and RAY_AUTH_TOKEN_PATH if the token is not in "
+             "~/.ray/auth_token), or restart the cluster with RAY_AUTH_MODE=disabled (docs/CLUSTER.md, 'Authentication').")
+
+
+def _token_without_mode() -> bool:
+    """A token file exists but this process has not been told to use it (RAY_AUTH_MODE unset)."""
+    token = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return os.environ.get("RAY_AUTH_MODE") is None and (os.path.exists(token) or "RAY_AUTH_TOKEN" in os.environ)
 
 
 def _cluster_resources() -> dict:
