@@ -136,3 +136,15 @@ def test_excluded_runs_leave_their_pair_out():
     runs.loc[runs["key"] == "sum-1e-05-0.2-2", "stop_reason"] = "chance_level"
     t = claims.claims(runs, metrics=["test_acc_last"]).set_index("claim")
     assert t.loc["multiplicative beats additive", "n"] == 1
+
+
+def test_thin_choices_name_a_lambda_judged_on_the_runs_that_learned():
+    from mulreg.analysis import epoch_rules, thin_choices
+
+    acc = {("mul", 1e-7, 0.2, 1): 0.80, ("mul", 1e-7, 0.2, 2): 0.78, ("sum", 1e-4, 0.2, 1): 0.5,
+           ("sum", 1e-4, 0.2, 2): 0.79, ("sum", 1e-5, 0.2, 1): 0.74, ("sum", 1e-5, 0.2, 2): 0.73,
+           ("none", 0.0, 0.2, 1): 0.75, ("none", 0.0, 0.2, 2): 0.74}
+    runs = runs_table(acc)
+    runs.loc[runs["key"] == "sum-0.0001-0.2-1", "stop_reason"] = "chance_level"
+    lines = thin_choices(runs, epoch_rules(runs))
+    assert len(lines) == 2 and all("additive" in line and "λ=1e-04 on 1 of its 2 runs" in line for line in lines)

@@ -138,6 +138,22 @@ def epoch_rules(runs: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def thin_choices(runs: pd.DataFrame, rules: pd.DataFrame, by: Sequence[str] = GROUP) -> list[str]:
+    """Sentences for every choice of `epoch_rules` whose λ stands on fewer runs than it has: the
+    paper discards runs that stay at chance level, so a λ where some seeds never learn is judged
+    on the seeds that did, which flatters it."""
+    out = []
+    for r in rules.dropna(subset=["lam"]).itertuples():
+        same = np.all([np.isclose(runs[k], getattr(r, k)) if runs[k].dtype.kind == "f" else runs[k] == getattr(r, k)
+                       for k in (*by, "lam")], axis=0)
+        total = int(same.sum())
+        if r.n_used < total:
+            out.append(f"{r.rule}: {PENALTY_NAMES[r.penalty]} at label noise {r.label_noise:g} is λ={r.lam:.0e} on "
+                       f"{r.n_used:.0f} of its {total} runs; the other {total - r.n_used:.0f} stayed at chance level "
+                       "(or diverged) and, as in the paper, are left out, so this mean is over the runs that learned.")
+    return out
+
+
 def epoch_rules_wide(rules: pd.DataFrame, by: Sequence[str] = GROUP, percent: bool = True) -> pd.DataFrame:
     """`epoch_rules` as one column per rule (mean ± std, chosen λ in brackets)."""
     scale = 100 if percent else 1
