@@ -148,3 +148,23 @@ def test_thin_choices_name_a_lambda_judged_on_the_runs_that_learned():
     runs.loc[runs["key"] == "sum-0.0001-0.2-1", "stop_reason"] = "chance_level"
     lines = thin_choices(runs, epoch_rules(runs))
     assert len(lines) == 2 and all("additive" in line and "λ=1e-04 on 1 of its 2 runs" in line for line in lines)
+
+
+def test_learned_on_every_seed_drops_a_lambda_with_a_run_at_chance():
+    acc = {("sum", 1e-4, 0.2, 1): 0.5, ("sum", 1e-4, 0.2, 2): 0.79, ("sum", 1e-5, 0.2, 1): 0.74,
+           ("sum", 1e-5, 0.2, 2): 0.73, ("none", 0.0, 0.2, 1): 0.75, ("none", 0.0, 0.2, 2): 0.74}
+    runs = runs_table(acc)
+    runs.loc[runs["key"] == "sum-0.0001-0.2-1", "stop_reason"] = "chance_level"
+    kept = claims.learned_on_every_seed(runs)
+    assert set(kept["lam"]) == {0.0, 1e-5} and len(kept) == 4
+
+
+def test_memorisation_counts_chance_level_runs_without_averaging_them():
+    from mulreg.analysis import memorisation
+
+    runs = pd.DataFrame({"key": list("abcd"), "penalty": ["sum", "sum", "none", "none"], "lam": [1e-4, 1e-4, 0, 0],
+                         "label_noise": 0.2, "seed": [1, 2, 1, 2], "stop_reason": ["chance_level"] + ["max_epochs"] * 3,
+                         "train_acc_flipped": [0.5, 0.4, 0.9, 1.0], "train_acc_clean": [0.5, 0.9, 1.0, 1.0]})
+    fit = memorisation(runs).set_index("penalty")
+    assert fit.loc["sum", "flipped_fit"] == 0.4 and fit.loc["sum", "at_chance"] == 1 and fit.loc["sum", "runs"] == 2
+    assert fit.loc["none", "flipped_fit"] == pytest.approx(0.95)

@@ -192,11 +192,14 @@ def memorisation(runs: pd.DataFrame, noise: float | None = None) -> pd.DataFrame
     many runs were at chance level."""
     noise = runs["label_noise"].max() if noise is None else noise
     part = runs[np.isclose(runs["label_noise"], noise)]
-    out = part.groupby(["penalty", "lam"]).agg(
+    # a run at chance level "fits" about half of any labels by guessing: it is counted, not averaged
+    learned = part[~excluded(part, "train_acc_flipped")]
+    fit = learned.groupby(["penalty", "lam"]).agg(
         flipped_fit=("train_acc_flipped", "mean"), flipped_fit_min=("train_acc_flipped", "min"),
-        flipped_fit_max=("train_acc_flipped", "max"), clean_fit=("train_acc_clean", "mean"),
+        flipped_fit_max=("train_acc_flipped", "max"), clean_fit=("train_acc_clean", "mean"))
+    counts = part.groupby(["penalty", "lam"]).agg(
         runs=("key", "size"), at_chance=("stop_reason", lambda r: int((r == "chance_level").sum())))
-    return _order(out.reset_index().assign(label_noise=noise))
+    return _order(counts.join(fit).reset_index().assign(label_noise=noise))
 
 
 def memorisation_sentence(fit: pd.DataFrame) -> str:

@@ -22,7 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from .epochs import RULES
-from .sweep import chosen, select_best
+from .sweep import EXCLUDED, chosen, select_best
 
 LEVEL = 0.95
 COMPARED = (("mul", "sum"), ("mul", "none"))  # (penalty, the one it is claimed to beat)
@@ -57,6 +57,14 @@ def per_seed(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     (label_noise, seed); excluded runs are missing."""
     picked = chosen(runs, select_best(runs, metric=metric), metric=metric)
     return picked.pivot_table(index=["label_noise", "seed"], columns="penalty", values=metric)
+
+
+def learned_on_every_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the λ values none of whose runs was excluded (at chance level or diverged): the
+    paper discards such runs one by one, which lets a λ that keeps some seeds at chance be judged on
+    the seeds that learned; this keeps only settings that learned every time."""
+    bad = runs.assign(_bad=runs["stop_reason"].isin(EXCLUDED)).groupby(["penalty", "label_noise", "lam"])["_bad"].transform("any")
+    return runs[~bad.to_numpy()]
 
 
 def claims(runs: pd.DataFrame, metrics: Sequence[str] | None = None, level: float = LEVEL) -> pd.DataFrame:

@@ -143,7 +143,7 @@ def export_html(executed: Path) -> None:
         executed.with_suffix(suffix).write_text(body)
 
 
-VERDICT = "_verdict.html"  # a table a notebook saves beside its figures (`plots.save_table`) for the index
+VERDICT = "_verdict"  # tables named *_verdict*.html beside the figures (`plots.save_table`) lead the index
 THUMBNAIL_PX = 260
 
 
@@ -179,14 +179,14 @@ def _thumbnail(png: Path, out_dir: Path) -> str:
 
 def _verdict_section(outcomes: list[Outcome], out_dir: Path) -> str:
     """The verdict tables notebooks saved (`plots.save_table`), each with its figure when there is one."""
-    tables = [f for o in outcomes for f in o.figures if f.name.endswith(VERDICT)]
+    tables = [f for o in outcomes for f in o.figures if VERDICT in f.stem and f.suffix == ".html"]
     if not tables:
         return "<p>No verdict table: notebook 01 did not run, or failed (see below).</p>"
     parts = []
     for t in tables:
         png = t.with_suffix(".png")
         figure = f"<p>{_thumbnail(png, out_dir).replace(str(THUMBNAIL_PX), '900')}</p>" if png.exists() else ""
-        parts.append(t.read_text() + figure)
+        parts.append(f"<h3>{html.escape(t.stem)}</h3>" + t.read_text() + figure)
     return ("<h2>Does the paper's Fig. 1 hold here?</h2><p>Paired-by-seed differences in test accuracy "
             "(points) with 95 % t intervals, for each claim under each epoch rule (notebook 01).</p>"
             + "".join(parts))
