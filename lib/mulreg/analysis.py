@@ -76,7 +76,8 @@ def provenance_note(runs: pd.DataFrame) -> str:
                        for v, d in zip(runs[col], dirty.astype(object).where(dirty.notna(), False).map(bool))})
 
     commits, devices = values("git_commit"), values("device_name")
-    text = f"Produced by commit {', '.join(commits)} on {', '.join(devices)} (+: uncommitted changes)."
+    legend = " (+: uncommitted changes)" if any(c.endswith("+") for c in commits) else ""
+    text = f"Produced by commit {', '.join(commits)} on {', '.join(devices)}{legend}."
     if len(commits) > 1 or len(devices) > 1:
         return ("WARNING: these runs come from more than one commit or device; numbers may not be comparable. "
                 + text)
@@ -231,13 +232,14 @@ def escape_summary(runs: pd.DataFrame) -> list[str]:
     """One sentence per penalty: which λ never left chance, and the median escape epoch of the others."""
     out = []
     for pen, g in _order(runs).groupby("penalty", sort=False):
-        never = sorted(g.loc[g["escape_epoch"].isna(), "lam"].unique())
+        never = g[g["escape_epoch"].isna()].groupby("lam").size()
         left = g.dropna(subset=["escape_epoch"])
         by_lam = left.groupby("lam")["escape_epoch"].median().sort_index(ascending=False)
         parts = [f"λ={lam:.0e}: median epoch {e:.0f}" if lam else f"median epoch {e:.0f}" for lam, e in by_lam.items()]
         text = f"{PENALTY_NAMES[pen]}: left chance at " + ("; ".join(parts) or "no λ")
-        if never:
-            text += f". Never left chance in {g['epochs'].max():.0f} epochs: λ = " + ", ".join(f"{v:.0e}" for v in never)
+        if len(never):
+            text += f". Never left chance in {g['epochs'].max():.0f} epochs: " + ", ".join(
+                f"λ={lam:.0e} ({n} of {int((g['lam'] == lam).sum())} runs)" for lam, n in never.items())
         out.append(text + ".")
     return out
 
