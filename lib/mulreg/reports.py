@@ -94,11 +94,11 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
     os.environ[REPORT_ENV] = "1"  # kernels inherit it: a line per finished run instead of progress bars
     outcomes = []
     for i, nb in enumerate(chosen, 1):
-        print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", flush=True)
+        print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", end=" ", flush=True)
         outcome = execute(nb, params[nb.stem], out_dir)
         outcomes.append(outcome)
         status = "ok" if outcome.error is None else f"FAILED\n{outcome.error}"
-        print(f"[{i}/{len(chosen)}] {nb.stem}: {status} in {outcome.seconds:.0f} s", flush=True)
+        print(f"{status} in {outcome.seconds:.0f} s", flush=True)
     write_index(out_dir, profile, outcomes)
     failed = [o.stem for o in outcomes if o.error]
     print(f"reports in {out_dir / 'index.html'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
