@@ -18,6 +18,7 @@ import torch
 from . import __version__
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TIMES = ("started", "finished", "wall_seconds", "train_images_per_second")  # differ between two trainings of a run
 
 
 @functools.lru_cache(maxsize=1)

@@ -452,9 +452,9 @@ class _Engine:
         """Code, versions and device, and this process's share of the run: times and throughput."""
         end = time.time()
         images = (run.epoch - run.start_epoch) * len(run.train_idx)
-        return provenance.environment(self.device) | {
-            "started": provenance.timestamp(run.started), "finished": provenance.timestamp(end),
-            "wall_seconds": end - run.started, "train_images_per_second": images / max(end - run.started, 1e-9)}
+        times = (provenance.timestamp(run.started), provenance.timestamp(end), end - run.started,
+                 images / max(end - run.started, 1e-9))
+        return provenance.environment(self.device) | dict(zip(provenance.TIMES, times))
 
 
 def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
