@@ -250,7 +250,9 @@ def hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: Params, batch: in
     gradient along v (forward-over-reverse, torch.func), summed over batches weighted by size."""
     params = {n: p.detach() for n, p in model.named_parameters()}
     total = {n: torch.zeros_like(p) for n, p in params.items()}
-    with eval_mode(model):
+    with eval_mode(model), warnings.catch_warnings():
+        # torch's own forward-AD set-up still scripts its decompositions on first use
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
         for s in range(0, len(x), batch):
             xb, yb = x[s:s + batch], y[s:s + batch]
             _, hv = jvp(grad(_loss_of(model, xb, yb)), (params,), (v,))
