@@ -68,14 +68,11 @@ def run_sweep(spec: SweepSpec, progress: bool = True) -> pd.DataFrame:
 
 def provenance_note(runs: pd.DataFrame) -> str:
     """Which commit(s) and device(s) produced `runs`; a warning when there is more than one."""
-    def values(col: str) -> list[str]:
-        if col not in runs:
-            return ["not recorded"]
-        dirty = runs["git_dirty"] if "git_dirty" in runs else pd.Series(False, index=runs.index)
-        return sorted({"not recorded" if pd.isna(v) else str(v)[:10] + ("+" if col == "git_commit" and d is True else "")
-                       for v, d in zip(runs[col], dirty.astype(object).where(dirty.notna(), False).map(bool))})
-
-    commits, devices = values("git_commit"), values("device_name")
+    missing = pd.Series(np.nan, index=runs.index, dtype=object)
+    dirty = runs.get("git_dirty", missing).fillna(False).astype(bool)
+    commits = sorted({"not recorded" if pd.isna(c) else c[:10] + "+" * d
+                      for c, d in zip(runs.get("git_commit", missing), dirty)})
+    devices = sorted({"not recorded" if pd.isna(v) else v for v in runs.get("device_name", missing)})
     legend = " (+: uncommitted changes)" if any(c.endswith("+") for c in commits) else ""
     text = f"Produced by commit {', '.join(commits)} on {', '.join(devices)}{legend}."
     if len(commits) > 1 or len(devices) > 1:

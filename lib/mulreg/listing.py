@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pandas as pd
 
 from .epochs import RULES
@@ -33,15 +35,5 @@ def runs_listing(runs: pd.DataFrame, width: int = WIDTH) -> str:
     sort = [c for c in ("task", "penalty", "λ", "noise", "seed") if c in shown]
     body = shown.sort_values(sort).to_string(index=False, max_colwidth=28, na_rep="-")
     lines = [line[:width] for line in body.splitlines()]
-    return "\n".join(_wrap(f"{len(runs)} runs. Same for all: {head}" if head else f"{len(runs)} runs", width) + lines)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    words, lines, line = text.split(" "), [], ""
-    for w in words:
-        if line and len(line) + 1 + len(w) > width:
-            lines.append(line)
-            line = w
-        else:
-            line = f"{line} {w}" if line else w
-    return lines + [line]
+    title = f"{len(runs)} runs. Same for all: {head}" if head else f"{len(runs)} runs"
+    return "\n".join(textwrap.wrap(title, width) + lines)

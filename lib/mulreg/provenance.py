@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .data import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TIMES = ("started", "finished", "wall_seconds", "train_images_per_second")  # differ between two trainings of a run
 
 

@@ -172,9 +172,9 @@ def write_index(out_dir: Path, profile: str, outcomes: list[Outcome]) -> None:
     )
 
 
-def _thumbnail(png: Path, out_dir: Path) -> str:
+def _thumbnail(png: Path, out_dir: Path, width: int = THUMBNAIL_PX) -> str:
     href = html.escape(os.path.relpath(png, out_dir))
-    return f'<a href="{href}" title="{html.escape(png.stem)}"><img src="{href}" width="{THUMBNAIL_PX}" alt="{html.escape(png.stem)}"></a>'
+    return f'<a href="{href}" title="{html.escape(png.stem)}"><img src="{href}" width="{width}" alt="{html.escape(png.stem)}"></a>'
 
 
 def _verdict_section(outcomes: list[Outcome], out_dir: Path) -> str:
@@ -185,7 +185,7 @@ def _verdict_section(outcomes: list[Outcome], out_dir: Path) -> str:
     parts = []
     for t in tables:
         png = t.with_suffix(".png")
-        figure = f"<p>{_thumbnail(png, out_dir).replace(str(THUMBNAIL_PX), '900')}</p>" if png.exists() else ""
+        figure = f"<p>{_thumbnail(png, out_dir, width=900)}</p>" if png.exists() else ""
         parts.append(f"<h3>{html.escape(t.stem)}</h3>" + t.read_text() + figure)
     return ("<h2>Does the paper's Fig. 1 hold here?</h2><p>Paired-by-seed differences in test accuracy "
             "(points) with 95 % t intervals, for each claim under each epoch rule (notebook 01).</p>"

@@ -87,7 +87,8 @@ class Store:
         """Remove what killed processes left behind: temporary run folders and checkpoint temp
         files whose run no live process holds (its claim is free). Returns what was removed."""
         removed = []
-        leftovers = [(p, p.name[1:17]) for p in (self.root / "runs").glob(".*-*") if not p.name.startswith(".broken")]
+        leftovers = [(p, p.name[1:].split("-")[0]) for p in (self.root / "runs").glob(".*-*")
+                     if not p.name.startswith(".broken")]  # mkdtemp's ".<key>-<random>"
         leftovers += [(p, p.name.split(".")[0]) for p in (self.root / "checkpoints").glob("*.tmp*")]
         for path, key in leftovers:
             with self.claim([key], only_incomplete=False) as free:
@@ -138,20 +139,20 @@ class Store:
     def load_runs(self, keys: list[str] | None = None, histories: bool = False):
         """One row per complete run: config columns (nested ones dotted), final metrics, stop
         reason and key. With `histories`, also a long table of all epochs, keyed by `key`."""
-        wanted = self.keys() if keys is None else keys
-        for k in wanted:
-            problem = (self.run_dir(k) / "metrics.json").exists() and _broken(self.run_dir(k))
-            if problem:
-                warnings.warn(f"run {k} at {self.run_dir(k)} cannot be read ({problem}); left out, "
+        readable = []
+        for k in self.keys() if keys is None else keys:
+            if self.is_complete(k):
+                readable.append(k)
+            elif (self.run_dir(k) / "metrics.json").exists():
+                warnings.warn(f"run {k} at {self.run_dir(k)} cannot be read ({_broken(self.run_dir(k))}); left out, "
                               "and trained again by the next sweep", stacklevel=2)
-        keys = [k for k in wanted if self.is_complete(k)]
         rows = []
-        for k in keys:
+        for k in readable:
             d = self.run_dir(k)
             config = pd.json_normalize(json.loads((d / "config.json").read_text())).iloc[0].to_dict()
             rows.append({"key": k, **config, **json.loads((d / "metrics.json").read_text()), **_provenance(d)})
         table = pd.DataFrame(rows)
-        return (table, self.load_histories(keys)) if histories else table
+        return (table, self.load_histories(readable)) if histories else table
 
     def load_histories(self, keys: list[str]) -> pd.DataFrame:
         """All epochs of the runs `keys`, one long table keyed by `key`."""

@@ -19,11 +19,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
 
-from .progress import bar as progress_bar
-from .progress import say
-
 from .config import ConfigError, RunConfig, describe, load_yaml, nest
 from .data import PROJECT_ROOT, load_cifar10
+from .progress import bar as progress_bar
+from .progress import say
 from .store import Store
 from .train import group_key, resolve_device, train_group, vectorizable
 
@@ -110,7 +109,6 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     On a CPU the runs go to worker processes started from a forkserver, which imports the calling
     script's main module again: a script that calls `run` needs `if __name__ == "__main__":`
     (notebooks and `python -m mulreg sweep` need nothing)."""
-    show = progress
     spec = executor_from_env(spec)
     store = spec.open_store()
     store.clean()
@@ -120,9 +118,9 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
         _preflight(pending, root)
     groups = plan_groups(pending, spec.group_size)
     with (progress_bar(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
-                       disable=not show) as bar,
+                       disable=not progress) as bar,
           progress_bar(total=sum(c.max_epochs for c in pending), unit="epoch", desc="epochs", position=1,
-                       leave=False, disable=not show or spec.executor == "ray") as epochs):
+                       leave=False, disable=not progress or spec.executor == "ray") as epochs):
         if spec.executor == "ray":
             from .cluster import run_groups_on_ray
 

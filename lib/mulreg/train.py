@@ -27,12 +27,12 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from . import metrics, provenance
-from .progress import bar as progress_bar
 from .config import MulregError, RunConfig
 from .data import Pool, generator, pool_for, split_run
 from .epochs import CHANCE, rule_metrics
 from .models import build_model, layer_names
 from .penalties import mixed_penalty
+from .progress import bar as progress_bar
 
 STOP_REASONS = ("max_epochs", "early_stopped", "diverged", "chance_level")
 EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
