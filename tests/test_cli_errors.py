@@ -135,3 +135,14 @@ def test_runs_lists_a_store_and_check_names_an_unreadable_run(tmp_path, tiny_cif
     assert configs[0].key() not in check.stdout
     listing = mulreg("runs", "--store", str(store.root))
     assert listing.returncode == 0 and configs[1].key() not in listing.stdout and "1 runs" in listing.stdout
+
+
+def test_a_seeds_override_reaches_every_sweep_notebook_and_narrows_its_sweep():
+    from mulreg import analysis, reports
+
+    params = reports.checked_parameters("smoke", reports.notebooks("0"), {"seeds": [1]})
+    assert all(p["seeds"] == [1] for p in params.values())
+    spec = analysis.load_sweep(reports.NOTEBOOKS / params["01_noise_robustness"]["sweep"], seeds=[1])
+    full = analysis.load_sweep(reports.NOTEBOOKS / params["01_noise_robustness"]["sweep"])
+    assert {c.seed for c in spec.configs()} == {1} and {c.seed for c in full.configs()} == {1, 2}
+    assert len(spec.configs()) * 2 == len(full.configs())

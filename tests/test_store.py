@@ -124,7 +124,8 @@ def test_every_run_records_its_provenance(tmp_path, tiny_cifar_image_folder):
     assert row["torch"] == torch.__version__ and row["device_name"]
     assert row["wall_seconds"] > 0 and row["train_images_per_second"] > 0 and row["finished"] >= row["started"]
     assert store.load(cfg.key()).provenance["git_commit"] == row["git_commit"]
-    assert "WARNING" not in provenance_note(store.load_runs())
+    note = provenance_note(store.load_runs())
+    assert "WARNING" not in note and note.startswith("1 run, ") and f"trained {row['finished'][:10]}" in note
     mixed = pd.concat([store.load_runs(), store.load_runs().assign(git_commit="0" * 40)])
     assert provenance_note(mixed).startswith("WARNING")
 

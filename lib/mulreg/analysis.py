@@ -41,14 +41,19 @@ def set_threads(threads: int | None) -> int:
 
 
 # ---- the sweep
-def load_sweep(path: str, classes: Sequence[int | str] | None = None) -> SweepSpec:
+def load_sweep(path: str, classes: Sequence[int | str] | None = None,
+               seeds: Sequence[int] | int | None = None) -> SweepSpec:
     """The sweep file a notebook takes as its one `sweep` parameter (`params/<profile>/*_sweep.yaml`,
     the format `python -m mulreg sweep` runs; a relative path is relative to the working
-    directory), with another binary class pair when `classes` is given (names or indices 0-9)."""
+    directory), with another binary class pair when `classes` is given (names or indices 0-9) and
+    other seeds when `seeds` is given (one or a list; every run config validates its own)."""
     spec = SweepSpec.from_yaml(path)
-    if classes is None:
-        return spec
-    return spec.model_copy(update={"base": {**spec.base, "classes": list(classes)}})
+    base, grid = dict(spec.base), dict(spec.grid)
+    if classes is not None:
+        base["classes"] = list(classes)
+    if seeds is not None:
+        grid["seed"] = list(seeds) if isinstance(seeds, (list, tuple)) else [seeds]
+    return spec.model_copy(update={"base": base, "grid": grid})
 
 
 def run_sweep(spec: SweepSpec, progress: bool = True) -> pd.DataFrame:
@@ -74,7 +79,13 @@ def provenance_note(runs: pd.DataFrame) -> str:
                       for c, d in zip(runs.get("git_commit", missing), dirty)})
     devices = sorted({"not recorded" if pd.isna(v) else v for v in runs.get("device_name", missing)})
     legend = " (+: uncommitted changes)" if any(c.endswith("+") for c in commits) else ""
-    text = f"Produced by commit {', '.join(commits)} on {', '.join(devices)}{legend}."
+    finished = runs.get("finished", missing).dropna().astype(str).str[:10]
+    dates = "dates not recorded" if finished.empty else (
+        f"trained {finished.min()}" if finished.min() == finished.max()
+        else f"trained {finished.min()} to {finished.max()}")
+    n = f"{len(runs)} run{'s' * (len(runs) != 1)}"
+    text = (f"{n}, produced by commit {', '.join(commits)} on {', '.join(devices)}{legend}, {dates}; "
+            f"this report executed {time.strftime('%Y-%m-%d %H:%M %Z')}.")
     if len(commits) > 1 or len(devices) > 1:
         return ("WARNING: these runs come from more than one commit or device; numbers may not be comparable. "
                 + text)
