@@ -1,6 +1,7 @@
 """The Ray executor on a real local Ray instance (2 CPUs, started once for this module): same runs
 table as the local executor, complete runs never resubmitted, a killed worker's task retried."""
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,66 @@ def test_task_checkpoints_into_the_store_only_where_the_driver_token_is_visible(
     store.checkpoint_path(group[0].key()).unlink()
     _train_task(group, str(store.root), "ray-other.driver", 1, {}, None)  # a store of the same name elsewhere
     assert not list((store.root / "checkpoints").iterdir())
+
+
+@pytest.fixture
+def token_cluster(tmp_path):
+    """A Ray head started as docs/CLUSTER.md shows it, with token authentication (its own home
+    and temp dir, so nothing of the user's Ray is touched); yields its "host:port"."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import psutil
+
+    home, ray_bin = tmp_path / "head-home", str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token"}
+    home.mkdir()
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--block",
+                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        family = [head, *psutil.Process(head.pid).children(recursive=True)]
+        for p in family:
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                p.send_signal(signal.SIGKILL)
+        head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_cluster_that_refuses_the_token_is_named_as_such(token_cluster, tiny, tmp_path):
+    """The issue's case: `ray start --head` with token authentication, a driver without the token.
+    One message that says authentication failed (not "no cluster"), exit code 2, no Ray log lines."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": BASE, "grid": GRID, "store": str(tmp_path / "store"),
+                                    "executor": "ray", "ray_address": token_cluster}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    out = subprocess.run([sys.executable, "-m", "mulreg", "sweep", str(path)], capture_output=True, text=True,
+                         env={**env, "HOME": str(tmp_path / "driver-home")}, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("error: ray_address: ") and out.stderr.count("\n") == 1, out.stderr
+    assert "authentication failed" in out.stderr and "RAY_AUTH_MODE=token" in out.stderr
+    assert not (tmp_path / "store" / "runs").exists() or not any((tmp_path / "store" / "runs").iterdir())

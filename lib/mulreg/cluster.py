@@ -38,6 +38,9 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -210,28 +213,73 @@ def _connect(ray, spec) -> bool:
     if spec.ray_address == "local":
         ray.init(address="local", num_cpus=spec.workers or os.cpu_count() or 1, include_dashboard=False, **quiet)
         return True
-    auth_error = getattr(ray.exceptions, "AuthenticationError", ())
+    if not _listening(spec.ray_address):  # else Ray waits minutes for a cluster that is not there
+        raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} (nothing listens there); "
+                          "start one with `ray start --head` (docs/CLUSTER.md), or use ray_address: local.")
+    with _stderr_captured() as log:  # Ray's C++ client logs each refused attempt there
+        try:
+            ray.init(address=spec.ray_address, **quiet)
+            failure = None
+        except ConnectionError as err:
+            failure = err
+    if failure is None:
+        sys.stderr.write(log[0])  # nothing is hidden from a connection that worked
+        return True
+    if any(mark in log[0] for mark in AUTH_REFUSED):
+        raise ConfigError(f"ray_address: the Ray cluster at {spec.ray_address!r} is up but refused this driver: "
+                          f"authentication failed. {AUTH_HINT}")
+    raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} ({_first_line(failure)}); start one "
+                      "with `ray start --head` (docs/CLUSTER.md), or use ray_address: local.")
+
+
+def _listening(address: str, timeout: float = 5.0) -> bool:
+    """False when `address` is "host:port" and nothing accepts a TCP connection there (other forms,
+    "auto" and "ray://...", are left to Ray)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return True
     try:
-        ray.init(address=spec.ray_address, **quiet)
-    except auth_error as err:
-        raise ConfigError(f"ray_address: the Ray cluster at {spec.ray_address!r} refused this driver's "
-                          f"authentication ({_first_line(err)}). {AUTH_HINT}") from None
-    except ConnectionError as err:
-        hint = f" If it is up, authentication may have failed: {AUTH_HINT}" if _token_without_mode() else ""
-        raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} ({_first_line(err)}); start one "
-                          f"with `ray start --head` (docs/CLUSTER.md), or use ray_address: local.{hint}") from None
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError:
+        return False
     return True
 
 
-AUTH_HINT = ("A head started while ~/.ray/auth_token existed uses token authentication: give the driver the same "
-             "token and mode (`export RAY_AUTH_MODE=token`, and RAY_AUTH_TOKEN_PATH if the token is not in "
-             "~/.ray/auth_token), or restart the cluster with RAY_AUTH_MODE=disabled (docs/CLUSTER.md, 'Authentication').")
+AUTH_REFUSED = ("Unauthenticated", "InvalidAuthToken")  # what Ray's GCS client logs when the token is refused
+AUTH_HINT = ("Give the driver the cluster's mode and token: `export RAY_AUTH_MODE=token`, and the token "
+             "in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (`ray get-auth-token` on the head "
+             "prints it); see docs/CLUSTER.md, 'Authentication first'.")
 
 
-def _token_without_mode() -> bool:
-    """A token file exists but this process has not been told to use it (RAY_AUTH_MODE unset)."""
-    token = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    return os.environ.get("RAY_AUTH_MODE") is None and (os.path.exists(token) or "RAY_AUTH_TOKEN" in os.environ)
+@contextlib.contextmanager
+def _stderr_captured():
+    """Everything written to file descriptor 2 (C++ logs included) goes to a list's one string."""
+    log: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield log
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            log.append(tmp.read().decode(errors="replace"))
+
+
+@contextlib.contextmanager
+def session(spec):
+    """Ray connected (or started) as `spec` says for the body, shut down afterwards if this opened it:
+    `mulreg.sweep.run` opens it before any progress bar, so a refused connection is the only output."""
+    ray = _import_ray()
+    started = _connect(ray, spec)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _cluster_resources() -> dict:

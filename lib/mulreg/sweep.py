@@ -8,6 +8,7 @@ baseline appears once per combination of the other axes, not once per λ.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -117,7 +118,8 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     if pending and spec.executor == "local":
         _preflight(pending, root)
     groups = plan_groups(pending, spec.group_size)
-    with (progress_bar(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
+    with (_cluster_session(spec, pending),
+          progress_bar(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
                        disable=not progress) as bar,
           progress_bar(total=sum(c.max_epochs for c in pending), unit="epoch", desc="epochs", position=1,
                        leave=False, disable=not progress or spec.executor == "ray") as epochs):
@@ -131,6 +133,15 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
             for group in groups:
                 _train_claimed(group, store, root, bar, epochs.update)
     return store.load_runs([c.key() for c in configs])
+
+
+def _cluster_session(spec: SweepSpec, pending: list[RunConfig]):
+    """Ray connected before any output when the sweep has runs for it (`mulreg.cluster.session`)."""
+    if not pending or spec.executor != "ray":
+        return contextlib.nullcontext()
+    from .cluster import session
+
+    return session(spec)
 
 
 def _preflight(pending: list[RunConfig], root) -> None:
