@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mulreg import landscape as L
+from mulreg import surfaces as S
 from mulreg.config import RunConfig
 from mulreg.metrics import layer_norms
 from mulreg.models import build_model
@@ -266,8 +267,8 @@ def test_rebalance_refuses_batch_norm():
 def test_vtp_reads_back(tmp_path):
     surf = synthetic_surface(5, 4)
     path = tmp_path / "surface.vtp"
-    L.write_vtp(surf, path)
-    back = L.read_vtp(path)
+    S.write_vtp(surf, path)
+    back = S.read_vtp(path)
     assert back["points"].shape == (20, 3) and back["n_cells"] == 4 * 3
     np.testing.assert_allclose(back["loss"], surf.loss.ravel())
     np.testing.assert_allclose(back["points"][:, 2], np.log10(surf.loss).ravel())
@@ -277,13 +278,13 @@ def test_vtp_reads_back(tmp_path):
 def test_plots_share_scales():
     surfaces = {"additive": synthetic_surface(), "multiplicative": synthetic_surface()}
     surfaces["multiplicative"].loss = surfaces["multiplicative"].loss * 10
-    fig = L.plot_surfaces_3d(surfaces)
+    fig = S.plot_surfaces_3d(surfaces)
     assert [t.name for t in fig.data] == ["additive", "multiplicative"]
     assert {t.coloraxis for t in fig.data} == {"coloraxis"}
     assert fig.layout.coloraxis.cmax == pytest.approx(np.log10(surfaces["multiplicative"].loss).max())
-    contours = L.plot_contours(surfaces)
+    contours = S.plot_contours(surfaces)
     assert len(contours.axes) == 3  # two panels and the shared colour bar
     incomplete = synthetic_surface()
     incomplete.done[0, 0] = False
     with pytest.raises(ValueError, match="not complete"):
-        L.plot_contours({"x": incomplete})
+        S.plot_contours({"x": incomplete})

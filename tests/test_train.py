@@ -14,6 +14,7 @@ from torch import nn
 from mulreg.config import RunConfig
 from mulreg.data import binary_task, generator
 from mulreg.models import build_model
+from mulreg.loop import train_plain
 from mulreg.train import STOP_REASONS, train, train_group
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2"]
@@ -234,50 +235,7 @@ def test_train_group_rejects_mixed_groups(tiny_cifar_image_folder):
         train_group([config(), config(batch_size=8)], root=tiny_cifar_image_folder, progress=False)
 
 
-# ---------------------------------------------------------------- against torch.optim
-def reference_training(cfg: RunConfig, root, epochs: int):
-    """A plain nn.Module + torch.optim loop over the same seeded batches (see mulreg.train:
-    epoch e visits train_idx in the order randperm(n, generator(seed, f"epoch-{e}")))."""
-    task = task_of(cfg, root)
-    model = build_model(cfg)
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    n = len(task.x_train)
-    rows = []
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=generator(cfg.seed, f"epoch-{epoch}"))
-        loss_sum = correct = pen_sum = 0.0
-        for s in range(0, n, cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
-            x, y = task.x_train[idx], task.y_train[idx]
-            out = model(x)
-            data = ((out - y) ** 2).mean()
-            weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]  # W = g·V/‖V‖ anew
-            sq = [w.pow(2).sum() for w in weights]
-            if cfg.penalty == "sum":
-                reg = cfg.lam * sum(sq)
-            elif cfg.penalty == "mul":
-                reg = cfg.lam * math.prod(sq)
-            else:
-                reg = torch.zeros(())
-            opt.zero_grad()
-            (data + reg).backward()
-            opt.step()
-            loss_sum += data.item() * len(idx)
-            pen_sum += reg.item() * len(idx)
-            correct += (torch.sign(out.detach()) == y).sum().item()
-        with torch.no_grad():
-            model.eval()
-            val_out, test_out = model(task.x_val), model(task.x_test)
-            model.train()
-        rows.append({"train_loss": loss_sum / n, "penalty_term": pen_sum / n, "train_acc": correct / n,
-                     "val_loss": ((val_out - task.y_val) ** 2).mean().item(),
-                     "test_loss": ((test_out - task.y_test) ** 2).mean().item()})
-    return model, pd.DataFrame(rows)
-
-
+# ---------------------------------------------------------------- against the plain loop (mulreg.loop)
 @pytest.mark.parametrize("values", [
     dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="sum", lam=1e-3),
     dict(optimizer="sgd", momentum=0.0, lr=0.02, penalty="none"),
@@ -285,10 +243,10 @@ def reference_training(cfg: RunConfig, root, epochs: int):
     dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="sum", lam=1e-3, model={"batch_norm": True, "bias": True}),
     dict(optimizer="sgd", lr=0.01, penalty="mul", lam=1e-6, init_scale=0.5, model={"weight_norm": True}),
 ])
-def test_single_run_matches_torch_optim(tiny_cifar_image_folder, values):
+def test_single_run_matches_the_plain_loop(tiny_cifar_image_folder, values):
     cfg = config(batch_size=3, max_epochs=2, seed=5, label_noise=0.2, val_fraction=0.2, **values)
     result = run(cfg, tiny_cifar_image_folder)
-    model, ref = reference_training(cfg, tiny_cifar_image_folder, epochs=2)
+    model, ref = train_plain(cfg, root=tiny_cifar_image_folder)
     assert result.stop_reason in ("max_epochs", "chance_level")
     assert_states_close(result.state_dict, {k: v.detach() for k, v in model.state_dict().items()},
                         rtol=1e-4, atol=1e-6)
@@ -348,3 +306,17 @@ def test_chance_level_reason(tiny_cifar_image_folder):
     result = run(config(max_epochs=1, lr=1e-6, init_scale=0.2, chance_margin=0.49), tiny_cifar_image_folder)
     assert result.stop_reason == "chance_level"
     assert result.stop_reason in STOP_REASONS
+
+
+@pytest.mark.parametrize("values", [
+    dict(early_stopping={"monitor": "val_acc", "patience": 1, "restore_best": True}, max_epochs=5, lr=0.05),
+    dict(model={"dropout": 0.3}, max_epochs=2),
+])
+def test_early_stopping_and_dropout_match_the_plain_loop(tiny_cifar_image_folder, values):
+    cfg = config(batch_size=3, seed=2, label_noise=0.2, val_fraction=0.25, **values)
+    result = run(cfg, tiny_cifar_image_folder)
+    model, ref = train_plain(cfg, root=tiny_cifar_image_folder)
+    assert len(result.history) == len(ref)
+    assert_states_close(result.state_dict, {k: v.detach() for k, v in model.state_dict().items()})
+    for col in ref.columns:
+        np.testing.assert_allclose(result.history[col], ref[col], rtol=1e-4, atol=1e-6, err_msg=col)

@@ -27,7 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .config import RunConfig
-from .data import MEAN, PROJECT_ROOT, STD, load_cifar10
+from .config import PROJECT_ROOT
+from .data import MEAN, STD, load_cifar10
 from .models import build_model, weight_layers
 from .penalties import l2_mul
 from .sweep import SweepSpec, run

@@ -43,10 +43,12 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
 from .config import ConfigError, RunConfig
+from .result import RunResult
 from .store import Store
 
 MAX_RETRIES = 3  # Ray's retries of a task whose worker died
@@ -67,10 +69,11 @@ def resources_for(group: list[RunConfig], cluster: dict | None = None) -> dict:
 
 
 def run_groups_on_ray(groups: list[list[RunConfig]], store: Store, spec, bar: tqdm | None = None,
-                      root=None) -> dict:
-    """Train `groups` as Ray tasks and save every result into `store` on this (the driver's) side.
+                      root=None, on_result: Callable[[RunResult], None] | None = None) -> dict:
+    """Train `groups` as Ray tasks; on this (the driver's) side each result goes to `on_result` as it
+    arrives (default: `store.save`; `mulreg.sweep.run` also counts it on its progress bar).
 
-    `bar` counts runs; it is advanced as each task's results arrive, with one line per run.
+    `bar` hears of failed tasks and shows how many groups are done.
     Returns counts: {"groups", "submitted", "runs_saved", "skipped"} (skipped: groups whose runs
     were all complete or held by another sweep when their turn came)."""
     ray = _import_ray()
@@ -78,7 +81,7 @@ def run_groups_on_ray(groups: list[list[RunConfig]], store: Store, spec, bar: tq
     token = store.root / "claims" / f"ray-{uuid.uuid4().hex}.driver"
     try:
         token.write_text("a Ray sweep's driver is using this store; workers that see this file share it\n")
-        return _Driver(ray, groups, store, spec, bar, root, token.name).run()
+        return _Driver(ray, groups, store, spec, bar, root, token.name, on_result or store.save).run()
     finally:
         token.unlink(missing_ok=True)
         if started:
@@ -87,8 +90,9 @@ def run_groups_on_ray(groups: list[list[RunConfig]], store: Store, spec, bar: tq
 
 # ---- the driver
 class _Driver:
-    def __init__(self, ray, groups, store: Store, spec, bar, root, token: str):
+    def __init__(self, ray, groups, store: Store, spec, bar, root, token: str, on_result):
         self.ray, self.store, self.spec, self.bar, self.token = ray, store, spec, bar, token
+        self.on_result = on_result
         self.root = None if root is None else _absolute(root)
         self.queue = collections.deque(groups)
         self.inflight: dict = {}  # ObjectRef -> (group, ExitStack holding its claims)
@@ -174,10 +178,8 @@ class _Driver:
             if self.bar is not None:
                 self.bar.write(f"ray task failed ({len(group)} runs, e.g. {group[0].key()}): {_first_line(err)}")
         else:
-            from .sweep import record
-
             for result in results:
-                record(result, self.store, self.bar)
+                self.on_result(result)
                 self.counts["runs_saved"] += 1
         finally:
             claims.close()

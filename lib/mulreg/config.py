@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: data/, params/, results/, notebooks/
+
 Penalty = Literal["none", "sum", "mul", "mul_log"]
 Monitor = Literal["val_acc", "val_loss", "test_acc"]
 PENALTIES: tuple[str, ...] = ("none", "sum", "mul", "mul_log")

@@ -19,9 +19,8 @@ import torch
 import torchvision
 
 from .config import CIFAR10_CLASSES as CLASSES
-from .config import PAPER_CLASSES, MulregError, RunConfig
+from .config import PAPER_CLASSES, PROJECT_ROOT, MulregError, RunConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MEAN = (0.4914, 0.4822, 0.4465)  # the paper's per-channel normalisation
 STD = (0.2470, 0.2435, 0.2616)
 

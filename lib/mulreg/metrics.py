@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import contextmanager
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -25,6 +27,11 @@ def norm_product(model: nn.Module) -> float:
 def norm_sq_sum(model: nn.Module) -> float:
     """Σ_i ‖W_i‖_F² (paper, Fig. 2 and Table 1)."""
     return layer_norms(model).square().sum().item()
+
+
+def norm_summaries(norms: Sequence[float]) -> dict[str, float]:
+    """Π_i ‖W_i‖_F and Σ_i ‖W_i‖_F² of a network's layer norms (paper, Fig. 2 and Table 1)."""
+    return {"norm_product": math.prod(norms), "norm_sq_sum": sum(n * n for n in norms)}
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:

@@ -148,7 +148,7 @@ def band_stats(hist: pd.DataFrame, metric: str, by: Sequence[str] = ("penalty",)
     return g.agg(["mean", "min", "max", "count"]).reset_index()
 
 
-def _log_axis(ax, axis: str = "y") -> None:
+def log_axis(ax, axis: str = "y") -> None:
     """Log scale with plain tick labels (1.37, 2.5e+05), also when the range is under a decade
     and matplotlib would label minor ticks as 1.37×10⁰."""
     getattr(ax, f"set_{axis}scale")("log")
@@ -346,7 +346,7 @@ def training_dynamics(hist: pd.DataFrame, metrics: Sequence[str] = ("test_acc", 
             for pen in _penalties(stats):
                 _band(ax, stats[stats["penalty"] == pen], "epoch", COLORS.get(pen), penalty_label(pen))
             if metric in log:
-                _log_axis(ax)
+                log_axis(ax)
             ax.set_title(_label(metric) + ("" if rv is None else f"  (label noise {rv:g})"))
             if i == len(rows) - 1:
                 ax.set_xlabel("epoch")
@@ -412,7 +412,7 @@ def layer_norm_trajectories(hist: pd.DataFrame, layers: Sequence[str] | None = N
         for pen in _penalties(stats):
             _band(ax, stats[stats["penalty"] == pen], "epoch", COLORS.get(pen), penalty_label(pen))
         if log and not stats.empty:
-            _log_axis(ax)
+            log_axis(ax)
         ax.set(title=f"‖W‖_F of {layer}", xlabel="epoch")
     for ax in axes[len(layers):]:
         ax.set_visible(False)
@@ -464,7 +464,7 @@ def norm_vs_loss(runs: pd.DataFrame, loss: str = "test_loss") -> Figure:
     for ax, x in zip(axes, ("norm_product", "norm_sq_sum")):
         sns.scatterplot(data=d, x=x, y=loss, hue="penalty", style="label_noise", palette=palette, ax=ax,
                         legend=ax is axes[1])
-        _log_axis(ax, "x")
+        log_axis(ax, "x")
         ax.set(xlabel=_label(x), ylabel=_label(loss))
     if axes[1].get_legend():
         sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1, 1), frameon=False)
@@ -492,41 +492,6 @@ def learning_curves(hist: pd.DataFrame, metrics: Sequence[str] = ("train_acc", "
                     title: str | None = "Learning curves, best λ per penalty") -> Figure:
     """Per-epoch curves of the multiclass runs (one row), mean line and min–max band over seeds."""
     return training_dynamics(hist, metrics, row=None, title=title)
-
-
-# ---- landscape
-def landscape_slices(slices: dict, log: bool = True) -> Figure:
-    """1-D slices θ + α·d₁ (`mulreg.landscape.Surface` with one β): loss and accuracy vs α."""
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    ax_l, ax_a = fig.subplots(1, 2, sharex=True)
-    for name, s in slices.items():
-        pen = next((p for p in PENALTY_ORDER if name.startswith(p) or penalty_label(p) in name), None)
-        color = COLORS.get(pen)
-        ax_l.plot(s.alphas, s.loss[:, 0], label=name, color=color)
-        ax_a.plot(s.alphas, 100 * s.acc[:, 0], label=name, color=color)
-    if log:
-        _log_axis(ax_l)
-    ax_l.set(xlabel="α (filter-normalised direction d₁)", ylabel="data loss (MSE)", title="loss along d₁")
-    ax_a.set(xlabel="α", ylabel="accuracy (%)", title="accuracy along d₁")
-    ax_l.legend(frameon=False)
-    return fig
-
-
-def sharpness_vs_radius(table: pd.DataFrame) -> Figure:
-    """Mean ± std over direction seeds of the loss increase L(θ + r·d) − L(θ) against the radius r,
-    one line per model (`table` columns: model, radius, mean, std)."""
-    fig = Figure(figsize=(5.5, 4), layout="constrained")
-    ax = fig.subplots()
-    for name, d in table.groupby("model", sort=False):
-        pen = next((p for p in PENALTY_ORDER if str(name).startswith(p) or penalty_label(p) in str(name)), None)
-        dashed = "rebalanced" in str(name)
-        ax.errorbar(d["radius"], d["mean"], yerr=d["std"], marker="s" if dashed else "o", capsize=4, label=name,
-                    color=COLORS.get(pen), ls="--" if dashed else "-", mfc="none" if dashed else None)
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set(xlabel="radius r (relative, filter-normalised)", ylabel="loss increase L(θ+r·d) − L(θ)",
-           title="Loss increase at radius r (mean ± std over directions)")
-    ax.legend(frameon=False)
-    return fig
 
 
 def _rgba(hex_color: str, alpha: float) -> str:

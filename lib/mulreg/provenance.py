@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .data import PROJECT_ROOT
+from .config import PROJECT_ROOT
 
 TIMES = ("started", "finished", "wall_seconds", "train_images_per_second")  # differ between two trainings of a run
 

@@ -22,8 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
 
 from . import provenance
-from .config import ConfigError, load_yaml
-from .data import PROJECT_ROOT
+from .config import PROJECT_ROOT, ConfigError, load_yaml
 from .progress import REPORT_ENV
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"

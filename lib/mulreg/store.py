@@ -36,9 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import MulregError, RunConfig
-from .data import PROJECT_ROOT
-from .train import RunResult
+from .config import PROJECT_ROOT, MulregError, RunConfig
+from .result import RunResult
 
 PROVENANCE = "provenance.json"
 RUN_FILES = ("config.json", "history.parquet", "weights.pt", "margins.npy", "metrics.json")

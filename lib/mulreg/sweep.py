@@ -20,8 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
 
-from .config import ConfigError, RunConfig, describe, load_yaml, nest
-from .data import PROJECT_ROOT, load_cifar10
+from .config import PROJECT_ROOT, ConfigError, RunConfig, describe, load_yaml, nest
+from .data import load_cifar10
 from .progress import bar as progress_bar
 from .progress import say
 from .store import Store
@@ -126,7 +126,8 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
         if spec.executor == "ray":
             from .cluster import run_groups_on_ray
 
-            run_groups_on_ray(groups, store, spec, bar, root=root)
+            run_groups_on_ray(groups, store, spec, bar, root=root,
+                              on_result=lambda result: record(result, store, bar))
         elif _strategy(spec, pending) == "processes":
             _run_processes(groups, store, spec, bar, epochs, root)
         else:

@@ -9,16 +9,17 @@ stops leaves the stack. K = 1 (and models with batch norm or dropout, which `vma
 take the same path with a plain call instead of `vmap`. A training step (forward, `torch.func.grad`,
 update) is one pure function of tensors, which `config.compile` hands to `torch.compile` whole.
 
-Objective per run (paper, Sec. 3): L = MSE(f(x), y) + λ·R(W), R ∈ {0, R_sum, R_mul, R_log}.
+Objective per run (paper, Sec. 4, Eq. 5-6): L = MSE(f(x), y) + λ·R(W), R ∈ {0, R_sum, R_mul, R_log}.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -33,38 +34,10 @@ from .epochs import CHANCE, rule_metrics
 from .models import build_model, layer_names
 from .penalties import mixed_penalty
 from .progress import bar as progress_bar
+from .result import Checkpoints, RunResult
 
 STOP_REASONS = ("max_epochs", "early_stopped", "diverged", "chance_level")
 EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
-
-
-class Checkpoints(Protocol):
-    """Where a run's training state is saved every `every` epochs and resumed from."""
-
-    every: int
-
-    def load(self, key: str) -> dict | None: ...
-
-    def save(self, key: str, state: dict) -> None: ...
-
-
-@dataclass
-class RunResult:
-    """What one run produced: per-epoch history, final metrics, stop reason and reported weights."""
-
-    config: RunConfig
-    history: pd.DataFrame
-    metrics: dict
-    stop_reason: str
-    state_dict: dict[str, torch.Tensor]
-    test_margins: np.ndarray
-    provenance: dict = field(default_factory=dict)  # code, versions, device, times (`mulreg.provenance`)
-
-    def model(self):
-        """The trained network (the reported weights), on the CPU."""
-        model = build_model(self.config)
-        model.load_state_dict(self.state_dict)
-        return model.eval()
 
 
 class DeviceError(MulregError, RuntimeError):
@@ -199,9 +172,11 @@ class _Run:
 
 
 class _Stack:
-    """Parameters, buffers and optimiser slots of several runs, stacked along dimension 0."""
+    """Parameters, buffers and optimiser slots of several runs, stacked along dimension 0, and the two
+    facts that decide what a training step does with them: `batched` (vmap over the run axis, else a
+    plain call on the one run) and `heavy_ball` (momentum buffers, only when a run has μ > 0)."""
 
-    def __init__(self, runs: list[_Run], device: torch.device):
+    def __init__(self, runs: list[_Run], device: torch.device, vectorize: bool):
         self.runs = runs
 
         def stacked(part):
@@ -217,20 +192,21 @@ class _Stack:
                       for h in ("lr", "momentum")}
         self.hyper |= {f"lam_{kind}": torch.tensor([r.config.lam * (r.config.penalty == kind) for r in runs],
                                                    device=device) for kind in ("sum", "mul", "mul_log")}
+        self.batched = vectorize and len(runs) > 1
+        self.heavy_ball = any(r.config.momentum > 0 for r in runs)
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"params": self.params, "buffers": self.buffers, "slots": self.slots}
 
 
 class _Engine:
-    """The functions one group of runs shares: model template, objective, steps and evaluation."""
+    """The functions one group of runs shares: model template, objective, steps and evaluation.
+    `mulreg.loop.train_plain` is the same computation for one run, written as a plain loop."""
 
     def __init__(self, config: RunConfig, pool: Pool, device: torch.device):
         self.pool, self.device = pool, device
         self.binary = config.task == "binary"
         self.vectorize = vectorizable(config)
-        self.batched = False  # set per stack: vmap only when it holds several runs
-        self.heavy_ball = False  # set per stack: momentum buffers only when a run has μ > 0
         self.optimizer = config.optimizer
         self.norm_kwargs = dict(depth_normalization=config.depth_normalization,
                                 features_normalization=config.features_normalization)
@@ -241,7 +217,7 @@ class _Engine:
             # inductor warns in every process of a CPU-only machine that it found no CUDA runtime,
             # which says nothing about compiling for the CPU and would litter every notebook report
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        self.step = self._compiled(self._step)
+        self.steps: dict[tuple[bool, bool], Callable] = {}  # (batched, heavy_ball) → compiled step
 
     def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> _Run:
         data = split_run(self.pool, config.seed, config.label_noise, config.val_fraction)
@@ -266,116 +242,75 @@ class _Engine:
         return run
 
     def stack(self, runs: list[_Run]) -> _Stack:
-        self.batched = self.vectorize and len(runs) > 1
-        self.heavy_ball = any(r.config.momentum > 0 for r in runs)
-        return _Stack(runs, self.device)
+        return _Stack(runs, self.device, self.vectorize)
 
-    # ---- the per-run functions, batched over runs by `_over_runs`
-    def _objective(self, params, buffers, x, y, flipped, hyper):
-        """L = MSE(f(x), y) + λ·R(W) for one run (paper, Eq. 1-2), with (data loss, λR, (#correct,
-        #correct among flipped labels))."""
-        out, weights = functional_call(self.model, (params, buffers), (self._layout(x),), {"with_weights": True})
-        data = (out - y).square().mean()
-        reg = mixed_penalty(weights, hyper["lam_sum"], hyper["lam_mul"], hyper["lam_mul_log"], **self.norm_kwargs)
-        return data + reg, (data, reg, metrics.correct_counts(out, y, flipped, self.binary))
-
-    def _summed_objective(self, params, buffers, x, y, flipped, hyper):
-        """Σ_k L_k over the runs: they share no parameters, so its gradient holds each run's own."""
-        loss, aux = self._over_runs(self._objective, (0, 0, 0, 0, 0, 0))(params, buffers, x, y, flipped, hyper)
-        return loss.sum(), aux
-
-    def _step(self, params, buffers, slots, x, y, flipped, hyper) -> torch.Tensor:
-        """One optimiser step of every run k on its batch (x[k], y[k]), in place; returns per run
-        (Σ data loss, Σ λR, #correct, #correct among flipped labels) over the batch. A pure function
-        of tensors, so that `torch.compile` makes one graph of forward, backward and update."""
-        grads, (data, reg, counts) = grad(self._summed_objective, has_aux=True)(
-            params, buffers, x, y, flipped, hyper)
-        self._update(params, slots, grads, hyper)
-        return torch.cat([torch.stack([data * y.shape[1], reg * y.shape[1]], 1), counts], 1)
-
-    def _loss_and_correct(self, params, buffers, x, y):
-        out = functional_call(self.model, (params, buffers), (self._layout(x),))
-        return metrics.squared_error(out, y), metrics.correct(out, y, self.binary)
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        """Channels-last images for unbatched calls: ~1.3x faster convolutions on a CPU (see
-        docs/PERFORMANCE.md); under vmap the run axis makes it moot."""
-        return x if self.batched else x.contiguous(memory_format=torch.channels_last)
-
-    def _weights(self, params, buffers):
-        x = self.pool.x_test[:1]
-        return functional_call(self.model, (params, buffers), (x,), {"with_weights": True})[1]
-
-    def _compiled(self, fn):
-        """`torch.compile(fn)` when config.compile: fused kernels, ~1.5x faster training steps on a
-        CPU after a one-off compilation (docs/PERFORMANCE.md)."""
-        return torch.compile(fn, dynamic=False) if self.compile else fn
-
-    def _over_runs(self, fn, in_dims):
-        """fn over the run axis: vmap, or a plain call on run 0 for a single or unbatchable run."""
-        if self.batched:
-            return vmap(fn, in_dims=in_dims)
-
-        def single(*args):
-            first = [tree_map(lambda t: t[0], a) if d == 0 else a for a, d in zip(args, in_dims)]
-            return tree_map(lambda t: t.unsqueeze(0), fn(*first))
-
-        return single
-
-    # ---- one epoch
+    # ---- one epoch: training steps, then evaluation
     def epoch(self, stack: _Stack) -> None:
-        train = self._train_epoch(stack)
+        train = self._train(stack)
         self.model.eval()  # until the next training steps: batch-norm statistics and dropout left alone
         val = self._evaluate(stack, self.pool.x_train, [r.val_idx for r in stack.runs])
         test = self._evaluate(stack, self.pool.x_test, None)
-        norms = torch.stack([w.flatten(1).norm(dim=1) for w in
-                             self._over_runs(self._weights, (0, 0))(stack.params, stack.buffers)], 1)
+        weights = _over_runs(self._weights, (0, 0), stack.batched)(stack.params, stack.buffers)
+        norms = torch.stack([w.flatten(1).norm(dim=1) for w in weights], 1)  # ‖W_i‖_F per run and layer
         per_run = torch.cat([train, val, test, norms], 1).cpu()  # one device sync per epoch
         for k, run in enumerate(stack.runs):
             row = self._row(run, per_run[k])
             run.observe(row, {n: t[k] for n, t in (stack.params | stack.buffers).items()})
 
-    def _row(self, run: _Run, values: torch.Tensor) -> dict:
-        v = values.tolist()
-        row = {"epoch": run.epoch + 1, "train_loss": v[0], "penalty_term": v[1], "train_acc": v[2],
-               "train_acc_flipped": v[3], "train_acc_clean": v[4]}
-        if len(run.val_idx):
-            row |= {"val_loss": v[5], "val_acc": v[6]}
-        row |= {"test_loss": v[7], "test_acc": v[8]}
-        layer_norms = v[9:]
-        row |= {f"norm_{name}": n for name, n in zip(self.layers, layer_norms)}
-        row["norm_product"] = math.prod(layer_norms)  # Π‖W_i‖_F
-        row["norm_sq_sum"] = sum(n * n for n in layer_norms)  # Σ‖W_i‖_F²
-        return row
-
-    def _train_epoch(self, stack: _Stack) -> torch.Tensor:
-        """One pass over each run's training split in its own seeded order; returns per run
-        (mean data loss, mean λR, accuracy, accuracy on flipped labels, accuracy on clean labels)
-        over the epoch, against the training labels, as seen while training."""
-        runs, n = stack.runs, len(stack.runs[0].train_idx)
+    def _train(self, stack: _Stack) -> torch.Tensor:
+        """One pass over each run's training split in its own seeded order, B samples per step;
+        returns per run (mean data loss, mean λR, accuracy, accuracy on flipped labels, accuracy on
+        clean labels) over the epoch, against the training labels, as seen while training."""
+        runs, B, n = stack.runs, stack.runs[0].config.batch_size, len(stack.runs[0].train_idx)
         order = torch.stack([r.train_idx[torch.randperm(n, generator=generator(r.config.seed, f"epoch-{r.epoch}"))
                                          .to(self.device)] for r in runs])
-        with torch.random.fork_rng(devices=[]):  # dropout draws from a per-epoch seed; the caller's RNG is untouched
-            torch.manual_seed(int(generator(runs[0].config.seed, f"dropout-{runs[0].epoch}").initial_seed()))
-            return self._train_steps(stack, order)
-
-    def _train_steps(self, stack: _Stack, order: torch.Tensor) -> torch.Tensor:
-        """SGD/Adam steps over `order` (run × position → pool index), B indices at a time."""
-        runs, B, n = stack.runs, stack.runs[0].config.batch_size, order.shape[1]
         rows = torch.arange(len(runs), device=self.device)[:, None]
         totals = torch.zeros(len(runs), 4, device=self.device)
+        step = self._step_for(stack)
         self.model.train()
-        for start in range(0, n, B):
-            idx = order[:, start:start + B]
-            x, y, flipped = self.pool.x_train[idx], stack.targets[rows, idx], stack.flipped[rows, idx]
-            totals += self.step(stack.params, stack.buffers, stack.slots, x, y, flipped, stack.hyper)
+        with torch.random.fork_rng(devices=[]):  # dropout draws from a per-epoch seed; the caller's RNG is untouched
+            torch.manual_seed(int(generator(runs[0].config.seed, f"dropout-{runs[0].epoch}").initial_seed()))
+            for start in range(0, n, B):
+                idx = order[:, start:start + B]
+                x, y, flipped = self.pool.x_train[idx], stack.targets[rows, idx], stack.flipped[rows, idx]
+                totals += step(stack.params, stack.buffers, stack.slots, x, y, flipped, stack.hyper)
         loss, reg, n_correct, n_flipped_correct = totals.unbind(1)
         n_flipped = stack.n_flipped
         return torch.stack([loss / n, reg / n, n_correct / n, n_flipped_correct / n_flipped,  # 0/0: NaN, no noise
                             (n_correct - n_flipped_correct) / (n - n_flipped)], 1)
 
+    def _step_for(self, stack: _Stack) -> Callable:
+        """The training step for this kind of stack, compiled once per kind when config.compile."""
+        kind = (stack.batched, stack.heavy_ball)
+        if kind not in self.steps:
+            self.steps[kind] = self._compiled(functools.partial(self._step, *kind))
+        return self.steps[kind]
+
+    def _step(self, batched: bool, heavy_ball: bool, params, buffers, slots, x, y, flipped, hyper) -> torch.Tensor:
+        """One optimiser step of every run k on its batch (x[k], y[k]), in place; returns per run
+        (Σ data loss, Σ λR, #correct, #correct among flipped labels) over the batch. A pure function
+        of tensors, so that `torch.compile` makes one graph of forward, backward and update."""
+        objective = _over_runs(functools.partial(self._objective, channels_last=not batched), (0,) * 6, batched)
+
+        def summed(params, buffers):  # Σ_k L_k: the runs share no parameters, so its gradient holds each run's own
+            loss, aux = objective(params, buffers, x, y, flipped, hyper)
+            return loss.sum(), aux
+
+        grads, (data, reg, counts) = grad(summed, has_aux=True)(params, buffers)  # buffers: batch-norm statistics
+        self._update(params, slots, grads, hyper, heavy_ball)
+        return torch.cat([torch.stack([data * y.shape[1], reg * y.shape[1]], 1), counts], 1)
+
+    def _objective(self, params, buffers, x, y, flipped, hyper, channels_last: bool):
+        """L = MSE(f(x), y) + λ·R(W) for one run (paper, Sec. 4, Eq. 5-6), with (data loss, λR,
+        (#correct, #correct among flipped labels))."""
+        out, weights = functional_call(self.model, (params, buffers), (_layout(x, channels_last),),
+                                       {"with_weights": True})
+        data = (out - y).square().mean()
+        reg = mixed_penalty(weights, hyper["lam_sum"], hyper["lam_mul"], hyper["lam_mul_log"], **self.norm_kwargs)
+        return data + reg, (data, reg, metrics.correct_counts(out, y, flipped, self.binary))
+
     @torch.no_grad()
-    def _update(self, params, slots, grads, hyper) -> None:
+    def _update(self, params, slots, grads, hyper, heavy_ball: bool) -> None:
         """SGD (with momentum) or Adam, element-wise with each run's own lr and momentum; the same
         arithmetic as torch.optim.SGD / torch.optim.Adam with their defaults."""
         lr, mu = hyper["lr"], hyper["momentum"]
@@ -385,7 +320,7 @@ class _Engine:
         for name, p in params.items():
             g = grads[name]
             shape = (-1,) + (1,) * (p.dim() - 1)
-            if self.optimizer == "sgd" and not self.heavy_ball:
+            if self.optimizer == "sgd" and not heavy_ball:
                 p.sub_(lr.view(shape) * g)  # θ ← θ − η g
             elif self.optimizer == "sgd":
                 buf = slots[f"momentum.{name}"].mul_(mu.view(shape)).add_(g)  # b ← μb + g
@@ -396,19 +331,44 @@ class _Engine:
                 c1, c2 = (1 - 0.9 ** t).view(shape), (1 - 0.999 ** t).view(shape)
                 p.sub_(lr.view(shape) / c1 * m / (v.sqrt() / c2.sqrt() + 1e-8))
 
+    def _loss_and_correct(self, params, buffers, x, y, channels_last: bool):
+        out = functional_call(self.model, (params, buffers), (_layout(x, channels_last),))
+        return metrics.squared_error(out, y), metrics.correct(out, y, self.binary)
+
+    def _weights(self, params, buffers):
+        x = self.pool.x_test[:1]
+        return functional_call(self.model, (params, buffers), (x,), {"with_weights": True})[1]
+
+    def _compiled(self, fn):
+        """`torch.compile(fn)` when config.compile: fused kernels, faster training steps after a
+        one-off compilation (docs/PERFORMANCE.md)."""
+        return torch.compile(fn, dynamic=False) if self.compile else fn
+
+    def _row(self, run: _Run, values: torch.Tensor) -> dict:
+        v = values.tolist()
+        row = {"epoch": run.epoch + 1, "train_loss": v[0], "penalty_term": v[1], "train_acc": v[2],
+               "train_acc_flipped": v[3], "train_acc_clean": v[4]}
+        if len(run.val_idx):
+            row |= {"val_loss": v[5], "val_acc": v[6]}
+        row |= {"test_loss": v[7], "test_acc": v[8]}
+        layer_norms = v[9:]
+        row |= {f"norm_{name}": n for name, n in zip(self.layers, layer_norms)}
+        return row | metrics.norm_summaries(layer_norms)
+
     @torch.no_grad()
     def _evaluate(self, stack: _Stack, x_all: torch.Tensor, idx: list[torch.Tensor] | None) -> torch.Tensor:
         """Per run: (mean loss, accuracy) on its own indices into `x_all`, or on all of it (the
         model in eval mode)."""
         K = len(stack.runs)
+        loss_and_correct = functools.partial(self._loss_and_correct, channels_last=not stack.batched)
         if idx is not None and len(idx[0]) == 0:
             return torch.full((K, 2), float("nan"), device=self.device)
         if idx is None:
             y_all = self.pool.targets(self.pool.y_test)
-            fn = self._compiled(self._over_runs(self._loss_and_correct, (0, 0, None, None)))
+            fn = self._compiled(_over_runs(loss_and_correct, (0, 0, None, None), stack.batched))
         else:
             rows = torch.arange(K, device=self.device)[:, None]
-            fn = self._compiled(self._over_runs(self._loss_and_correct, (0, 0, 0, 0)))
+            fn = self._compiled(_over_runs(loss_and_correct, (0, 0, 0, 0), stack.batched))
         n = len(x_all) if idx is None else len(idx[0])
         chunk = max(1, EVAL_IMAGES // K)
         sums = torch.zeros(K, 2, device=self.device)
@@ -457,6 +417,24 @@ class _Engine:
         return provenance.environment(self.device) | dict(zip(provenance.TIMES, times))
 
 
+def _over_runs(fn, in_dims: tuple, batched: bool):
+    """fn over the run axis: vmap, or a plain call on run 0 for a single or unbatchable run."""
+    if batched:
+        return vmap(fn, in_dims=in_dims)
+
+    def single(*args):
+        first = [tree_map(lambda t: t[0], a) if d == 0 else a for a, d in zip(args, in_dims)]
+        return tree_map(lambda t: t.unsqueeze(0), fn(*first))
+
+    return single
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Channels-last images for unbatched calls: faster convolutions on a CPU (docs/PERFORMANCE.md);
+    under vmap the run axis makes it moot."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
     """Accuracy, loss, margins (unit-norm copy), norms and ranks of the reported model."""
     y_test = pool.targets(pool.y_test)
@@ -483,8 +461,7 @@ def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
         # y·f(x)/Π‖W_i‖ with biases scaled consistently (meaningful where `margin_mean` is not)
         "margin_norm_mean": metrics.normalized_margins(model, pool.x_test, y_test).mean().item(),
         "margin_std_mean": metrics.output_std_margins(out, y_test).mean().item(),
-        "norm_product": math.prod(norms),
-        "norm_sq_sum": sum(n * n for n in norms),
+        **metrics.norm_summaries(norms),
         **{f"norm_{n}": v for n, v in zip(names, norms)},
         **{f"rank_{n}": metrics.effective_rank(w) for n, w in zip(names, metrics.weight_matrices(model))},
         "_margins": m.cpu().numpy(),

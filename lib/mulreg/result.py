@@ -1,0 +1,43 @@
+"""What a run produced (`RunResult`), and where a run's training state is checkpointed
+(`Checkpoints`): the types the engine (`mulreg.train`) hands to the store (`mulreg.store`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import RunConfig
+from .models import build_model
+
+
+class Checkpoints(Protocol):
+    """Where a run's training state is saved every `every` epochs and resumed from."""
+
+    every: int
+
+    def load(self, key: str) -> dict | None: ...
+
+    def save(self, key: str, state: dict) -> None: ...
+
+
+@dataclass
+class RunResult:
+    """What one run produced: per-epoch history, final metrics, stop reason and reported weights."""
+
+    config: RunConfig
+    history: pd.DataFrame
+    metrics: dict
+    stop_reason: str
+    state_dict: dict[str, torch.Tensor]
+    test_margins: np.ndarray
+    provenance: dict = field(default_factory=dict)  # code, versions, device, times (`mulreg.provenance`)
+
+    def model(self):
+        """The trained network (the reported weights), on the CPU."""
+        model = build_model(self.config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
