@@ -139,7 +139,8 @@ def test_excluded_runs_leave_their_pair_out():
 
 
 def test_thin_choices_name_a_lambda_judged_on_the_runs_that_learned():
-    from mulreg.analysis import epoch_rules, thin_choices
+    from mulreg.prose import thin_choices
+    from mulreg.stats import epoch_rules
 
     acc = {("mul", 1e-7, 0.2, 1): 0.80, ("mul", 1e-7, 0.2, 2): 0.78, ("sum", 1e-4, 0.2, 1): 0.5,
            ("sum", 1e-4, 0.2, 2): 0.79, ("sum", 1e-5, 0.2, 1): 0.74, ("sum", 1e-5, 0.2, 2): 0.73,
@@ -160,7 +161,7 @@ def test_learned_on_every_seed_drops_a_lambda_with_a_run_at_chance():
 
 
 def test_memorisation_counts_chance_level_runs_without_averaging_them():
-    from mulreg.analysis import memorisation
+    from mulreg.stats import memorisation
 
     runs = pd.DataFrame({"key": list("abcd"), "penalty": ["sum", "sum", "none", "none"], "lam": [1e-4, 1e-4, 0, 0],
                          "label_noise": 0.2, "seed": [1, 2, 1, 2], "stop_reason": ["chance_level"] + ["max_epochs"] * 3,

@@ -109,7 +109,7 @@ def test_every_run_records_its_provenance(tmp_path, tiny_cifar_image_folder):
     import subprocess
 
     from mulreg import __version__
-    from mulreg.analysis import provenance_note
+    from mulreg.prose import provenance_note
     from mulreg.config import RunConfig
     from mulreg.train import train
 

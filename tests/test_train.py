@@ -15,7 +15,8 @@ from mulreg.config import RunConfig
 from mulreg.data import binary_task, generator
 from mulreg.models import build_model
 from mulreg.loop import train_plain
-from mulreg.train import STOP_REASONS, train, train_group
+from mulreg.protocols import StopReason
+from mulreg.train import train, train_group
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2"]
 
@@ -305,7 +306,7 @@ def test_chance_level_reason(tiny_cifar_image_folder):
     # a chance margin of 0.49 calls every run below 99 % training accuracy "chance level"
     result = run(config(max_epochs=1, lr=1e-6, init_scale=0.2, chance_margin=0.49), tiny_cifar_image_folder)
     assert result.stop_reason == "chance_level"
-    assert result.stop_reason in STOP_REASONS
+    assert result.stop_reason in list(StopReason)
 
 
 @pytest.mark.parametrize("values", [

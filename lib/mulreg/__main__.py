@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from .config import ConfigError, MulregError, RunConfig, deep_merge, load_yaml, nest
 
 # command-line flag → RunConfig field (dotted for nested ones)
@@ -100,8 +99,8 @@ def _sweep(args) -> int:
 def _runs(args) -> int:
     import warnings
 
-    from .store import Store
     from .listing import runs_listing
+    from .store import Store
 
     store = Store(args.store)
     if args.check:

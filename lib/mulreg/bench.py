@@ -26,8 +26,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .config import RunConfig
-from .config import PROJECT_ROOT
+from .config import PROJECT_ROOT, RunConfig
 from .data import MEAN, STD, load_cifar10
 from .models import build_model, weight_layers
 from .penalties import l2_mul

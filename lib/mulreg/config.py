@@ -16,13 +16,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .protocols import Penalty
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: data/, params/, results/, notebooks/
 
-Penalty = Literal["none", "sum", "mul", "mul_log"]
+PenaltyKind = Literal[tuple(p.value for p in Penalty)]  # validated against `mulreg.protocols.Penalty`
 Monitor = Literal["val_acc", "val_loss", "test_acc"]
-PENALTIES: tuple[str, ...] = ("none", "sum", "mul", "mul_log")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
 # fields added after stores existed: left out of the run key at their default, so old keys stay valid
@@ -66,7 +74,7 @@ class RunConfig(_Strict):
 
     task: Literal["binary", "multiclass"] = "binary"
     classes: tuple[int, int] = PAPER_CLASSES  # binary task: CIFAR-10 classes → (−1, +1); names accepted
-    penalty: Penalty = "none"
+    penalty: PenaltyKind = Penalty.NONE.value
     lam: float = Field(0.0, ge=0)  # λ in L = L_data + λ·R(W)
     depth_normalization: bool = False
     features_normalization: Literal["f_out", "f_in"] | None = None
@@ -109,7 +117,7 @@ class RunConfig(_Strict):
     def _consistent(self) -> RunConfig:
         if self.task != "binary" and self.classes != PAPER_CLASSES:
             raise ValueError(f"classes applies to the binary task only (task={self.task!r})")
-        if self.penalty == "none" and self.lam != 0:
+        if self.penalty == Penalty.NONE and self.lam != 0:
             raise ValueError(f"lam must be 0 when penalty is 'none' (got lam={self.lam})")
         monitor = self.early_stopping.monitor if self.early_stopping else None
         if monitor in ("val_acc", "val_loss") and self.val_fraction == 0:

@@ -76,7 +76,7 @@ def _layout(folder: Path) -> str | None:
 def _download(folder: Path, allowed: bool) -> None:
     missing = [f"{split}/{name}" for split in ("train", "test") for name in CLASSES
                if not (folder / split / name).is_dir()]
-    found = (f"the folder does not exist" if not folder.exists() else
+    found = ("the folder does not exist" if not folder.exists() else
              f"it lacks {', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}" if len(missing) < 20 else
              "it holds neither layout")
     hint = (

@@ -7,10 +7,12 @@ import math
 from contextlib import contextmanager
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from .models import weight_layers, weight_matrices
+from .data import Pool
+from .models import layer_names, weight_layers, weight_matrices
 
 
 def layer_norms(model: nn.Module) -> torch.Tensor:
@@ -148,3 +150,39 @@ def label_fit(out: torch.Tensor, y: torch.Tensor, flipped: torch.Tensor) -> tupl
     n_clean = len(flipped) - n_flipped
     return (n_flipped_correct / n_flipped if n_flipped else float("nan"),
             (n_correct - n_flipped_correct) / n_clean if n_clean else float("nan"))
+
+
+def reported_metrics(model: nn.Module, pool: Pool, train_idx: torch.Tensor, targets: torch.Tensor,
+                     flipped: torch.Tensor) -> dict:
+    """Accuracy, loss, label fit, margins, norms and ranks of a run's reported model; `targets` and
+    `flipped` are the run's training-pool targets after label noise and its flipped-label mask.
+    "_margins" holds the test margins (stored apart). NaN throughout for non-finite weights."""
+    y_test = pool.targets(pool.y_test)
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values()):
+        return {"test_acc": float("nan"), "test_loss": float("nan"), "train_acc": float("nan"),
+                "train_acc_flipped": float("nan"), "train_acc_clean": float("nan"),
+                "margin_mean": float("nan"), "margin_mean_correct": float("nan"), "margin_norm_mean": float("nan"),
+                "margin_std_mean": float("nan"), "_margins": np.array([])}
+    out = predict(model, pool.x_test)
+    train_out = predict(model, pool.x_train[train_idx])
+    m = margins(model, pool.x_test, y_test)
+    ok = correct(out, y_test)
+    fit_flipped, fit_clean = label_fit(train_out, targets[train_idx], flipped[train_idx])
+    norms = layer_norms(model).tolist()
+    names = layer_names(model)
+    return {
+        "test_acc": ok.float().mean().item(),
+        "test_loss": (out - y_test).square().mean().item(),
+        "train_acc": accuracy(train_out, targets[train_idx]),
+        "train_acc_flipped": fit_flipped,  # fit of the flipped training labels: memorisation
+        "train_acc_clean": fit_clean,
+        "margin_mean": m.mean().item(),
+        "margin_mean_correct": m[ok].mean().item() if ok.any() else float("nan"),
+        # y·f(x)/Π‖W_i‖ with biases scaled consistently (meaningful where `margin_mean` is not)
+        "margin_norm_mean": normalized_margins(model, pool.x_test, y_test).mean().item(),
+        "margin_std_mean": output_std_margins(out, y_test).mean().item(),
+        **norm_summaries(norms),
+        **{f"norm_{n}": v for n, v in zip(names, norms)},
+        **{f"rank_{n}": effective_rank(w) for n, w in zip(names, weight_matrices(model))},
+        "_margins": m.cpu().numpy(),
+    }

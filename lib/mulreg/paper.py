@@ -13,8 +13,11 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-PENALTY_NAMES = {"mul": "multiplicative", "sum": "additive", "none": "none", "mul_log": "log-multiplicative"}
-PENALTY_ORDER = ("mul", "sum", "none", "mul_log")
+from .protocols import Penalty
+
+PENALTY_NAMES = {Penalty.MUL: "multiplicative", Penalty.SUM: "additive", Penalty.NONE: "none",
+                 Penalty.MUL_LOG: "log-multiplicative"}
+PENALTY_ORDER = (Penalty.MUL, Penalty.SUM, Penalty.NONE, Penalty.MUL_LOG)  # as the paper lists them
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")
 MULTICLASS_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7", "conv8", "fc1", "fc2")
 
@@ -165,7 +168,7 @@ def format_comparison(table: pd.DataFrame, percent: Iterable[str] = ("test_acc",
     """A display version of `compare`'s table: penalty names in words, accuracies in %, large
     norms in scientific notation; returns a pandas Styler (renders in HTML reports)."""
     percent = set(percent)
-    shown = table.assign(penalty=table["penalty"].map(lambda p: PENALTY_NAMES.get(p, p)))
+    shown = table.assign(penalty=table["penalty"].map(lambda p: PENALTY_NAMES[Penalty(p)]))
 
     def fmt(row, col):
         v = row[col]

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from .models import weight_matrices
+from .protocols import Penalty
 
 FeaturesNormalization = Literal["f_out", "f_in"] | None
 
@@ -46,14 +47,14 @@ def l2_mul_log(weights, depth_normalization: bool = False, features_normalizatio
     return n.log().sum(-1) / (n.shape[-1] if depth_normalization else 1)
 
 
-PENALTY_FUNCTIONS = {"sum": l2_sum, "mul": l2_mul, "mul_log": l2_mul_log}
+PENALTY_FUNCTIONS = {Penalty.SUM: l2_sum, Penalty.MUL: l2_mul, Penalty.MUL_LOG: l2_mul_log}
 
 
 def penalty(kind: str, weights, depth_normalization=False, features_normalization=None) -> torch.Tensor:
     """R(W) for `kind` in {none, sum, mul, mul_log}."""
-    if kind == "none":
+    if Penalty(kind) == Penalty.NONE:  # an unknown kind raises ValueError here
         return weights[0].new_zeros(())
-    return PENALTY_FUNCTIONS[kind](weights, depth_normalization, features_normalization)
+    return PENALTY_FUNCTIONS[Penalty(kind)](weights, depth_normalization, features_normalization)
 
 
 def mixed_penalty(weights, lam_sum, lam_mul, lam_log, depth_normalization=False, features_normalization=None):

@@ -1,10 +1,11 @@
-"""Every figure of the paper notebooks: static seaborn/matplotlib figures (saved as PNG and SVG)
-and interactive Plotly figures (saved as self-contained HTML, plotly.js embedded, no CDN).
+"""The static figures of the paper notebooks (seaborn/matplotlib, saved as PNG and SVG), and saving:
+`setup()` once per notebook sets the theme and the offline Plotly renderer; `save(fig, name,
+figures_dir)` writes any figure (Plotly ones as self-contained HTML) where the report index finds
+it (`<notebook number>_<what>.png/.svg/.html`).
 
-Inputs are the tidy tables of `mulreg.analysis` (runs, `group_stats`, `histories`, `margins`,
-`spectra`) and `mulreg.landscape.Surface`s. `setup()` once per notebook sets the seaborn theme and
-an offline Plotly renderer; `save(fig, name, figures_dir)` writes a figure where the report index
-finds it (`<notebook number>_<what>.png/.svg/.html`).
+Inputs are the tidy tables of `mulreg.stats` and `mulreg.analysis` (runs, `group_stats`,
+`histories`, `margins`, `spectra`). Colours and labels: `mulreg.style`; the Plotly versions of
+Fig. 1 and 2: `mulreg.interactive`; loss surfaces: `mulreg.surfaces`.
 """
 
 from __future__ import annotations
@@ -18,52 +19,23 @@ import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
 import seaborn as sns
 from matplotlib.figure import Figure
-from plotly.io._base_renderers import MimetypeRenderer
-from plotly.subplots import make_subplots
 
 from . import provenance
-from .paper import PENALTY_NAMES, PENALTY_ORDER
-
-COLORS = {"mul": "#0072B2", "sum": "#E69F00", "none": "#7F7F7F", "mul_log": "#009E73"}
-LABELS = {
-    "test_acc": "test accuracy", "train_acc": "train accuracy", "val_acc": "validation accuracy",
-    "test_loss": "test loss (MSE)", "train_loss": "train loss (MSE)", "val_loss": "validation loss (MSE)",
-    "norm_product": "Π‖W_i‖_F", "norm_sq_sum": "Σ‖W_i‖_F²", "margin_mean": "mean test margin (unit-norm layers)",
-    "margin_std_mean": "mean test margin y·f(x)/std(f)",
-    "penalty_term": "λ·R(W)",
-    "train_acc_flipped": "fit of flipped training labels", "train_acc_clean": "fit of clean training labels",
-}
-LOG_SCALE = ("norm_product", "norm_sq_sum", "penalty_term", "train_loss", "val_loss", "test_loss")
-RENDERER = "mulreg_offline"
-
+from .protocols import NORM
+from .style import (
+    LOG_SCALE,
+    PAPER_FOR,
+    band_stats,
+    metric_label,
+    offline_plotly,
+    penalties_in,
+    penalty_color,
+    penalty_label,
+)
 
 # ---- set-up and saving
-class OfflineHTMLRenderer(MimetypeRenderer):
-    """text/html output with plotly.js embedded in the first figure of the session (never a CDN,
-    never MathJax), so notebooks exported to HTML show their figures without a network."""
-
-    def __init__(self):
-        self.sent_library = False
-
-    def to_mimebundle(self, fig_dict):
-        html = pio.to_html(fig_dict, include_plotlyjs=not self.sent_library, include_mathjax=False,
-                           full_html=False, default_width="100%", default_height=520, validate=False)
-        self.sent_library = True
-        return {"text/html": html}
-
-
-def offline_plotly(mimetype: bool = True) -> str:
-    """Register and select the offline renderer. With `mimetype`, figures also carry Plotly's JSON
-    mimetype, which JupyterLab renders natively (its plotly extension ships with plotly); HTML
-    exports use the embedded text/html. Returns the renderer string now in use."""
-    pio.renderers[RENDERER] = OfflineHTMLRenderer()
-    pio.renderers.default = f"plotly_mimetype+{RENDERER}" if mimetype else RENDERER
-    return pio.renderers.default
-
-
 _caption: str | None = None  # the line `save` writes under every figure (set by `setup`)
 
 
@@ -122,30 +94,8 @@ def save_table(table: pd.DataFrame, name: str, figures_dir: str | Path) -> Path:
     return path
 
 
-def penalty_label(p: str) -> str:
-    return PENALTY_NAMES.get(p, p)
-
-
-def _penalties(df: pd.DataFrame) -> list[str]:
-    present = set(df["penalty"]) if len(df) and "penalty" in df else set()
-    return [p for p in PENALTY_ORDER if p in present] + sorted(present - set(PENALTY_ORDER))
-
-
 def _empty(ax, message: str = "no runs to show (all excluded, or none stored)") -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
-
-
-def _label(metric: str) -> str:
-    if metric.startswith("norm_") and metric not in LABELS:
-        return f"‖W‖_F of {metric[5:]}"
-    return LABELS.get(metric, metric)
-
-
-def band_stats(hist: pd.DataFrame, metric: str, by: Sequence[str] = ("penalty",), x: str = "epoch") -> pd.DataFrame:
-    """Mean, min and max of `metric` over seeds per epoch (and group): the line and band of the
-    dynamics plots. Runs that stopped early contribute only up to their last epoch."""
-    g = hist.groupby(list(by) + [x])[metric]
-    return g.agg(["mean", "min", "max", "count"]).reset_index()
 
 
 def log_axis(ax, axis: str = "y") -> None:
@@ -180,14 +130,13 @@ def _band(ax, stats: pd.DataFrame, x: str, color: str, label: str) -> None:
 
 
 # ---- Fig. 1: accuracy and margin vs label noise
-PAPER_FOR = {"margin_std_mean": "margin_mean"}  # plotted quantity → the paper's number drawn beside it
 
 
 def noise_robustness(stats: pd.DataFrame, paper: pd.DataFrame | None = None,
                      quantities: Sequence[str] = ("test_acc", "margin_mean", "margin_std_mean"),
                      paper_for: dict[str, str] = PAPER_FOR) -> Figure:
     """One panel per quantity against label noise, a line per penalty: mean over the seeds of the
-    chosen λ with error bars of ± one std over seeds. `stats` is `analysis.group_stats`; `paper`
+    chosen λ with error bars of ± one std over seeds. `stats` is `mulreg.stats.group_stats`; `paper`
     (optional, `mulreg.paper.published("fig1")`) is drawn as dashed lines with open markers, on
     the panel of the same quantity or of the one `paper_for` maps to it."""
     fig = Figure(figsize=(5.0 * len(quantities), 4.2), layout="constrained")
@@ -197,18 +146,18 @@ def noise_robustness(stats: pd.DataFrame, paper: pd.DataFrame | None = None,
         scale = 100 if q.endswith("acc") else 1
         if part.empty:
             _empty(ax)
-        for pen in _penalties(part):
+        for pen in penalties_in(part):
             d = part[part["penalty"] == pen].sort_values("label_noise")
             ax.errorbar(d["label_noise"], scale * d["value"], yerr=scale * d["std"].fillna(0), marker="o",
-                        capsize=4, color=COLORS.get(pen), label=f"{penalty_label(pen)} (reproduced)")
+                        capsize=4, color=penalty_color(pen), label=f"{penalty_label(pen)} (reproduced)")
         if paper is not None and len(paper):
             pp = paper[paper["quantity"] == paper_for.get(q, q)]
-            for pen in _penalties(pp):
+            for pen in penalties_in(pp):
                 d = pp[pp["penalty"] == pen].sort_values("label_noise")
                 ax.plot(d["label_noise"], scale * d["value"], ls="--", marker="o", mfc="none",
-                        color=COLORS.get(pen), alpha=0.8, label=f"{penalty_label(pen)} (paper)")
+                        color=penalty_color(pen), alpha=0.8, label=f"{penalty_label(pen)} (paper)")
         ax.set(xlabel="label noise (fraction of flipped training labels)",
-               ylabel=_label(q) + (" (%)" if scale == 100 else ""), title=_label(q) + " vs label noise")
+               ylabel=metric_label(q) + (" (%)" if scale == 100 else ""), title=metric_label(q) + " vs label noise")
         ax.set_xticks(sorted(set(stats["label_noise"])) if len(stats) else [0, 0.1, 0.2])
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
@@ -248,46 +197,9 @@ def verdict_forest(claims: pd.DataFrame, paper: dict[tuple[str, str], float] | N
     return fig
 
 
-def noise_robustness_interactive(stats: pd.DataFrame, best: pd.DataFrame | None = None,
-                                 paper: pd.DataFrame | None = None,
-                                 quantities: Sequence[str] = ("test_acc", "margin_mean", "margin_std_mean"),
-                                 paper_for: dict[str, str] = PAPER_FOR) -> go.Figure:
-    """Plotly version of `noise_robustness`: hover for mean, std, runs and λ; click the legend to
-    toggle a penalty (reproduced and paper lines toggle together)."""
-    fig = make_subplots(rows=1, cols=len(quantities), subplot_titles=[_label(q) for q in quantities])
-    lam = {}
-    if best is not None and len(best):
-        lam = {(r.penalty, round(r.label_noise, 6)): r.lam for r in best.itertuples()}
-    for col, q in enumerate(quantities, 1):
-        part = stats[stats["quantity"] == q] if len(stats) else stats
-        scale = 100 if q.endswith("acc") else 1
-        for pen in _penalties(part):
-            d = part[part["penalty"] == pen].sort_values("label_noise")
-            lams = [lam.get((pen, round(v, 6)), np.nan) for v in d["label_noise"]]
-            fig.add_trace(go.Scatter(
-                x=d["label_noise"], y=scale * d["value"], error_y=dict(array=scale * d["std"].fillna(0)),
-                mode="lines+markers", name=penalty_label(pen), legendgroup=pen, showlegend=col == 1,
-                line=dict(color=COLORS.get(pen)), customdata=np.c_[scale * d["std"].fillna(0), d["n"], lams],
-                hovertemplate=(f"{penalty_label(pen)}<br>noise %{{x}}<br>{_label(q)} %{{y:.4g}} ± %{{customdata[0]:.3g}}"
-                               "<br>runs %{customdata[1]}<br>λ %{customdata[2]:.0e}<extra></extra>")), 1, col)
-        if paper is not None and len(paper):
-            pp = paper[paper["quantity"] == paper_for.get(q, q)]
-            for pen in _penalties(pp):
-                d = pp[pp["penalty"] == pen].sort_values("label_noise")
-                fig.add_trace(go.Scatter(
-                    x=d["label_noise"], y=scale * d["value"], mode="lines+markers", legendgroup=pen,
-                    name=f"{penalty_label(pen)} (paper)", showlegend=col == 1,
-                    line=dict(color=COLORS.get(pen), dash="dash"), marker=dict(symbol="circle-open"),
-                    hovertemplate=f"{penalty_label(pen)} (paper)<br>noise %{{x}}<br>%{{y:.4g}}<extra></extra>"), 1, col)
-        fig.update_xaxes(title_text="label noise", row=1, col=col)
-        fig.update_yaxes(title_text=_label(q) + (" (%)" if scale == 100 else ""), row=1, col=col)
-    fig.update_layout(height=460, template="plotly_white", legend=dict(orientation="h", y=-0.2))
-    return fig
-
-
 # ---- margin distributions
 def margin_violins(m: pd.DataFrame, ylabel: str = "test margin y·f(x)/std(f)") -> Figure:
-    """Test-margin distributions per label noise and penalty (`analysis.margins`); all seeds of
+    """Test-margin distributions per label noise and penalty (`mulreg.analysis.margins`); all seeds of
     the chosen λ pooled. Points below 0 are misclassified."""
     fig = Figure(figsize=(9, 4.2), layout="constrained")
     ax = fig.subplots()
@@ -295,10 +207,10 @@ def margin_violins(m: pd.DataFrame, ylabel: str = "test margin y·f(x)/std(f)") 
         _empty(ax)
         return fig
     d = m.assign(penalty=m["penalty"].map(penalty_label))
-    order = [penalty_label(p) for p in _penalties(m)]
+    order = [penalty_label(p) for p in penalties_in(m)]
     sns.violinplot(data=d, x="label_noise", y="margin", hue="penalty", hue_order=order, ax=ax, cut=0,
                    inner="quartile", density_norm="width",
-                   palette={penalty_label(p): COLORS.get(p) for p in _penalties(m)})
+                   palette={penalty_label(p): penalty_color(p) for p in penalties_in(m)})
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="label noise", ylabel=ylabel,
            title="Distribution of test margins, best λ per group")
@@ -316,8 +228,8 @@ def margin_ecdf(m: pd.DataFrame, correct_only: bool = False, xlabel: str = "test
             d = d[d["correct"]]
         if d.empty:
             _empty(ax)
-        for pen in _penalties(d):
-            sns.ecdfplot(d[d["penalty"] == pen]["margin"], ax=ax, color=COLORS.get(pen), label=penalty_label(pen))
+        for pen in penalties_in(d):
+            sns.ecdfplot(d[d["penalty"] == pen]["margin"], ax=ax, color=penalty_color(pen), label=penalty_label(pen))
         ax.axvline(0, color="k", lw=0.8)
         ax.set(title=f"label noise {noise:g}", xlabel=xlabel + (" (correct only)" if correct_only else ""))
     axes[0].set_ylabel("fraction of test images")
@@ -343,11 +255,11 @@ def training_dynamics(hist: pd.DataFrame, metrics: Sequence[str] = ("test_acc", 
                 _empty(ax)
                 continue
             stats = band_stats(part, metric)
-            for pen in _penalties(stats):
-                _band(ax, stats[stats["penalty"] == pen], "epoch", COLORS.get(pen), penalty_label(pen))
+            for pen in penalties_in(stats):
+                _band(ax, stats[stats["penalty"] == pen], "epoch", penalty_color(pen), penalty_label(pen))
             if metric in log:
                 log_axis(ax)
-            ax.set_title(_label(metric) + ("" if rv is None else f"  (label noise {rv:g})"))
+            ax.set_title(metric_label(metric) + ("" if rv is None else f"  (label noise {rv:g})"))
             if i == len(rows) - 1:
                 ax.set_xlabel("epoch")
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -358,59 +270,19 @@ def training_dynamics(hist: pd.DataFrame, metrics: Sequence[str] = ("test_acc", 
     return fig
 
 
-def training_dynamics_interactive(hist: pd.DataFrame,
-                                  metrics: Sequence[str] = ("test_acc", "norm_product", "norm_sq_sum"),
-                                  row: str | None = "label_noise", log: Iterable[str] = LOG_SCALE) -> go.Figure:
-    """Plotly version of `training_dynamics`: hover for mean/min/max, click a penalty in the
-    legend to hide it in every panel."""
-    rows = sorted(hist[row].unique()) if row and len(hist) else [None]
-    log = set(log)
-    titles = [f"{_label(m)}" + ("" if rv is None else f" (noise {rv:g})") for rv in rows for m in metrics]
-    fig = make_subplots(rows=len(rows), cols=len(metrics), subplot_titles=titles, shared_xaxes=True,
-                        vertical_spacing=0.08 if len(rows) > 1 else 0.1)
-    shown = set()
-    for i, rv in enumerate(rows, 1):
-        part = hist if rv is None else hist[np.isclose(hist[row], rv)]
-        for j, metric in enumerate(metrics, 1):
-            if part.empty or metric not in part:
-                continue
-            stats = band_stats(part, metric)
-            for pen in _penalties(stats):
-                d = stats[stats["penalty"] == pen]
-                color = COLORS.get(pen, "#333")
-                fig.add_trace(go.Scatter(
-                    x=np.r_[d["epoch"], d["epoch"][::-1]], y=np.r_[d["max"], d["min"][::-1]], fill="toself",
-                    fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip", legendgroup=pen,
-                    showlegend=False), i, j)
-                fig.add_trace(go.Scatter(
-                    x=d["epoch"], y=d["mean"], mode="lines", line=dict(color=color), name=penalty_label(pen),
-                    legendgroup=pen, showlegend=pen not in shown, customdata=np.c_[d["min"], d["max"], d["count"]],
-                    hovertemplate=(f"{penalty_label(pen)}<br>epoch %{{x}}<br>mean %{{y:.4g}}"
-                                   "<br>min %{customdata[0]:.4g} max %{customdata[1]:.4g}"
-                                   "<br>seeds %{customdata[2]}<extra></extra>")), i, j)
-                shown.add(pen)
-            if metric in log:
-                fig.update_yaxes(type="log", row=i, col=j)
-        fig.update_xaxes(title_text="epoch", row=len(rows), col=1)
-    fig.update_layout(height=300 * len(rows) + 120, template="plotly_white",
-                      legend=dict(orientation="h", y=-0.08 if len(rows) > 1 else -0.2))
-    return fig
-
-
 def layer_norm_trajectories(hist: pd.DataFrame, layers: Sequence[str] | None = None, log: bool = True) -> Figure:
     """‖W_i‖_F per epoch, one panel per layer, mean line and min–max band over seeds per penalty."""
-    layers = list(layers or [c[5:] for c in hist.columns
-                             if c.startswith("norm_") and c not in ("norm_product", "norm_sq_sum")])
+    layers = list(layers or NORM.layers(hist.columns))
     cols = min(len(layers), 3) or 1
     nrows = max(1, math.ceil(len(layers) / cols))
     fig = Figure(figsize=(4.2 * cols, 3.0 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, cols, squeeze=False, sharex=True).ravel()
     for ax, layer in zip(axes, layers):
-        stats = band_stats(hist, f"norm_{layer}") if len(hist) else pd.DataFrame()
+        stats = band_stats(hist, NORM.column(layer)) if len(hist) else pd.DataFrame()
         if stats.empty:
             _empty(ax)
-        for pen in _penalties(stats):
-            _band(ax, stats[stats["penalty"] == pen], "epoch", COLORS.get(pen), penalty_label(pen))
+        for pen in penalties_in(stats):
+            _band(ax, stats[stats["penalty"] == pen], "epoch", penalty_color(pen), penalty_label(pen))
         if log and not stats.empty:
             log_axis(ax)
         ax.set(title=f"‖W‖_F of {layer}", xlabel="epoch")
@@ -435,11 +307,11 @@ def singular_value_spectra(spec: pd.DataFrame, threshold: float = 0.01) -> Figur
         _empty(axes[0])
     for ax, layer in zip(axes, layers):
         d = spec[spec["layer"] == layer]
-        for pen in _penalties(d):
+        for pen in penalties_in(d):
             for k, (_, s) in enumerate(d[d["penalty"] == pen].groupby("seed")):
                 rank = int((s["sv_rel"] > threshold).sum())
                 ax.plot(s["index"], s["sv_rel"].clip(lower=1e-12), marker="." if len(s) < 40 else None,
-                        color=COLORS.get(pen), lw=1.3, alpha=1 if k == 0 else 0.5,
+                        color=penalty_color(pen), lw=1.3, alpha=1 if k == 0 else 0.5,
                         label=f"{penalty_label(pen)} (rank {rank})" if k == 0 else None)
         ax.axhline(threshold, color="k", ls=":", lw=1)
         ax.set_yscale("log")
@@ -460,19 +332,19 @@ def norm_vs_loss(runs: pd.DataFrame, loss: str = "test_loss") -> Figure:
         _empty(axes[0])
         return fig
     d = runs.assign(penalty=runs["penalty"].map(penalty_label))
-    palette = {penalty_label(p): COLORS.get(p) for p in _penalties(runs)}
+    palette = {penalty_label(p): penalty_color(p) for p in penalties_in(runs)}
     for ax, x in zip(axes, ("norm_product", "norm_sq_sum")):
         sns.scatterplot(data=d, x=x, y=loss, hue="penalty", style="label_noise", palette=palette, ax=ax,
                         legend=ax is axes[1])
         log_axis(ax, "x")
-        ax.set(xlabel=_label(x), ylabel=_label(loss))
+        ax.set(xlabel=metric_label(x), ylabel=metric_label(loss))
     if axes[1].get_legend():
         sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1, 1), frameon=False)
     return fig
 
 
 def style_rank_table(table: pd.DataFrame):
-    """`analysis.rank_table` as a styled table: ranks as integers, norms with 3 significant
+    """`mulreg.stats.rank_table` as a styled table: ranks as integers, norms with 3 significant
     digits, Π in scientific notation, ranks below full size highlighted."""
     def fmt(v):
         return "" if pd.isna(v) else f"{v:.3g}"
@@ -494,7 +366,3 @@ def learning_curves(hist: pd.DataFrame, metrics: Sequence[str] = ("train_acc", "
     return training_dynamics(hist, metrics, row=None, title=title)
 
 
-def _rgba(hex_color: str, alpha: float) -> str:
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r},{g},{b},{alpha})"

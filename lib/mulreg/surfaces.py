@@ -12,13 +12,18 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
-from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
+from vtkmodules.util.numpy_support import (
+    numpy_to_vtk,
+    numpy_to_vtkIdTypeArray,
+    vtk_to_numpy,
+)
 from vtkmodules.vtkCommonCore import vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
 from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
 
 from .landscape import Surface
-from .plots import COLORS, log_axis
+from .plots import log_axis, penalty_color
+
 
 def _log_loss(s: Surface) -> np.ndarray:
     if not s.complete:
@@ -114,7 +119,7 @@ def landscape_slices(slices: dict[str, Surface], kinds: dict[str, str], log: boo
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax_l, ax_a = fig.subplots(1, 2, sharex=True)
     for name, s in slices.items():
-        color = COLORS[kinds[name]]
+        color = penalty_color(kinds[name])
         ax_l.plot(s.alphas, s.loss[:, 0], label=name, color=color)
         ax_a.plot(s.alphas, 100 * s.acc[:, 0], label=name, color=color)
     if log:
@@ -135,7 +140,7 @@ def sharpness_vs_radius(table: pd.DataFrame, kinds: dict[str, str]) -> Figure:
         base, _, variant = str(name).rpartition(", ")
         dashed = variant == "rebalanced"
         ax.errorbar(d["radius"], d["mean"], yerr=d["std"], marker="s" if dashed else "o", capsize=4, label=name,
-                    color=COLORS[kinds[base]], ls="--" if dashed else "-", mfc="none" if dashed else None)
+                    color=penalty_color(kinds[base]), ls="--" if dashed else "-", mfc="none" if dashed else None)
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="radius r (relative, filter-normalised)", ylabel="loss increase L(θ+r·d) − L(θ)",
            title="Loss increase at radius r (mean ± std over directions)")

@@ -24,10 +24,9 @@ from .config import PROJECT_ROOT, ConfigError, RunConfig, describe, load_yaml, n
 from .data import load_cifar10
 from .progress import bar as progress_bar
 from .progress import say
+from .protocols import EXCLUDED, Penalty
 from .store import Store
 from .train import group_key, resolve_device, train_group, vectorizable
-
-EXCLUDED = ("diverged", "chance_level")
 
 
 class SweepSpec(BaseModel):
@@ -74,7 +73,7 @@ def expand(base: dict[str, Any], grid: dict[str, Any]) -> list[RunConfig]:
     for values in itertools.product(*(grid[a] for a in axes)):
         point = dict(zip(axes, values))
         penalty = point.get("penalty", base.get("penalty", "none"))
-        lams = [0.0] if penalty == "none" else (lam.get(penalty, []) if isinstance(lam, dict) else lam)
+        lams = [0.0] if Penalty(penalty) == Penalty.NONE else (lam.get(penalty, []) if isinstance(lam, dict) else lam)
         for value in lams:
             config = RunConfig.parse(nest({**base, **point, "lam": value}))
             configs.setdefault(config.key(), config)

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.func import functional_call, grad, vmap
@@ -34,9 +33,9 @@ from .epochs import CHANCE, rule_metrics
 from .models import build_model, layer_names
 from .penalties import mixed_penalty
 from .progress import bar as progress_bar
+from .protocols import PENALIZED, StopReason
 from .result import Checkpoints, RunResult
 
-STOP_REASONS = ("max_epochs", "early_stopped", "diverged", "chance_level")
 EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
 
 
@@ -158,7 +157,7 @@ class _Run:
         self.history.append(row)
         es = self.config.early_stopping
         if not all(math.isfinite(row[c]) for c in ("train_loss", "val_loss", "test_loss") if c in row):
-            self.stop_reason = "diverged"
+            self.stop_reason = StopReason.DIVERGED
             return
         if es is not None:
             value = row[es.monitor] * (-1 if es.monitor.endswith("acc") else 1)  # lower is better
@@ -166,9 +165,9 @@ class _Run:
                 self.best, self.best_epoch = value, self.epoch
                 self.best_state = {n: t.detach().clone() for n, t in weights_k.items()}
             elif self.epoch - self.best_epoch >= es.patience:
-                self.stop_reason = "early_stopped"
+                self.stop_reason = StopReason.EARLY_STOPPED
         if not self.stop_reason and self.epoch >= self.config.max_epochs:
-            self.stop_reason = "max_epochs"
+            self.stop_reason = StopReason.MAX_EPOCHS
 
 
 class _Stack:
@@ -191,7 +190,7 @@ class _Stack:
         self.hyper = {h: torch.tensor([getattr(r.config, h) for r in runs], device=device)
                       for h in ("lr", "momentum")}
         self.hyper |= {f"lam_{kind}": torch.tensor([r.config.lam * (r.config.penalty == kind) for r in runs],
-                                                   device=device) for kind in ("sum", "mul", "mul_log")}
+                                                   device=device) for kind in PENALIZED}
         self.batched = vectorize and len(runs) > 1
         self.heavy_ball = any(r.config.momentum > 0 for r in runs)
 
@@ -397,13 +396,13 @@ class _Engine:
         model = build_model(run.config).to(self.device)
         model.load_state_dict(weights)
         history = pd.DataFrame(run.history)
-        finite = all(torch.isfinite(p).all() for p in weights.values())
         chance = CHANCE[run.config.task]
-        final = _final_metrics(model, self.pool, run, finite) | rule_metrics(history, chance, run.config.chance_margin)
+        final = metrics.reported_metrics(model, self.pool, run.train_idx, run.targets, run.flipped)
+        final |= rule_metrics(history, chance, run.config.chance_margin)
         final |= {"epochs": run.epoch, "reported_epoch": run.best_epoch if restore else run.epoch}
         reason = run.stop_reason
-        if reason != "diverged" and math.isnan(final["escape_epoch"]):
-            reason = "chance_level"
+        if reason != StopReason.DIVERGED and math.isnan(final["escape_epoch"]):
+            reason = StopReason.CHANCE_LEVEL
         margins = final.pop("_margins")
         return RunResult(run.config, history, final, reason,
                          {n: t.cpu() for n, t in model.state_dict().items()}, margins, self._provenance(run))
@@ -433,36 +432,3 @@ def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """Channels-last images for unbatched calls: faster convolutions on a CPU (docs/PERFORMANCE.md);
     under vmap the run axis makes it moot."""
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def _final_metrics(model, pool: Pool, run: _Run, finite: bool) -> dict:
-    """Accuracy, loss, margins (unit-norm copy), norms and ranks of the reported model."""
-    y_test = pool.targets(pool.y_test)
-    if not finite:
-        return {"test_acc": float("nan"), "test_loss": float("nan"), "train_acc": float("nan"),
-                "train_acc_flipped": float("nan"), "train_acc_clean": float("nan"),
-                "margin_mean": float("nan"), "margin_mean_correct": float("nan"), "margin_norm_mean": float("nan"),
-                "margin_std_mean": float("nan"), "_margins": np.array([])}
-    out = metrics.predict(model, pool.x_test)
-    train_out = metrics.predict(model, pool.x_train[run.train_idx])
-    m = metrics.margins(model, pool.x_test, y_test)
-    ok = metrics.correct(out, y_test)
-    fit_flipped, fit_clean = metrics.label_fit(train_out, run.targets[run.train_idx], run.flipped[run.train_idx])
-    norms = metrics.layer_norms(model).tolist()
-    names = layer_names(model)
-    return {
-        "test_acc": ok.float().mean().item(),
-        "test_loss": (out - y_test).square().mean().item(),
-        "train_acc": metrics.accuracy(train_out, run.targets[run.train_idx]),
-        "train_acc_flipped": fit_flipped,  # fit of the flipped training labels: memorisation
-        "train_acc_clean": fit_clean,
-        "margin_mean": m.mean().item(),
-        "margin_mean_correct": m[ok].mean().item() if ok.any() else float("nan"),
-        # y·f(x)/Π‖W_i‖ with biases scaled consistently (meaningful where `margin_mean` is not)
-        "margin_norm_mean": metrics.normalized_margins(model, pool.x_test, y_test).mean().item(),
-        "margin_std_mean": metrics.output_std_margins(out, y_test).mean().item(),
-        **metrics.norm_summaries(norms),
-        **{f"norm_{n}": v for n, v in zip(names, norms)},
-        **{f"rank_{n}": metrics.effective_rank(w) for n, w in zip(names, metrics.weight_matrices(model))},
-        "_margins": m.cpu().numpy(),
-    }

@@ -1,0 +1,245 @@
+"""What the notebooks say in words, and tables laid out for reading, from the numbers of
+`mulreg.stats` and `mulreg.claims`: each function writes the sentences of one notebook cell.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .epochs import RULES
+from .paper import PENALTY_NAMES, PROTOCOL
+from .protocols import Penalty
+from .stats import GROUP, in_paper_order
+from .sweep import SweepSpec, excluded
+
+
+def provenance_note(runs: pd.DataFrame) -> str:
+    """Which commit(s) and device(s) produced `runs`; a warning when there is more than one."""
+    missing = pd.Series(np.nan, index=runs.index, dtype=object)
+    dirty = runs.get("git_dirty", missing).fillna(False).astype(bool)
+    commits = sorted({"not recorded" if pd.isna(c) else c[:10] + "+" * d
+                      for c, d in zip(runs.get("git_commit", missing), dirty)})
+    devices = sorted({"not recorded" if pd.isna(v) else v for v in runs.get("device_name", missing)})
+    legend = " (+: uncommitted changes)" if any(c.endswith("+") for c in commits) else ""
+    finished = runs.get("finished", missing).dropna().astype(str).str[:10]
+    dates = "dates not recorded" if finished.empty else (
+        f"trained {finished.min()}" if finished.min() == finished.max()
+        else f"trained {finished.min()} to {finished.max()}")
+    n = f"{len(runs)} run{'s' * (len(runs) != 1)}"
+    text = (f"{n}, produced by commit {', '.join(commits)} on {', '.join(devices)}{legend}, {dates}; "
+            f"this report executed {time.strftime('%Y-%m-%d %H:%M %Z')}.")
+    if len(commits) > 1 or len(devices) > 1:
+        return ("WARNING: these runs come from more than one commit or device; numbers may not be comparable. "
+                + text)
+    return text
+
+
+def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
+    """`select`'s table for reading: chosen λ, mean ± std, runs used / excluded."""
+    out = best.copy()
+    scale = 100 if percent else 1
+    out["penalty"] = out["penalty"].map(lambda p: PENALTY_NAMES[Penalty(p)])
+    out["mean ± std"] = [
+        "—" if pd.isna(m) else f"{scale * m:.2f} ± {scale * s:.2f}" if pd.notna(s) else f"{scale * m:.2f}"
+        for m, s in zip(best["mean"], best["std"])]
+    out["λ"] = ["—" if pd.isna(v) else ("0" if v == 0 else f"{v:.0e}") for v in best["lam"]]
+    out["runs used"] = best["n_used"].fillna(0).astype(int)
+    cols = [c for c in ("penalty", "label_noise") if c in out] + ["λ", "mean ± std", "runs used", "n_runs", "n_excluded"]
+    return out[cols].rename(columns={"n_runs": "runs in group", "n_excluded": "excluded"})
+
+
+def thin_choices(runs: pd.DataFrame, rules: pd.DataFrame, by: Sequence[str] = GROUP) -> list[str]:
+    """Sentences for every choice of `epoch_rules` whose λ stands on fewer runs than it has: the
+    paper discards runs that stay at chance level, so a λ where some seeds never learn is judged
+    on the seeds that did, which flatters it."""
+    out = []
+    for r in rules.dropna(subset=["lam"]).itertuples():
+        same = np.all([np.isclose(runs[k], getattr(r, k)) if runs[k].dtype.kind == "f" else runs[k] == getattr(r, k)
+                       for k in (*by, "lam")], axis=0)
+        total = int(same.sum())
+        if r.n_used < total:
+            out.append(f"{r.rule}: {PENALTY_NAMES[r.penalty]} at label noise {r.label_noise:g} is λ={r.lam:.0e} on "
+                       f"{r.n_used:.0f} of its {total} runs; the other {total - r.n_used:.0f} stayed at chance level "
+                       "(or diverged) and, as in the paper, are left out, so this mean is over the runs that learned.")
+    return out
+
+
+def epoch_rules_wide(rules: pd.DataFrame, by: Sequence[str] = GROUP, percent: bool = True) -> pd.DataFrame:
+    """`epoch_rules` as one column per rule (mean ± std, chosen λ in brackets)."""
+    scale = 100 if percent else 1
+    cell = [("—" if pd.isna(m) else f"{scale * m:.2f} ± {0 if pd.isna(s) else scale * s:.2f} (λ={lam:.0e})"
+             if lam else f"{scale * m:.2f} ± {0 if pd.isna(s) else scale * s:.2f}")
+            for m, s, lam in zip(rules["mean"], rules["std"], rules["lam"].fillna(0))]
+    wide = rules.assign(cell=cell).pivot(index=list(by), columns="rule", values="cell")
+    wide = in_paper_order(wide[[r for r in RULES.values() if r in wide.columns]].reset_index())
+    wide["penalty"] = wide["penalty"].map(lambda p: PENALTY_NAMES[Penalty(p)])
+    wide.columns.name = None
+    return wide
+
+
+def paper_rule_note(runs: pd.DataFrame, patience: int) -> str:
+    """A sentence on where the paper's literal rule stopped: how many runs it stopped while still at
+    chance level (before their escape epoch), which a patience shorter than the plateau does."""
+    kept = runs[~excluded(runs)]
+    early = kept[kept["paper_stop_epoch"] < kept["escape_epoch"]]
+    stops = kept["paper_stop_epoch"]
+    return (f"The paper's rule with patience {patience} stopped the {len(kept)} runs that left chance level at "
+            f"epochs {stops.min():.0f}-{stops.max():.0f} (median {stops.median():.0f}) of {kept['epochs'].max():.0f}; "
+            f"{len(early)} of them while still in their chance plateau.")
+
+
+def memorisation_sentence(fit: pd.DataFrame) -> str:
+    """How much of the flipped labels the unregularised runs fit at the end (from `memorisation`),
+    and the other penalties' λ beside them."""
+    if fit.empty or fit["flipped_fit"].isna().all():
+        return "No label noise in this sweep: nothing to memorise."
+    noise = fit["label_noise"].iloc[0]
+    none = fit[fit["penalty"] == Penalty.NONE]
+    head = ("no unregularised run" if none.empty else
+            f"the unregularised runs fit {100 * none['flipped_fit'].iloc[0]:.1f} % of their flipped training labels "
+            f"(seeds {100 * none['flipped_fit_min'].iloc[0]:.1f}-{100 * none['flipped_fit_max'].iloc[0]:.1f} %)")
+    others = [f"{PENALTY_NAMES[r.penalty]} λ={r.lam:.0e}: {100 * r.flipped_fit:.1f} %"
+              for r in fit[fit["penalty"] != Penalty.NONE].itertuples() if pd.notna(r.flipped_fit)]
+    return f"At label noise {noise:g}, at the end of training, {head}; " + "; ".join(others) + "."
+
+
+def escape_summary(runs: pd.DataFrame) -> list[str]:
+    """One sentence per penalty: which λ never left chance, and the median escape epoch of the others."""
+    out = []
+    for pen, g in in_paper_order(runs).groupby("penalty", sort=False):
+        never = g[g["escape_epoch"].isna()].groupby("lam").size()
+        left = g.dropna(subset=["escape_epoch"])
+        by_lam = left.groupby("lam")["escape_epoch"].median().sort_index(ascending=False)
+        parts = [f"λ={lam:.0e}: median epoch {e:.0f}" if lam else f"median epoch {e:.0f}" for lam, e in by_lam.items()]
+        text = f"{PENALTY_NAMES[pen]}: left chance at " + ("; ".join(parts) or "no λ")
+        if len(never):
+            text += f". Never left chance in {g['epochs'].max():.0f} epochs: " + ", ".join(
+                f"λ={lam:.0e} ({n} of {int((g['lam'] == lam).sum())} runs)" for lam, n in never.items())
+        out.append(text + ".")
+    return out
+
+
+def unit_norm_check(m: pd.DataFrame) -> str:
+    """A sentence on whether unit-norm margins (`margins(kind="unit_norm")`) still depend on the
+    image: with biases left untouched, the weight path of the unit-norm network is scaled down by
+    Π‖W_i‖_F while the biases are not, so when Π‖W‖ is large its output is almost a constant."""
+    if m.empty:
+        return "No margins to check."
+    # binary margins are y·f(x): with f constant they are ±f, so look at |margin| = |f(x)|
+    per_run = m.assign(size=m["margin"].abs()).groupby(["penalty", "label_noise", "seed"])["size"]
+    spread = per_run.std().median()
+    size = per_run.mean().median()
+    if size > 0 and spread < 0.01 * size:
+        return (f"Warning: the unit-norm network's output hardly depends on the image (median std of "
+                f"|margin| over test images {spread:.2g} vs median |margin| {size:.2g}): the untouched biases "
+                "dominate the unit-norm "
+                "network's output, so their mean mostly reflects the biases and the class balance, not "
+                "how well test points are separated. The y·f(x)/std(f) margins below do not have this problem.")
+    return (f"The unit-norm network's output varies with the image (median std of |margin| over test "
+            f"images {spread:.2g}, median |margin| {size:.2g}).")
+
+
+def flatness_sentences(verdicts: pd.DataFrame) -> list[str]:
+    """The paper's Fig. 3 claim checked against `flatness_verdict` tables (with a `weights`
+    column: raw / rebalanced): by how many measures the multiplicative model is flatter."""
+    from .paper import FIG3_CLAIM
+
+    def names(who):
+        d = verdicts[verdicts["flatter"] == who]
+        return ", ".join(d["measure"] + (" (" + d["weights"] + ")" if "weights" in d else "")) or "none"
+
+    n_mul = int((verdicts["flatter"] == "multiplicative").sum())
+    return [f"Paper: {FIG3_CLAIM}. Here the multiplicative model is flatter by {n_mul} of {len(verdicts)} "
+            f"measures: {names('multiplicative')}.",
+            f"The additive model is flatter by: {names('additive')}."]
+
+
+def verdict(stats: pd.DataFrame, quantity: str = "test_acc", source: str = "fig1",
+            by: str = "label_noise") -> list[str]:
+    """Sentences comparing the multiplicative with the additive and unregularised groups for
+    `quantity` (from `group_stats`), next to the paper's gaps; a gap within one std over seeds
+    (or measured on one seed) is called out as not resolved."""
+    from .paper import published
+
+    pub = published(source)
+    pub = pub[pub["quantity"] == quantity]
+    d = stats[stats["quantity"] == quantity]
+    pct = quantity.endswith("acc")
+    unit, scale = (" pp", 100) if pct else ("", 1)
+    out = []
+    for level in sorted(d[by].unique()) if len(d) else []:
+        here = d[np.isclose(d[by], level)].set_index("penalty")
+        there = pub[np.isclose(pub[by], level)].set_index("penalty") if by in pub else pub.set_index("penalty")
+        if "mul" not in here.index:
+            out.append(f"{by} {level:g}: no multiplicative run survived; nothing to compare.")
+            continue
+        parts = []
+        for other in ("sum", "none"):
+            if other not in here.index:
+                continue
+            gap = scale * (here.loc["mul", "value"] - here.loc[other, "value"])
+            spread = scale * np.nanmax([here.loc["mul", "std"], here.loc[other, "std"], 0])
+            n = int(min(here.loc["mul", "n"], here.loc[other, "n"]))
+            paper_gap = (scale * (there.loc["mul", "value"] - there.loc[other, "value"])
+                         if {"mul", other} <= set(there.index) else np.nan)
+            resolved = ("one seed only, so the gap's spread is unknown" if n < 2 else
+                        "larger than one std over seeds" if abs(gap) > spread else
+                        f"within one std over seeds ({spread:.2f}{unit}): not resolved")
+            paper_txt = "" if np.isnan(paper_gap) else f"; paper {paper_gap:+.2f}{unit}"
+            parts.append(f"vs {PENALTY_NAMES[other]} {gap:+.2f}{unit} ({resolved}{paper_txt})")
+        better = all(here.loc["mul", "value"] > here.loc[o, "value"] for o in ("sum", "none") if o in here.index)
+        head = "multiplicative is best" if better else "multiplicative is NOT best"
+        out.append(f"{by} {level:g}: {head}; " + "; ".join(parts) + ".")
+    return out
+
+
+def norm_ratios(stats: pd.DataFrame) -> list[str]:
+    """Sentences with Π(additive)/Π(multiplicative) and Π(none)/Π(additive) per noise level (from
+    `group_stats(..., ["norm_product"])`), next to the paper's Table 1 ratios (clean labels)."""
+    from .paper import TABLE1_NORM_PRODUCT as P
+
+    pi = stats[stats["quantity"] == "norm_product"].pivot(index="label_noise", columns="penalty", values="value")
+    out = []
+    for noise, row in pi.iterrows():
+        add_mul = row.get("sum", np.nan) / row.get("mul", np.nan)
+        none_add = row.get("none", np.nan) / row.get("sum", np.nan)
+        out.append(f"label noise {noise:g}: Π(additive)/Π(multiplicative) = {add_mul:.3g} (paper, clean: "
+                   f"{P['sum'] / P['mul']:.3g}); Π(none)/Π(additive) = {none_add:.3g} (paper, clean: "
+                   f"{P['none'] / P['sum']:.3g})")
+    return out
+
+
+def reduction_notes(profile: str, spec: SweepSpec) -> str:
+    """A sentence saying how a profile's sweep departs from the paper's protocol
+    (`mulreg.paper.PROTOCOL`), or that it follows it."""
+    configs = spec.configs()
+    c = configs[0]
+    paper = PROTOCOL[c.task]
+    lams = [sum(1 for x in configs if x.penalty == p and x.seed == c.seed and x.label_noise == c.label_noise)
+            for p in (Penalty.SUM, Penalty.MUL)]
+    used = {"n_train": c.n_train or paper["n_train"], "n_test": c.n_test or paper["n_test"],
+            "max_epochs": c.max_epochs, "seeds": len({x.seed for x in configs}), "lambdas": min(lams),
+            "width": c.model.width, "init_scale": c.init_scale, "lr": c.lr, "batch_size": c.batch_size}
+    names = {"n_train": "training images (pool before the 80/20 split)", "n_test": "test images",
+             "max_epochs": "epochs at most", "seeds": "seeds", "lambdas": "λ values per penalty",
+             "width": "× the channel width", "init_scale": "init scale", "lr": "learning rate",
+             "batch_size": "batch size"}
+    diffs = [f"{used[k]:g} instead of {paper[k]:g} {label}" for k, label in names.items()
+             if k in paper and used[k] != paper[k]]
+    noise = tuple(sorted({x.label_noise for x in configs}))
+    if noise != tuple(paper["label_noise"]):
+        diffs.append(f"label noise {list(noise)} instead of {list(paper['label_noise'])}")
+    es = c.early_stopping
+    if es is None:
+        diffs.append("no early stopping (every epoch recorded; epoch rules applied afterwards) instead of "
+                     f"patience {paper['patience']}")
+    elif es.patience != paper["patience"]:
+        diffs.append(f"{es.patience} instead of {paper['patience']} epochs of early-stopping patience")
+    if not diffs:
+        return f"Profile '{profile}' follows the paper's {c.task} protocol in every size checked here."
+    return (f"Profile '{profile}' is a REDUCED version of the paper's {c.task} protocol: " + "; ".join(diffs)
+            + ". Numbers below are therefore not expected to match the paper's digits; docs/PROFILES.md says why.")

@@ -1,0 +1,68 @@
+"""The names modules agree on, each defined once: penalty kinds, stop reasons, data splits, and the
+families of per-layer columns in histories and runs tables (`norm_<layer>`, `rank_<layer>`).
+
+The enums are `StrEnum`s: a member equals its string ("mul" == Penalty.MUL), so stored files and
+tables keep plain strings, and `Penalty(value)` turns an unknown value into a ValueError instead of
+a silent default branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Iterable
+
+
+class Penalty(StrEnum):
+    """R(W) in L = MSE + λ·R(W) (`mulreg.penalties`)."""
+
+    NONE = "none"
+    SUM = "sum"  # additive, Σ_i ‖W_i‖_F²
+    MUL = "mul"  # multiplicative, Π_i ‖W_i‖_F²
+    MUL_LOG = "mul_log"  # Σ_i log ‖W_i‖_F²
+
+
+PENALIZED = (Penalty.SUM, Penalty.MUL, Penalty.MUL_LOG)  # the kinds with a λ
+
+
+class StopReason(StrEnum):
+    """Why a run ended (`mulreg.train`)."""
+
+    MAX_EPOCHS = "max_epochs"
+    EARLY_STOPPED = "early_stopped"
+    DIVERGED = "diverged"  # a loss became inf or NaN
+    CHANCE_LEVEL = "chance_level"  # training accuracy never left chance level (`mulreg.epochs`)
+
+
+EXCLUDED = (StopReason.DIVERGED, StopReason.CHANCE_LEVEL)  # left out of every mean, and counted
+
+
+class Split(StrEnum):
+    """Where data comes from: the training pool's two parts, or the test set."""
+
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+@dataclass(frozen=True)
+class Family:
+    """Per-layer columns `<prefix>_<layer>`; `summaries` are columns with the prefix that are not layers."""
+
+    prefix: str
+    summaries: tuple[str, ...] = ()
+
+    def column(self, layer: str) -> str:
+        return f"{self.prefix}_{layer}"
+
+    def columns(self, columns: Iterable[str]) -> list[str]:
+        """The per-layer columns of this family among `columns`, in their order."""
+        return [c for c in columns if c.startswith(f"{self.prefix}_") and c not in self.summaries]
+
+    def layers(self, columns: Iterable[str]) -> list[str]:
+        """The layer names of those columns."""
+        return [c.removeprefix(f"{self.prefix}_") for c in self.columns(columns)]
+
+
+NORM = Family("norm", summaries=("norm_product", "norm_sq_sum"))  # ‖W_i‖_F, and Π‖W_i‖_F, Σ‖W_i‖_F²
+RANK = Family("rank")  # effective rank of W_i (`mulreg.metrics.effective_rank`)

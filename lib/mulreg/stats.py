@@ -1,0 +1,220 @@
+"""Numbers from runs tables and histories, as tables: no store, no data, no sentences.
+
+- `select` applies the paper's selection rule (docs/PAPER.md, "Selection rule"), `chosen_runs`
+  keeps the runs behind each chosen λ, `group_stats` / `headline_stats` summarise them;
+- `epoch_rules` reads test accuracy under every epoch rule of `mulreg.epochs` (docs/PAPER.md, "A
+  protocol question"), `with_paper_rule` adds the paper's literal one;
+- `memorisation` and `escape_table`: how much of the flipped labels each run fits, and when it
+  left chance level;
+- `rank_table`, `rank_tidy`, `rank_ranges`, `norm_loss_correlation`, `dynamics_summary`: Table 1
+  and Fig. 2; `sharpness_table`, `flatness_verdict`: Fig. 3.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .epochs import HEADLINE, RULES, paper_rule
+from .paper import PENALTY_ORDER
+from .protocols import NORM, RANK, StopReason
+from .sweep import chosen, excluded, select_best
+
+GROUP = ("penalty", "label_noise")
+
+
+def select(runs: pd.DataFrame, metric: str = HEADLINE, by: Sequence[str] = GROUP) -> pd.DataFrame:
+    """The paper's selection rule (`mulreg.sweep.select_best`), penalties in the paper's order."""
+    best = select_best(runs, metric=metric, by=tuple(by))
+    return in_paper_order(best)
+
+
+def chosen_runs(runs: pd.DataFrame, best: pd.DataFrame, by: Sequence[str] = GROUP,
+                metric: str = HEADLINE) -> pd.DataFrame:
+    """The runs (not excluded) of the λ chosen for each group."""
+    return in_paper_order(chosen(runs, best, by, metric))
+
+
+def group_stats(runs: pd.DataFrame, quantities: Iterable[str], by: Sequence[str] = GROUP) -> pd.DataFrame:
+    """Tidy mean, std (over seeds), min, max and n of each quantity per group: the format
+    `mulreg.paper.compare` and the plots take (columns quantity, <by>, value, std, min, max, n)."""
+    rows = []
+    for q in quantities:
+        g = runs.groupby(list(by))[q].agg(["mean", "std", "min", "max", "count"]).reset_index()
+        rows.append(g.rename(columns={"mean": "value", "count": "n"}).assign(quantity=q))
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    return in_paper_order(out)
+
+
+def headline_stats(chosen: pd.DataFrame, quantities: Iterable[str] = ()) -> pd.DataFrame:
+    """`group_stats` of the headline rule's test accuracy (`mulreg.epochs.HEADLINE`), named
+    `test_acc` as in the paper's tables, and of `quantities` (of the stored weights)."""
+    stats = group_stats(chosen, [HEADLINE, *quantities])
+    return stats.assign(quantity=stats["quantity"].replace({HEADLINE: "test_acc"}))
+
+
+def epoch_rules(runs: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
+    """Test accuracy per group under each epoch rule (`mulreg.epochs.RULES`), the paper's selection
+    rule applied to each: columns rule, <by>, lam, mean, std, n_used."""
+    parts = []
+    for metric, label in RULES.items():
+        if metric in runs:
+            parts.append(select(runs, metric=metric, by=by).assign(rule=label, metric=metric))
+    return pd.concat(parts, ignore_index=True)
+
+
+def with_paper_rule(runs: pd.DataFrame, hist: pd.DataFrame, patience: int) -> pd.DataFrame:
+    """`runs` with the paper's literal epoch rule (`mulreg.epochs.paper_rule`) read off each run's
+    history: `test_acc_paper` and the epoch it stops at, `paper_stop_epoch`."""
+    picked = {key: paper_rule(h.sort_values("epoch"), patience) for key, h in hist.groupby("key")}
+    return runs.assign(test_acc_paper=runs["key"].map(lambda k: picked.get(k, (np.nan, np.nan))[0]),
+                       paper_stop_epoch=runs["key"].map(lambda k: picked.get(k, (np.nan, np.nan))[1]))
+
+
+def memorisation(runs: pd.DataFrame, noise: float | None = None) -> pd.DataFrame:
+    """Per penalty and λ at label noise `noise` (default: the highest): the fraction of flipped
+    training labels the final model fits (mean, min and max over seeds), of clean ones, and how
+    many runs were at chance level."""
+    noise = runs["label_noise"].max() if noise is None else noise
+    part = runs[np.isclose(runs["label_noise"], noise)]
+    # a run at chance level "fits" about half of any labels by guessing: it is counted, not averaged
+    learned = part[~excluded(part, "train_acc_flipped")]
+    fit = learned.groupby(["penalty", "lam"]).agg(
+        flipped_fit=("train_acc_flipped", "mean"), flipped_fit_min=("train_acc_flipped", "min"),
+        flipped_fit_max=("train_acc_flipped", "max"), clean_fit=("train_acc_clean", "mean"))
+    counts = part.groupby(["penalty", "lam"]).agg(
+        runs=("key", "size"), at_chance=("stop_reason", lambda r: int((r == StopReason.CHANCE_LEVEL).sum())))
+    return in_paper_order(counts.join(fit).reset_index().assign(label_noise=noise))
+
+
+def escape_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The epoch at which each run left chance level, one row per penalty and λ, one column per
+    (label noise, seed); 'never' for runs that stayed at chance for all their epochs."""
+    cell = runs.assign(escape=[("never" if pd.isna(e) else f"{e:.0f}") + f" / {n:.0f}"
+                               for e, n in zip(runs["escape_epoch"], runs["epochs"])])
+    wide = cell.pivot_table(index=["penalty", "lam"], columns=["label_noise", "seed"], values="escape", aggfunc="first")
+    wide.columns = [f"noise {n:g}, seed {s}" for n, s in wide.columns]
+    return in_paper_order(wide.reset_index())
+
+
+def representatives(runs: pd.DataFrame, by: Sequence[str] = GROUP, metric: str = "test_acc") -> pd.DataFrame:
+    """One run per group: the seed with the highest `metric` among `runs` (e.g. `chosen_runs`),
+    for tables of one network (Table 1) and the spectra."""
+    if not len(runs):
+        return runs
+    idx = runs.groupby(list(by))[metric].idxmax()
+    return in_paper_order(runs.loc[idx.values])
+
+
+def rank_table(runs: pd.DataFrame, layers: Sequence[str] | None = None) -> pd.DataFrame:
+    """Table 1 from one run per penalty (`representatives` at one noise level): rows are layers,
+    then Σ‖W‖² and Π‖W‖; columns are (rank|norm, penalty). Ranks of all seeds of the chosen λ
+    (min–max) come from `rank_ranges`."""
+    layers = list(layers or RANK.layers(runs.columns))
+    table = {}
+    for r in runs.to_dict("records"):
+        pen = r["penalty"]
+        table[("rank", pen)] = [r[RANK.column(l)] for l in layers] + [np.nan, np.nan]
+        table[("‖W‖_F", pen)] = [r[NORM.column(l)] for l in layers] + [r["norm_sq_sum"], r["norm_product"]]
+    out = pd.DataFrame(table, index=layers + ["Σ‖W‖²", "Π‖W‖"])
+    return out.reindex(columns=sorted(out.columns, key=lambda c: (c[0] != "rank", PENALTY_ORDER.index(c[1]))))
+
+
+def rank_tidy(runs: pd.DataFrame, layers: Sequence[str] | None = None) -> pd.DataFrame:
+    """The numbers of `rank_table` in the tidy format of `mulreg.paper.compare` (source table1)."""
+    layers = list(layers or RANK.layers(runs.columns))
+    rows = []
+    for r in runs.to_dict("records"):
+        base = {"penalty": r["penalty"], "label_noise": r["label_noise"], "n": 1}
+        for l in layers:
+            rows.append({**base, "quantity": "rank", "layer": l, "value": r[RANK.column(l)]})
+            rows.append({**base, "quantity": "norm", "layer": l, "value": r[NORM.column(l)]})
+        rows.append({**base, "quantity": "norm_sq_sum", "layer": None, "value": r["norm_sq_sum"]})
+        rows.append({**base, "quantity": "norm_product", "layer": None, "value": r["norm_product"]})
+    return pd.DataFrame(rows)
+
+
+def rank_ranges(runs: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
+    """min–max of each layer's effective rank over the seeds of the chosen λ."""
+    layers = RANK.layers(runs.columns)
+    g = runs.groupby(list(by))[[RANK.column(l) for l in layers]]
+    lo, hi = g.min(), g.max()
+    out = pd.DataFrame({l: [f"{a:.0f}" if a == b else f"{a:.0f}–{b:.0f}"
+                            for a, b in zip(lo[RANK.column(l)], hi[RANK.column(l)])]
+                        for l in layers}, index=lo.index).reset_index()
+    out["seeds"] = g.size().values
+    return in_paper_order(out)
+
+
+def norm_loss_correlation(runs: pd.DataFrame, by: str | None = "label_noise",
+                          loss: str = "test_loss") -> pd.DataFrame:
+    """Correlation across runs of the final `loss` with log Π‖W‖ and with log Σ‖W‖² (Pearson on
+    the logs, and Spearman), overall and per `by` value. Excluded runs are left out."""
+    keep = runs[~excluded(runs)].copy()
+    keep["log10 Π‖W‖"] = np.log10(keep["norm_product"])
+    keep["log10 Σ‖W‖²"] = np.log10(keep["norm_sq_sum"])
+    groups = [("all", keep)] + ([(v, g) for v, g in keep.groupby(by)] if by else [])
+    rows = []
+    for label, g in groups:
+        row = {by or "group": label, "runs": len(g)}
+        for col, short in (("log10 Π‖W‖", "Π"), ("log10 Σ‖W‖²", "Σ")):
+            ok = len(g) > 2 and g[col].nunique() > 1 and g[loss].nunique() > 1
+            row[f"pearson {short}"] = g[loss].corr(g[col]) if ok else np.nan
+            row[f"spearman {short}"] = g[loss].corr(g[col], method="spearman") if ok else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sharpness_table(flat: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame:
+    """Long table (model, radius, mean, std) of the loss increase at each radius, from rows of
+    `mulreg.landscape.flatness` indexed by model name."""
+    rows = [{"model": name, "radius": r, "mean": row[f"sharpness_r{r:g}"], "std": row.get(f"sharpness_r{r:g}_std")}
+            for name, row in flat.iterrows() for r in radii]
+    return pd.DataFrame(rows)
+
+
+def flatness_verdict(flat: pd.DataFrame, additive: str, multiplicative: str) -> pd.DataFrame:
+    """For every flatness number of `flat` (rows: models), the additive and multiplicative values,
+    their ratio (additive / multiplicative; > 1 means the multiplicative model is flatter for
+    sharpness-like numbers) and which is flatter."""
+    rows = []
+    for col in flat.columns:
+        if col in ("loss", "acc") or col.endswith("_std") or col.endswith("_se"):
+            continue
+        a, m = flat.loc[additive, col], flat.loc[multiplicative, col]
+        # the top eigenvalue is the largest in magnitude; the other numbers are signed loss increases
+        # or curvature sums, where smaller means flatter
+        ka, km = (abs(a), abs(m)) if col == "hessian_top" else (a, m)
+        flatter = "—" if pd.isna(a) or pd.isna(m) or a == m else ("multiplicative" if km < ka else "additive")
+        rows.append({"measure": col, "additive": a, "multiplicative": m,
+                     "additive / multiplicative": a / m if m else np.nan, "flatter": flatter})
+    return pd.DataFrame(rows)
+
+
+def dynamics_summary(hist: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
+    """Per group, from the per-epoch histories: Π‖W‖ and Σ‖W‖² at the last epoch (mean over seeds)
+    and their change over the second half of training (log10 ratio of the last epoch to the middle
+    one), to check Fig. 2's words ('Σ keeps rising while Π stays flat' for the multiplicative run)."""
+    rows = []
+    for keys, g in hist.sort_values("epoch").groupby(list(by)):
+        row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,)))
+        for metric in ("norm_product", "norm_sq_sum"):
+            per_run = g.groupby("key")[metric]
+            last = per_run.last()
+            middle = per_run.apply(lambda s: s.iloc[len(s) // 2])
+            row[f"{metric} last"] = last.mean()
+            row[f"{metric} log10 change, 2nd half"] = np.log10(last / middle).mean()
+        row["epochs"] = g.groupby("key")["epoch"].max().mean()
+        rows.append(row)
+    return in_paper_order(pd.DataFrame(rows))
+
+
+def in_paper_order(df: pd.DataFrame) -> pd.DataFrame:
+    """Penalties in the paper's order (mul, sum, none), then the rest of the rows as they were."""
+    if df.empty or "penalty" not in df:
+        return df.reset_index(drop=True)
+    rank = df["penalty"].map({p: i for i, p in enumerate(PENALTY_ORDER)})
+    sort = ["_rank"] + [c for c in ("label_noise",) if c in df]
+    return df.assign(_rank=rank).sort_values(sort, kind="stable").drop(columns="_rank").reset_index(drop=True)
