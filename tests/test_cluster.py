@@ -20,9 +20,40 @@ BASE = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, max_epochs=2
 GRID = {"penalty": ["none", "mul"], "lam": [1e-3], "seed": [1, 2]}  # 4 runs
 
 
+def kill_once_when_armed() -> None:
+    """Ray worker set-up hook: the first task that finds the marker file named by env
+    MULREG_TEST_KILL_ONCE deletes it and SIGKILLs its own worker, so Ray has to retry the task."""
+    import os
+    import signal
+
+    import mulreg.train
+
+    train_group = mulreg.train.train_group
+
+    def killed_once(*args, **kwargs):
+        try:
+            os.remove(os.environ["MULREG_TEST_KILL_ONCE"])  # atomic: one task wins the marker
+        except FileNotFoundError:
+            return train_group(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    mulreg.train.train_group = killed_once  # the task imports it from mulreg.train when it runs
+
+
 @pytest.fixture(scope="module")
-def ray_instance():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
+def kill_marker(tmp_path_factory) -> Path:
+    """Touch this file to have the next Ray task's worker killed (`kill_once_when_armed`)."""
+    return tmp_path_factory.mktemp("kill") / "kill-once"
+
+
+@pytest.fixture(scope="module")
+def ray_instance(kill_marker):
+    import os
+
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])  # workers import this file
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning",
+             runtime_env={"worker_process_setup_hook": kill_once_when_armed,
+                          "env_vars": {"MULREG_TEST_KILL_ONCE": str(kill_marker), "PYTHONPATH": path}})
     yield
     ray.shutdown()
 
@@ -83,13 +114,11 @@ def test_ray_sweep_equals_local_and_skips_complete_runs(ray_instance, tiny, tmp_
     assert stored_dirs(tmp_path / "ray") == sorted(on_ray["key"])
 
 
-def test_killed_worker_is_retried_and_every_run_stored_once(ray_instance, tiny, tmp_path, monkeypatch):
-    marker = tmp_path / "kill-once"
-    marker.touch()
-    monkeypatch.setenv("MULREG_RAY_KILL_ONCE", str(marker))
+def test_killed_worker_is_retried_and_every_run_stored_once(ray_instance, kill_marker, tiny, tmp_path):
+    kill_marker.touch()
     sweep = spec(tmp_path / "ray", executor="ray", group_size=2)  # 2 tasks of 2 stacked runs
     table = run(sweep, progress=False)
-    assert not marker.exists()  # one task found it and SIGKILLed its worker; Ray ran that task again
+    assert not kill_marker.exists()  # one task found it and SIGKILLed its worker; Ray ran that task again
     assert len(table) == 4 and table["key"].is_unique
     assert stored_dirs(tmp_path / "ray") == sorted(table["key"])  # no duplicates, no half-written temp dirs
     assert not list((tmp_path / "ray" / "checkpoints").iterdir())

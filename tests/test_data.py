@@ -10,10 +10,9 @@ import torch
 import torchvision
 from PIL import Image
 
-import mulreg.data as data
-from mulreg.data import DataNotFoundError, binary_task, flip_labels, load_cifar10, multiclass_task
-
 from conftest import CIFAR_CLASSES, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
+from mulreg.data import DataNotFoundError, flip_labels, load_cifar10
+from tasks import binary_task, multiclass_task
 
 # the paper's channel statistics (PAPER.md, "Binary task"), written out independently
 PAPER_MEAN = np.array([0.4914, 0.4822, 0.4465])

@@ -8,8 +8,12 @@ import torch
 from torch import nn
 
 from mulreg.config import RunConfig
-from mulreg.models import BinaryCNN, MulticlassCNN, build_model, count_parameters, layer_names, weight_matrices
+from mulreg.models import BinaryCNN, MulticlassCNN, build_model, layer_names, weight_matrices
 from mulreg.penalties import l2_mul, l2_sum
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def n_params(model):
@@ -72,7 +76,8 @@ def test_binary_architecture_shapes():
     pools = [m for m in model.modules() if isinstance(m, nn.AvgPool2d)]
     assert len(pools) == 4
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features, l.bias is not None) for l in linears] == [(512, 256, True), (256, 1, True)]
+    shapes = [(fc.in_features, fc.out_features, fc.bias is not None) for fc in linears]
+    assert shapes == [(512, 256, True), (256, 1, True)]
 
 
 def test_binary_forward_matches_manual_computation():

@@ -19,7 +19,6 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"

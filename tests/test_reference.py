@@ -1,6 +1,6 @@
 """Numbers pinned before a refactor: three runs (no penalty, additive, multiplicative) trained as one
-vectorised stack on the tiny data set, and one alone with momentum, every history value and final metric compared with what the
-code stored at the commit named in the file.
+vectorised stack on the tiny data set, and one alone with momentum; every history value and final
+metric is compared with what the code stored at the commit named in the file.
 
 Same device (CPU model and thread count as written by `mulreg.provenance.device_name`): equal to
 the last bit. Another CPU may round differently, so there the check is close, not equal.

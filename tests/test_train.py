@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from mulreg.config import RunConfig
-from mulreg.data import binary_task, generator
-from mulreg.models import build_model
 from mulreg.loop import train_plain
 from mulreg.protocols import StopReason
 from mulreg.train import train, train_group
+from tasks import binary_task
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2"]
 

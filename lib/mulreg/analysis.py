@@ -16,7 +16,7 @@ from . import metrics as M
 from .models import layer_names
 from .paper import PENALTY_NAMES
 from .prose import provenance_note
-from .protocols import EXCLUDED, Penalty
+from .protocols import EXCLUDED, Penalty, Split
 from .stats import in_paper_order
 from .store import Store
 from .sweep import SweepSpec, run
@@ -72,7 +72,7 @@ def histories(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 MARGIN_KINDS = {
-    "unit_norm": "y·f(x) of the network with unit-norm layers, biases untouched (PAPER.md, 'Metrics')",
+    "unit_norm": "y·f(x) of the network with unit-norm layers, biases untouched (docs/PAPER.md, 'Metrics')",
     "output_std": "y·f(x) / std over the test set of f(x) (the authors' code)",
 }
 
@@ -182,14 +182,17 @@ def describe_runs(pair: dict[str, pd.Series], names: dict[str, str]) -> pd.DataF
                           "Σ‖W‖²": r.norm_sq_sum, "epochs": r.epochs} for p, r in pair.items()])
 
 
-def landscape_data(config, n_images: int, split: str = "train", root=None) -> tuple[torch.Tensor, torch.Tensor, str]:
+def landscape_data(config, n_images: int, split: str = Split.TRAIN,
+                   root=None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """A fixed, unshuffled subset for landscapes and flatness: the first `n_images` images of the
     run's training split in data-set order, with its (possibly noisy) training targets, or of
     the test set. Returns (x, y, description)."""
     from .data import pool_for, split_run
 
     pool = pool_for(config, root)
-    if split == "test":
+    if Split(split) not in (Split.TRAIN, Split.TEST):  # an unknown name raises ValueError here
+        raise ValueError(f"landscape split: got {split!r}; allowed: train, test")
+    if split == Split.TEST:
         x, y = pool.x_test[:n_images], pool.targets(pool.y_test[:n_images])
         return x, y, f"first {len(x)} test images (clean labels)"
     data = split_run(pool, config.seed, config.label_noise, config.val_fraction)

@@ -63,7 +63,8 @@ def learned_on_every_seed(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs of the λ values none of whose runs was excluded (at chance level or diverged): the
     paper discards such runs one by one, which lets a λ that keeps some seeds at chance be judged on
     the seeds that learned; this keeps only settings that learned every time."""
-    bad = runs.assign(_bad=runs["stop_reason"].isin(EXCLUDED)).groupby(["penalty", "label_noise", "lam"])["_bad"].transform("any")
+    settings = runs.assign(_bad=runs["stop_reason"].isin(EXCLUDED)).groupby(["penalty", "label_noise", "lam"])
+    bad = settings["_bad"].transform("any")
     return runs[~bad.to_numpy()]
 
 
@@ -121,5 +122,6 @@ def paper_gaps(published: pd.DataFrame) -> dict[tuple[str, str], float]:
     for a, b in COMPARED:
         gap = 100 * (acc[a] - acc[b])
         out |= {(f"{NAMES[a]} beats {NAMES[b]}", f"{noise:g}"): g for noise, g in gap.items()}
-        out[(f"gap to {NAMES[b]} grows with noise", f"{gap.index[-1]:g} vs {gap.index[0]:g}")] = gap.iloc[-1] - gap.iloc[0]
+        grows = (f"gap to {NAMES[b]} grows with noise", f"{gap.index[-1]:g} vs {gap.index[0]:g}")
+        out[grows] = gap.iloc[-1] - gap.iloc[0]
     return out

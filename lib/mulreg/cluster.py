@@ -37,7 +37,6 @@ import collections
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -53,9 +52,7 @@ from .store import Store
 
 MAX_RETRIES = 3  # Ray's retries of a task whose worker died
 # Driver environment passed on to each task; applied on the worker only where the path exists there.
-FORWARDED_ENV = ("MULREG_DATA", "MULREG_CACHE", "MULREG_RAY_KILL_ONCE")
-# MULREG_RAY_KILL_ONCE (tests only): path of a marker file; the first task that finds it deletes it
-# and SIGKILLs its own worker process, to check that Ray retries the task.
+FORWARDED_ENV = ("MULREG_DATA", "MULREG_CACHE")
 
 
 def resources_for(group: list[RunConfig], cluster: dict | None = None) -> dict:
@@ -303,7 +300,6 @@ def _train_task(group: list[RunConfig], store_root: str, token: str, every: int,
         for k, v in env.items():  # the driver's data and cache paths, where this node has them
             if Path(v).exists():
                 os.environ[k] = v
-        _kill_once_hook()
         if resolve_device(group[0].device).type == "cpu":
             torch.set_num_threads(1)  # one CPU per task; more threads only contend (docs/PERFORMANCE.md)
         shared = (Path(store_root) / "claims" / token).is_file()
@@ -315,13 +311,3 @@ def _train_task(group: list[RunConfig], store_root: str, token: str, every: int,
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _kill_once_hook() -> None:
-    marker = os.environ.get("MULREG_RAY_KILL_ONCE")
-    if marker:
-        try:
-            os.remove(marker)  # atomic: only one task wins the marker
-        except FileNotFoundError:
-            return
-        os.kill(os.getpid(), signal.SIGKILL)

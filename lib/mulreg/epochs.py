@@ -1,4 +1,4 @@
-"""Which epoch a run is read at (PAPER.md, "A protocol question"), computed from its history.
+"""Which epoch a run is read at (docs/PAPER.md, "A protocol question"), computed from its history.
 
 Every run records test accuracy at every epoch, so each rule below is a function of the history,
 and the same run can be reported under all of them:

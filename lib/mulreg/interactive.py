@@ -41,7 +41,8 @@ def noise_robustness_interactive(stats: pd.DataFrame, best: pd.DataFrame | None 
                 x=d["label_noise"], y=scale * d["value"], error_y=dict(array=scale * d["std"].fillna(0)),
                 mode="lines+markers", name=penalty_label(pen), legendgroup=pen, showlegend=col == 1,
                 line=dict(color=penalty_color(pen)), customdata=np.c_[scale * d["std"].fillna(0), d["n"], lams],
-                hovertemplate=(f"{penalty_label(pen)}<br>noise %{{x}}<br>{metric_label(q)} %{{y:.4g}} ± %{{customdata[0]:.3g}}"
+                hovertemplate=(f"{penalty_label(pen)}<br>noise %{{x}}<br>{metric_label(q)} %{{y:.4g}}"
+                               " ± %{customdata[0]:.3g}"
                                "<br>runs %{customdata[1]}<br>λ %{customdata[2]:.0e}<extra></extra>")), 1, col)
         if paper is not None and len(paper):
             pp = paper[paper["quantity"] == paper_for.get(q, q)]

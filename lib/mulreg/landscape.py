@@ -90,8 +90,8 @@ def evaluate(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Tensor
     vmapped forward pass per batch of pass_size/K images; otherwise one model at a time on batches
     of pass_size images, which is faster on a CPU, where vmap's grouped convolutions and layout
     copies cost more than they save. Images go channels-last (faster oneDNN convolutions).
-    `autocast=torch.bfloat16` runs the forward pass in bfloat16 (about 1.5× faster on a CPU with
-    AMX; losses then differ from float32 by ~0.4 % typically, a few % at worst); errors are
+    `autocast=torch.bfloat16` runs the forward pass in bfloat16 (faster on a CPU with AMX,
+    docs/PERFORMANCE.md; losses then differ from float32 by ~0.4 % typically, a few % at worst); errors are
     summed in float32."""
     k = next(iter(stacked.values())).shape[0]
     device = next(iter(stacked.values())).device

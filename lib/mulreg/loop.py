@@ -20,6 +20,7 @@ from .data import generator, pool_for, split_run
 from .metrics import correct, squared_error
 from .models import build_model
 from .penalties import penalty
+from .protocols import Split
 
 
 def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataFrame]:
@@ -44,7 +45,7 @@ def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataF
             out, weights = model(pool.x_train[idx], with_weights=True)
             data = squared_error(out, y[idx]).mean()  # MSE(f(x), y)
             reg = config.lam * penalty(config.penalty, weights, config.depth_normalization,
-                                       config.features_normalization)  # λ·R(W), paper Eq. 1-2
+                                       config.features_normalization)  # λ·R(W), paper Eq. 5-6
             opt.zero_grad()
             (data + reg).backward()
             opt.step()
@@ -54,8 +55,8 @@ def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataF
                "train_acc": sums[2].item() / n}
         model.eval()
         with torch.no_grad():
-            for split, x, t in (("val", pool.x_train[run.val_idx], y[run.val_idx]),
-                                ("test", pool.x_test, pool.targets(pool.y_test))):
+            for split, x, t in ((Split.VAL, pool.x_train[run.val_idx], y[run.val_idx]),
+                                (Split.TEST, pool.x_test, pool.targets(pool.y_test))):
                 if len(x):
                     out = model(x)
                     row |= {f"{split}_loss": squared_error(out, t).mean().item(),

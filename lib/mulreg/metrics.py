@@ -21,16 +21,6 @@ def layer_norms(model: nn.Module) -> torch.Tensor:
         return torch.stack([w.norm() for w in weight_matrices(model)])
 
 
-def norm_product(model: nn.Module) -> float:
-    """Π_i ‖W_i‖_F (paper, Fig. 2 and Table 1)."""
-    return layer_norms(model).prod().item()
-
-
-def norm_sq_sum(model: nn.Module) -> float:
-    """Σ_i ‖W_i‖_F² (paper, Fig. 2 and Table 1)."""
-    return layer_norms(model).square().sum().item()
-
-
 def norm_summaries(norms: Sequence[float]) -> dict[str, float]:
     """Π_i ‖W_i‖_F and Σ_i ‖W_i‖_F² of a network's layer norms (paper, Fig. 2 and Table 1)."""
     return {"norm_product": math.prod(norms), "norm_sq_sum": sum(n * n for n in norms)}
@@ -133,7 +123,8 @@ def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
     return correct(out, y).float().mean().item()
 
 
-def correct_counts(out: torch.Tensor, y: torch.Tensor, flipped: torch.Tensor, binary: bool | None = None) -> torch.Tensor:
+def correct_counts(out: torch.Tensor, y: torch.Tensor, flipped: torch.Tensor,
+                   binary: bool | None = None) -> torch.Tensor:
     """(number correct, number correct among the samples with `flipped` = 1) against the training
     labels `y`: the two counts behind `label_fit`, cheap enough to take inside every training step."""
     ok = correct(out, y, binary).float()

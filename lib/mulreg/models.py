@@ -1,4 +1,4 @@
-"""The paper's two CNNs (PAPER.md, "Network"), with the switches the authors' code has.
+"""The paper's two CNNs (docs/PAPER.md, "Network"), with the switches the authors' code has.
 
 Both are plain stacks: [conv → (BN) → ReLU] blocks with 2×2 average pooling, then two linear
 layers. Kaiming-normal init (variance 2/fan_in, biases 0), then every parameter × `init_scale`.
@@ -120,7 +120,3 @@ def build_model(config: RunConfig) -> PaperCNN:
     if opts.weight_norm:
         add_weight_norm(model)
     return model
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

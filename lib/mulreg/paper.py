@@ -19,9 +19,8 @@ PENALTY_NAMES = {Penalty.MUL: "multiplicative", Penalty.SUM: "additive", Penalty
                  Penalty.MUL_LOG: "log-multiplicative"}
 PENALTY_ORDER = (Penalty.MUL, Penalty.SUM, Penalty.NONE, Penalty.MUL_LOG)  # as the paper lists them
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")
-MULTICLASS_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7", "conv8", "fc1", "fc2")
 
-# ---- the protocol (PAPER.md, "Binary task", "Multiclass task")
+# ---- the protocol (docs/PAPER.md, "Binary task", "Multiclass task")
 LAMBDA_GRID = tuple(5 * 10.0 ** -k for k in range(1, 16))  # 5e-1 … 5e-15 (binary)
 MULTICLASS_LAMBDA_GRID = tuple(5 * 10.0 ** -k for k in range(1, 21))  # 5e-1 … 5e-20
 PROTOCOL = {
@@ -77,17 +76,8 @@ TABLE1_NORM = {  # ‖W_i‖_F
 TABLE1_NORM_SQ_SUM = {"mul": 456.0, "sum": 166.0, "none": 347.0}  # Σ‖W_i‖_F²
 TABLE1_NORM_PRODUCT = {"mul": 3.01e2, "sum": 1.71e4, "none": 9.42e4}  # Π‖W_i‖_F
 
-# ---- Fig. 2 (stated in words): ordering of Π‖W‖ at the end of training
-FIG2_CLAIMS = (
-    "the multiplicative run ends with Π‖W_i‖_F more than 10× smaller than the additive one, "
-    "which is about 10× smaller than the unregularised one",
-    "for the multiplicative run Σ‖W_i‖_F² keeps rising while Π‖W_i‖_F stays flat",
-)
-
 # ---- Fig. 3: loss landscape around the best runs (s = 0.2, one fixed seed)
 FIG3_LAMBDA = {"sum": 5e-9, "mul": 5e-7}
-FIG3_INIT_SCALE = 0.2
-FIG3_RANGE = (-5.0, 5.0)  # the released scripts' grid over both directions (training set)
 FIG3_CLAIM = "the multiplicative basin is broader and flatter than the additive one"
 
 # ---- Table 2: multiclass, mean over 10 seeds, best λ

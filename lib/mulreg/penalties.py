@@ -1,8 +1,8 @@
 """The two penalties of the paper, on the layer weights W_1..W_L (weights only, not biases).
 
-    additive        R_sum(W) = Σ_i ‖W_i‖_F²            (Eq. 1)
-    multiplicative  R_mul(W) = Π_i ‖W_i‖_F²            (Eq. 2)
-    log view        R_log(W) = Σ_i log ‖W_i‖_F²        (Eq. 4: log Π = Σ log; same minimisers)
+    additive        R_sum(W) = Σ_i ‖W_i‖_F²            (Sec. 4, Eq. 5)
+    multiplicative  R_mul(W) = Π_i ‖W_i‖_F²            (Sec. 4, Eq. 6)
+    log view        R_log(W) = Σ_i log ‖W_i‖_F²        (Sec. 3, Eq. 4: log Π = Σ log; same minimisers)
 
 Optional normalisations of the authors' code: `features_normalization` divides each ‖W_i‖_F² by
 the layer's output ("f_out", W.size(0)) or input ("f_in", W.size(1)) features;
@@ -30,13 +30,13 @@ def squared_norms(weights, features_normalization: FeaturesNormalization = None)
 
 
 def l2_sum(weights, depth_normalization: bool = False, features_normalization: FeaturesNormalization = None):
-    """Σ_i ‖W_i‖_F² (Eq. 1), ÷ L with depth normalisation."""
+    """Σ_i ‖W_i‖_F² (Eq. 5), ÷ L with depth normalisation."""
     n = squared_norms(weights, features_normalization)
     return n.sum(-1) / (n.shape[-1] if depth_normalization else 1)
 
 
 def l2_mul(weights, depth_normalization: bool = False, features_normalization: FeaturesNormalization = None):
-    """Π_i ‖W_i‖_F² (Eq. 2), to the power 1/L with depth normalisation."""
+    """Π_i ‖W_i‖_F² (Eq. 6), to the power 1/L with depth normalisation."""
     n = squared_norms(weights, features_normalization)
     return n.prod(-1) ** (1 / n.shape[-1] if depth_normalization else 1)
 

@@ -48,7 +48,8 @@ def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
         for m, s in zip(best["mean"], best["std"])]
     out["λ"] = ["—" if pd.isna(v) else ("0" if v == 0 else f"{v:.0e}") for v in best["lam"]]
     out["runs used"] = best["n_used"].fillna(0).astype(int)
-    cols = [c for c in ("penalty", "label_noise") if c in out] + ["λ", "mean ± std", "runs used", "n_runs", "n_excluded"]
+    cols = [c for c in ("penalty", "label_noise") if c in out]
+    cols += ["λ", "mean ± std", "runs used", "n_runs", "n_excluded"]
     return out[cols].rename(columns={"n_runs": "runs in group", "n_excluded": "excluded"})
 
 

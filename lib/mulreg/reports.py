@@ -173,7 +173,8 @@ def write_index(out_dir: Path, profile: str, outcomes: list[Outcome]) -> None:
 
 def _thumbnail(png: Path, out_dir: Path, width: int = THUMBNAIL_PX) -> str:
     href = html.escape(os.path.relpath(png, out_dir))
-    return f'<a href="{href}" title="{html.escape(png.stem)}"><img src="{href}" width="{width}" alt="{html.escape(png.stem)}"></a>'
+    name = html.escape(png.stem)
+    return f'<a href="{href}" title="{name}"><img src="{href}" width="{width}" alt="{name}"></a>'
 
 
 def _verdict_section(outcomes: list[Outcome], out_dir: Path) -> str:

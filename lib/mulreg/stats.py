@@ -116,8 +116,8 @@ def rank_table(runs: pd.DataFrame, layers: Sequence[str] | None = None) -> pd.Da
     table = {}
     for r in runs.to_dict("records"):
         pen = r["penalty"]
-        table[("rank", pen)] = [r[RANK.column(l)] for l in layers] + [np.nan, np.nan]
-        table[("‖W‖_F", pen)] = [r[NORM.column(l)] for l in layers] + [r["norm_sq_sum"], r["norm_product"]]
+        table[("rank", pen)] = [r[RANK.column(layer)] for layer in layers] + [np.nan, np.nan]
+        table[("‖W‖_F", pen)] = [r[NORM.column(layer)] for layer in layers] + [r["norm_sq_sum"], r["norm_product"]]
     out = pd.DataFrame(table, index=layers + ["Σ‖W‖²", "Π‖W‖"])
     return out.reindex(columns=sorted(out.columns, key=lambda c: (c[0] != "rank", PENALTY_ORDER.index(c[1]))))
 
@@ -128,9 +128,9 @@ def rank_tidy(runs: pd.DataFrame, layers: Sequence[str] | None = None) -> pd.Dat
     rows = []
     for r in runs.to_dict("records"):
         base = {"penalty": r["penalty"], "label_noise": r["label_noise"], "n": 1}
-        for l in layers:
-            rows.append({**base, "quantity": "rank", "layer": l, "value": r[RANK.column(l)]})
-            rows.append({**base, "quantity": "norm", "layer": l, "value": r[NORM.column(l)]})
+        for layer in layers:
+            rows.append({**base, "quantity": "rank", "layer": layer, "value": r[RANK.column(layer)]})
+            rows.append({**base, "quantity": "norm", "layer": layer, "value": r[NORM.column(layer)]})
         rows.append({**base, "quantity": "norm_sq_sum", "layer": None, "value": r["norm_sq_sum"]})
         rows.append({**base, "quantity": "norm_product", "layer": None, "value": r["norm_product"]})
     return pd.DataFrame(rows)
@@ -139,11 +139,11 @@ def rank_tidy(runs: pd.DataFrame, layers: Sequence[str] | None = None) -> pd.Dat
 def rank_ranges(runs: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
     """min–max of each layer's effective rank over the seeds of the chosen λ."""
     layers = RANK.layers(runs.columns)
-    g = runs.groupby(list(by))[[RANK.column(l) for l in layers]]
+    g = runs.groupby(list(by))[[RANK.column(layer) for layer in layers]]
     lo, hi = g.min(), g.max()
-    out = pd.DataFrame({l: [f"{a:.0f}" if a == b else f"{a:.0f}–{b:.0f}"
-                            for a, b in zip(lo[RANK.column(l)], hi[RANK.column(l)])]
-                        for l in layers}, index=lo.index).reset_index()
+    out = pd.DataFrame({layer: [f"{a:.0f}" if a == b else f"{a:.0f}–{b:.0f}"
+                                for a, b in zip(lo[RANK.column(layer)], hi[RANK.column(layer)])]
+                        for layer in layers}, index=lo.index).reset_index()
     out["seeds"] = g.size().values
     return in_paper_order(out)
 

@@ -15,11 +15,10 @@ from matplotlib.figure import Figure
 from vtkmodules.util.numpy_support import (
     numpy_to_vtk,
     numpy_to_vtkIdTypeArray,
-    vtk_to_numpy,
 )
 from vtkmodules.vtkCommonCore import vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
-from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
+from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
 
 from .landscape import Surface
 from .plots import log_axis, penalty_color
@@ -39,7 +38,8 @@ def plot_surfaces_3d(surfaces: dict[str, Surface], title: str = "log₁₀ loss"
     for name, s in surfaces.items():
         fig.add_trace(go.Surface(x=s.alphas, y=s.betas, z=z[name].T, name=name, showlegend=True,
                                  coloraxis="coloraxis", opacity=0.85,
-                                 hovertemplate=f"{name}<br>α=%{{x:.2f}} β=%{{y:.2f}}<br>log₁₀ loss=%{{z:.3f}}<extra></extra>"))
+                                 hovertemplate=f"{name}<br>α=%{{x:.2f}} β=%{{y:.2f}}<br>log₁₀ loss=%{{z:.3f}}"
+                                               "<extra></extra>"))
     names = list(surfaces)
     buttons = [dict(label="all", method="restyle", args=[{"visible": [True] * len(names)}])]
     buttons += [dict(label=n, method="restyle", args=[{"visible": [m == n for m in names]}]) for n in names]
@@ -98,19 +98,6 @@ def write_vtp(surface: Surface, path: str | os.PathLike) -> None:
     if writer.Write() != 1:
         raise OSError(f"vtk could not write {tmp}")
     os.replace(tmp, path)
-
-
-def read_vtp(path: str | os.PathLike) -> dict[str, np.ndarray | int]:
-    """The points (P, 3), the point-data arrays by name and the number of cells of a .vtp file."""
-    if not Path(path).exists():
-        raise FileNotFoundError(path)
-    reader = vtkXMLPolyDataReader()
-    reader.SetFileName(str(path))
-    reader.Update()
-    poly = reader.GetOutput()
-    data = poly.GetPointData()
-    arrays = {data.GetArrayName(i): vtk_to_numpy(data.GetArray(i)) for i in range(data.GetNumberOfArrays())}
-    return {"points": vtk_to_numpy(poly.GetPoints().GetData()), **arrays, "n_cells": poly.GetNumberOfCells()}
 
 
 def landscape_slices(slices: dict[str, Surface], kinds: dict[str, str], log: bool = True) -> Figure:

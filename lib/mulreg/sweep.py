@@ -1,5 +1,5 @@
 """Sweeps: expand a grid into run configs, train what the store lacks, and apply the paper's
-selection rule (PAPER.md, "Selection rule").
+selection rule (docs/PAPER.md, "Selection rule").
 
 A sweep file (YAML) holds `base` (RunConfig fields shared by all runs) and `grid` (lists of values;
 dotted names reach nested fields, and `lam` may be a dict of lists per penalty). The unregularised
@@ -273,7 +273,7 @@ def excluded(runs: pd.DataFrame, metric: str = "test_acc") -> pd.Series:
 def select_best(runs: pd.DataFrame, metric: str = "test_acc", by=("penalty", "label_noise"),
                 higher_is_better: bool = True) -> pd.DataFrame:
     """Per group in `by`: mean of `metric` over seeds for each λ, keep the λ with the best mean,
-    report that λ's mean, std and number of runs used (PAPER.md, "Selection rule").
+    report that λ's mean, std and number of runs used (docs/PAPER.md, "Selection rule").
 
     Diverged and chance-level runs are left out of every mean and counted in `n_excluded` (of
     `n_runs` in the group); a group whose runs were all excluded has no λ and a NaN mean."""
@@ -286,7 +286,8 @@ def select_best(runs: pd.DataFrame, metric: str = "test_acc", by=("penalty", "la
     return counts.merge(best, on=by, how="left").sort_values(by).reset_index(drop=True)
 
 
-def chosen(runs: pd.DataFrame, best: pd.DataFrame, by=("penalty", "label_noise"), metric: str = "test_acc") -> pd.DataFrame:
+def chosen(runs: pd.DataFrame, best: pd.DataFrame, by=("penalty", "label_noise"),
+           metric: str = "test_acc") -> pd.DataFrame:
     """The runs behind `select_best`'s numbers: those (not excluded) of each group's chosen λ."""
     keep = runs[~excluded(runs, metric)]
     return keep.merge(best.dropna(subset=["lam"])[list(by) + ["lam"]], on=list(by) + ["lam"])
