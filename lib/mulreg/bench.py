@@ -28,10 +28,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import PROJECT_ROOT, RunConfig
 from .data import MEAN, STD, load_cifar10
+from .devices import resolve_device
 from .models import build_model, weight_layers
 from .penalties import l2_mul
 from .sweep import SweepSpec, run
-from .train import resolve_device, train
+from .train import train
 
 
 class AuthorsStyleCIFAR(Dataset):

@@ -293,7 +293,8 @@ def _train_task(group: list[RunConfig], store_root: str, token: str, every: int,
     """Train one group on this worker and return its `RunResult`s (weights on the CPU)."""
     import torch
 
-    from .train import resolve_device, train_group
+    from .devices import resolve_device
+    from .train import train_group
 
     saved = {k: os.environ.get(k) for k in env}
     try:

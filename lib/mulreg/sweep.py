@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from .config import PROJECT_ROOT, ConfigError, RunConfig, describe, load_yaml, nest
 from .data import load_cifar10
+from .devices import resolve_device
 from .progress import bar as progress_bar
 from .progress import say
 from .protocols import EXCLUDED, Penalty
 from .store import Store
-from .train import group_key, resolve_device, train_group, vectorizable
+from .train import group_key, train_group, vectorizable
 
 
 class SweepSpec(BaseModel):

@@ -27,8 +27,9 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from . import metrics, provenance
-from .config import MulregError, RunConfig
+from .config import RunConfig
 from .data import Pool, generator, pool_for, split_run
+from .devices import resolve_device
 from .epochs import CHANCE, rule_metrics
 from .models import build_model, layer_names
 from .penalties import mixed_penalty
@@ -37,24 +38,6 @@ from .protocols import PENALIZED, StopReason
 from .result import Checkpoints, RunResult
 
 EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
-
-
-class DeviceError(MulregError, RuntimeError):
-    """The device a config asks for is not available on this machine."""
-
-
-def available_devices() -> list[str]:
-    return ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
-
-
-def resolve_device(name: str) -> torch.device:
-    """`name` as a torch device ("auto": CUDA, else MPS, else the CPU); DeviceError if unavailable."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name not in available_devices():
-        raise DeviceError(f"device: {name!r} was asked for but is not available on this machine; available: "
-                          f"{', '.join(available_devices())} (torch {torch.__version__})")
-    return torch.device(name)
 
 
 def group_key(config: RunConfig) -> tuple:
