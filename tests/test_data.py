@@ -298,3 +298,20 @@ def _load_shape(root):
     from mulreg.data import load_cifar10
 
     return tuple(load_cifar10(root, download=False)[0].images.shape)
+
+
+def test_augmentation_is_seeded_per_epoch_label_free_and_off_by_default():
+    from mulreg.config import RunConfig
+    from mulreg.data import AUGMENT_PAD, augment, augment_draws
+
+    a, b, c = augment_draws(3, 0, 64), augment_draws(3, 0, 64), augment_draws(3, 1, 64)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # the same (seed, epoch): the same draws
+    assert not torch.equal(a[0], c[0]) and not torch.equal(a[1], c[1])  # another epoch: other draws
+    assert a[0].min() >= 0 and a[0].max() <= 2 * AUGMENT_PAD and 0 < a[1].float().mean() < 1
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    shifted = augment(x, torch.tensor([[AUGMENT_PAD, AUGMENT_PAD + 1], [AUGMENT_PAD, AUGMENT_PAD]]),
+                      torch.tensor([False, True]))
+    assert torch.equal(shifted[0, :, :, :-1], x[0, :, :, 1:]) and (shifted[0, :, :, -1] == 0).all()  # one pixel left
+    assert torch.equal(shifted[1], x[1].flip(-1))  # mirrored
+    # off by default, and left out of the key at its default (tests/test_reference.py: stored keys unchanged)
+    assert RunConfig().augment is False and RunConfig().key() != RunConfig(augment=True).key()

@@ -251,3 +251,11 @@ def test_normalized_margins_equal_outputs_over_the_norm_product():
     expected = margin_of_outputs(model(x).detach() / product, y)
     assert torch.allclose(normalized_margins(model, x, y), expected, rtol=1e-4, atol=1e-9)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_relative_update_on_a_hand_made_step():
+    from mulreg.metrics import relative_update
+
+    before = torch.tensor([[[3.0, 4.0]], [[1.0, 0.0]]])  # two runs: ‖W‖ = 5 and 1
+    after = torch.tensor([[[3.0, 4.5]], [[1.0, 0.0]]])  # run 1 moved by 0.5, run 2 not at all
+    assert relative_update(before, after).tolist() == pytest.approx([0.1, 0.0])

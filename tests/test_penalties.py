@@ -198,3 +198,19 @@ def test_mixed_penalty_batched_over_runs_with_vmap():
     expected = [0.5 * np_sum(r0, False, None), 0.25 * np_mul(runs[1], False, None),
                 2.0 * np_mul_log(runs[2], False, None)]
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+
+
+def test_l1_value_and_gradient_against_numpy():
+    from mulreg.penalties import l1, mixed_penalty
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=s) for s in ((4, 3, 3, 3), (5, 4))]
+    weights = [torch.tensor(a, requires_grad=True) for a in arrays]
+    value = l1(weights)
+    assert value.item() == pytest.approx(sum(np.abs(a).sum() for a in arrays))
+    value.backward()
+    for w, a in zip(weights, arrays):
+        np.testing.assert_array_equal(w.grad.numpy(), np.sign(a))  # d|w|/dw = sign(w)
+    mixed = mixed_penalty([w.detach() for w in weights], *(torch.tensor(0.0, dtype=torch.float64),) * 3,
+                          torch.tensor(0.5, dtype=torch.float64))
+    assert mixed.item() == pytest.approx(0.5 * value.item())

@@ -67,8 +67,9 @@ def test_claims_exclude_other_processes(tmp_path):
         assert got == ["a"]
 
 
-def _sweep_file(path, store, **overrides):
-    spec = SweepSpec(base={**BASE, "max_epochs": 400, "penalty": "mul", "lam": 1e-6}, grid={"seed": [3]},
+def _sweep_file(path, store, base=None, **overrides):
+    base = {**BASE, "max_epochs": 400, "penalty": "mul", "lam": 1e-6, **(base or {})}
+    spec = SweepSpec(base=base, grid={"seed": [3]},
                      store=str(store), strategy="inline", checkpoint_every=1, **overrides)
     path.write_text(spec.model_dump_json())  # JSON is YAML
     return spec
@@ -79,9 +80,12 @@ def _sweep_cli(spec_file, **kwargs):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(), **kwargs)
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny, tmp_path):
-    spec = _sweep_file(tmp_path / "killed.yaml", tmp_path / "killed")
-    _sweep_file(tmp_path / "fresh.yaml", tmp_path / "fresh")
+@pytest.mark.parametrize("options", [{}, {"model": {"batch_norm": True}, "augment": True},
+                                     {"model": {"weight_norm": True, "dropout": 0.2}}],
+                         ids=["plain", "bn+aug", "wn+dropout"])
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny, tmp_path, options):
+    spec = _sweep_file(tmp_path / "killed.yaml", tmp_path / "killed", options)
+    _sweep_file(tmp_path / "fresh.yaml", tmp_path / "fresh", options)
     store = Store(tmp_path / "killed")
     key = spec.configs()[0].key()
     proc = _sweep_cli(tmp_path / "killed.yaml")

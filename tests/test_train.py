@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from mulreg.config import RunConfig
+from mulreg.data import generator, pool_for, split_run
 from mulreg.loop import train_plain
+from mulreg.models import build_model
 from mulreg.protocols import StopReason
 from mulreg.train import train, train_group
 from tasks import binary_task
@@ -242,6 +244,9 @@ def test_train_group_rejects_mixed_groups(tiny_cifar_image_folder):
     dict(optimizer="adam", lr=1e-3, penalty="mul", lam=1e-4, init_scale=0.5),
     dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="sum", lam=1e-3, model={"batch_norm": True, "bias": True}),
     dict(optimizer="sgd", lr=0.01, penalty="mul", lam=1e-6, init_scale=0.5, model={"weight_norm": True}),
+    dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="l1", lam=1e-3),
+    dict(optimizer="sgd", lr=0.02, penalty="mul", lam=1e-6, init_scale=0.5, augment=True),
+    dict(optimizer="sgd", lr=0.01, penalty="mul", lam=1e-6, init_scale=0.5, model={"batch_norm": True}, augment=True),
 ])
 def test_single_run_matches_the_plain_loop(tiny_cifar_image_folder, values):
     cfg = config(batch_size=3, max_epochs=2, seed=5, label_noise=0.2, val_fraction=0.2, **values)
@@ -320,3 +325,20 @@ def test_early_stopping_and_dropout_match_the_plain_loop(tiny_cifar_image_folder
     assert_states_close(result.state_dict, {k: v.detach() for k, v in model.state_dict().items()})
     for col in ref.columns:
         np.testing.assert_allclose(result.history[col], ref[col], rtol=1e-4, atol=1e-6, err_msg=col)
+
+
+def test_the_effective_learning_rate_is_the_relative_size_of_each_step(tiny_cifar_image_folder):
+    """Plain SGD on one run: the first step moves W by lr·‖∇W‖, so with one step per epoch the
+    recorded eff_lr of a layer is lr·‖∇_W L‖/‖W‖ at the initial weights."""
+    cfg = config(batch_size=12, n_train=12, val_fraction=0.0, max_epochs=1, lr=0.05, early_stopping=None)
+    result = run(cfg, tiny_cifar_image_folder)
+    model, ref = train_plain(cfg, root=tiny_cifar_image_folder)  # the same step, taken by torch.optim
+    first = build_model(cfg)
+    pool = pool_for(cfg, tiny_cifar_image_folder)
+    data = split_run(pool, cfg.seed, cfg.label_noise, cfg.val_fraction)
+    order = data.train_idx[torch.randperm(12, generator=generator(cfg.seed, "epoch-0"))]
+    loss = (first(pool.x_train[order]) - pool.targets(data.labels)[order]).square().mean()
+    loss.backward()
+    expected = cfg.lr * first.features[0].weight.grad.norm() / first.features[0].weight.norm()
+    assert result.history["eff_lr_conv1"].iloc[0] == pytest.approx(expected.item(), rel=1e-4)
+    assert ref["eff_lr_conv1"].iloc[0] == pytest.approx(expected.item(), rel=1e-4)

@@ -14,10 +14,13 @@ TRAIN_FLAGS = {
     "task": str, "penalty": str, "lam": float, "noise": float, "seed": int, "epochs": int,
     "init_scale": float, "lr": float, "momentum": float, "optimizer": str, "batch_size": int,
     "n_train": int, "n_test": int, "val_fraction": float, "device": str,
-    "patience": int, "monitor": str,
+    "patience": int, "monitor": str, "dropout": float,
 }
-FIELD = {"noise": "label_noise", "epochs": "max_epochs",
-         "patience": "early_stopping.patience", "monitor": "early_stopping.monitor"}
+SWITCHES = {"augment": "random crops (4-pixel padding) and horizontal flips of training images",
+            "batch_norm": "batch normalisation after every conv", "weight_norm": "W = g·V/‖V‖ in every layer",
+            "compile": "torch.compile the training step (faster after a one-off compilation)"}
+FIELD = {"noise": "label_noise", "epochs": "max_epochs", "dropout": "model.dropout", "batch_norm": "model.batch_norm",
+         "weight_norm": "model.weight_norm", "patience": "early_stopping.patience", "monitor": "early_stopping.monitor"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--classes", nargs=2, metavar=("NEG", "POS"),
                    help="binary task: two CIFAR-10 classes (names or indices 0-9) → −1, +1; default cat deer")
     t.add_argument("--no-early-stopping", action="store_true")
-    t.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the training step (faster after a one-off compilation)")
+    for flag, help_text in SWITCHES.items():
+        t.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action="store_true", default=None, help=help_text)
     t.add_argument("--out", default="result.json", help="where to write the result (default: %(default)s)")
 
     s = sub.add_parser("sweep", help="run a sweep file; completed runs are skipped, so rerunning resumes")
@@ -69,7 +72,7 @@ def _train(args) -> int:
 
     values = load_yaml(args.config) if args.config else {}
     flags = {FIELD.get(k, k): v for k, v in vars(args).items()
-             if (k in TRAIN_FLAGS or k in ("compile", "classes")) and v is not None}
+             if (k in TRAIN_FLAGS or k in SWITCHES or k == "classes") and v is not None}
     config = RunConfig.parse(deep_merge(values, nest(flags)))
     if args.no_early_stopping:
         config = config.replace(early_stopping=None)

@@ -34,7 +34,7 @@ Monitor = Literal["val_acc", "val_loss", "test_acc"]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
 # fields added after stores existed: left out of the run key at their default, so old keys stay valid
-KEY_OMITS_DEFAULT = ("classes",)
+KEY_OMITS_DEFAULT = ("classes", "augment")
 
 
 class MulregError(Exception):
@@ -94,6 +94,7 @@ class RunConfig(_Strict):
     chance_margin: float = Field(0.05, ge=0, lt=0.5)  # chance_level if best train acc ≤ chance + this
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: bool = False  # torch.compile the training step (docs/PERFORMANCE.md)
+    augment: bool = False  # random 4-pixel-padded crops and horizontal flips of training images (`data.augment`)
 
     def __init__(self, **values: Any):
         """RunConfig(**values) raises ConfigError too, like RunConfig.parse."""

@@ -140,6 +140,32 @@ def generator(seed: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
+AUGMENT_PAD = 4  # pixels of zero padding (the mean colour, after normalisation) around an image before its crop
+
+
+def augment_draws(seed: int, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop offsets (n, 2) in 0..2·AUGMENT_PAD and horizontal flips (n,) for the n training positions of
+    one run's epoch: drawn from (seed, epoch) alone, so they do not depend on the stack, the device or a
+    resume."""
+    g = generator(seed, f"augment-{epoch}")
+    return torch.randint(0, 2 * AUGMENT_PAD + 1, (n, 2), generator=g), torch.rand(n, generator=g) < 0.5
+
+
+def augment(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Random crop with padding and horizontal flip: images x (..., C, H, W) cut at `offsets` (..., 2)
+    (row, column) out of their zero-padded copies, then mirrored left-right where `flips` (...) is
+    true; on x's device. Offsets (AUGMENT_PAD, AUGMENT_PAD) without a flip give x back exactly."""
+    *lead, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x.reshape(-1, c, h, w), (AUGMENT_PAD,) * 4).permute(0, 2, 3, 1)
+    offsets = offsets.reshape(-1, 2).to(x.device)
+    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # (N, W)
+    first = torch.arange(len(padded), device=x.device)[:, None, None]
+    out = padded[first, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (N, C, H, W)
+    out = torch.where(flips.reshape(-1, 1, 1, 1).to(x.device), out.flip(-1), out)
+    return out.reshape(*lead, c, h, w)
+
+
 def flip_labels(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip exactly round(fraction·n) labels chosen by `seed`; returns (new labels, flipped indices).
 

@@ -16,11 +16,11 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
-from .data import generator, pool_for, split_run
-from .metrics import correct, squared_error
-from .models import build_model
+from .data import augment, augment_draws, generator, pool_for, split_run
+from .metrics import correct, relative_update, squared_error
+from .models import build_model, direction_parameters, layer_names
 from .penalties import penalty
-from .protocols import Split
+from .protocols import EFF_LR, Split
 
 
 def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataFrame]:
@@ -35,24 +35,32 @@ def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataF
     else:
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     es, best, best_epoch, best_state, rows = config.early_stopping, math.inf, 0, None, []
-    n = len(run.train_idx)
+    n, params, directions = len(run.train_idx), dict(model.named_parameters()), direction_parameters(model)
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         torch.manual_seed(int(generator(config.seed, f"dropout-{epoch - 1}").initial_seed()))  # dropout's draws
         order = run.train_idx[torch.randperm(n, generator=generator(config.seed, f"epoch-{epoch - 1}"))]
+        crops, flips = augment_draws(config.seed, epoch - 1, n)
         sums = torch.zeros(3)  # Σ data loss, Σ λR, Σ correct, over the epoch's samples
-        for idx in order.split(config.batch_size):
-            out, weights = model(pool.x_train[idx], with_weights=True)
+        moved = torch.zeros(len(directions))  # Σ over steps of ‖ΔP_i‖/‖P_i‖: effective learning rates
+        for step, idx in enumerate(order.split(config.batch_size)):
+            x, at = pool.x_train[idx], slice(step * config.batch_size, step * config.batch_size + len(idx))
+            x = augment(x, crops[at], flips[at]) if config.augment else x  # random crop and flip
+            before = [params[name].detach().clone() for name in directions]
+            out, weights = model(x, with_weights=True)
             data = squared_error(out, y[idx]).mean()  # MSE(f(x), y)
             reg = config.lam * penalty(config.penalty, weights, config.depth_normalization,
                                        config.features_normalization)  # λ·R(W), paper Eq. 5-6
             opt.zero_grad()
             (data + reg).backward()
             opt.step()
+            moved += torch.cat([relative_update(b[None], params[name].detach()[None])
+                                for b, name in zip(before, directions)])
             sums += torch.tensor([data.item() * len(idx), reg.item() * len(idx),
                                   correct(out, y[idx], pool.task == "binary").sum().item()])
         row = {"epoch": epoch, "train_loss": sums[0].item() / n, "penalty_term": sums[1].item() / n,
                "train_acc": sums[2].item() / n}
+        row |= {EFF_LR.column(layer): u / (step + 1) for layer, u in zip(layer_names(model), moved.tolist())}
         model.eval()
         with torch.no_grad():
             for split, x, t in ((Split.VAL, pool.x_train[run.val_idx], y[run.val_idx]),

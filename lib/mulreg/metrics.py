@@ -13,6 +13,7 @@ from torch import nn
 
 from .data import Pool
 from .models import layer_names, weight_layers, weight_matrices
+from .protocols import NORM, RANK
 
 
 def layer_norms(model: nn.Module) -> torch.Tensor:
@@ -24,6 +25,12 @@ def layer_norms(model: nn.Module) -> torch.Tensor:
 def norm_summaries(norms: Sequence[float]) -> dict[str, float]:
     """Π_i ‖W_i‖_F and Σ_i ‖W_i‖_F² of a network's layer norms (paper, Fig. 2 and Table 1)."""
     return {"norm_product": math.prod(norms), "norm_sq_sum": sum(n * n for n in norms)}
+
+
+def relative_update(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """‖after − before‖_F / ‖before‖_F per row of the leading (run) axis: the relative size of one
+    optimiser step on a weight, its effective learning rate."""
+    return (after - before).flatten(1).norm(dim=1) / before.flatten(1).norm(dim=1)
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -173,7 +180,7 @@ def reported_metrics(model: nn.Module, pool: Pool, train_idx: torch.Tensor, targ
         "margin_norm_mean": normalized_margins(model, pool.x_test, y_test).mean().item(),
         "margin_std_mean": output_std_margins(out, y_test).mean().item(),
         **norm_summaries(norms),
-        **{f"norm_{n}": v for n, v in zip(names, norms)},
-        **{f"rank_{n}": effective_rank(w) for n, w in zip(names, weight_matrices(model))},
+        **{NORM.column(n): v for n, v in zip(names, norms)},
+        **{RANK.column(n): effective_rank(w) for n, w in zip(names, weight_matrices(model))},
         "_margins": m.cpu().numpy(),
     }

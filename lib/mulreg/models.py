@@ -84,6 +84,17 @@ def weight_matrices(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in weight_layers(model)]
 
 
+def direction_parameters(model: nn.Module) -> list[str]:
+    """Per weight layer, in forward order, the name of the parameter that holds its weight: the
+    weight itself, or V under weight norm (W = g·V/‖V‖, whose direction is V's)."""
+    names = []
+    for prefix, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            weight = "parametrizations.weight.original" if parametrize.is_parametrized(m, "weight") else "weight"
+            names.append(f"{prefix}.{weight}")
+    return names
+
+
 def layer_names(model: nn.Module) -> list[str]:
     """conv1..convN, fc1, fc2: the names the paper's Table 1 uses, in forward order."""
     kinds = ["conv" if isinstance(m, nn.Conv2d) else "fc" for m in weight_layers(model)]

@@ -20,9 +20,10 @@ class Penalty(StrEnum):
     SUM = "sum"  # additive, Σ_i ‖W_i‖_F²
     MUL = "mul"  # multiplicative, Π_i ‖W_i‖_F²
     MUL_LOG = "mul_log"  # Σ_i log ‖W_i‖_F²
+    L1 = "l1"  # Σ_i Σ_jk |W_i,jk|, over the same weights
 
 
-PENALIZED = (Penalty.SUM, Penalty.MUL, Penalty.MUL_LOG)  # the kinds with a λ
+PENALIZED = (Penalty.SUM, Penalty.MUL, Penalty.MUL_LOG, Penalty.L1)  # the kinds with a λ
 
 
 class StopReason(StrEnum):
@@ -66,3 +67,6 @@ class Family:
 
 NORM = Family("norm", summaries=("norm_product", "norm_sq_sum"))  # ‖W_i‖_F, and Π‖W_i‖_F, Σ‖W_i‖_F²
 RANK = Family("rank")  # effective rank of W_i (`mulreg.metrics.effective_rank`)
+# effective learning rate of layer i: ‖ΔP_i‖/‖P_i‖ per step, averaged over the epoch's steps, where P_i is
+# the layer's weight parameter (V under weight norm) (`mulreg.metrics.relative_update`)
+EFF_LR = Family("eff_lr")

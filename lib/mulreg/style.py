@@ -13,7 +13,8 @@ from plotly.io._base_renderers import MimetypeRenderer
 from .paper import PENALTY_NAMES, PENALTY_ORDER
 from .protocols import NORM, Penalty
 
-COLORS = {Penalty.MUL: "#0072B2", Penalty.SUM: "#E69F00", Penalty.NONE: "#7F7F7F", Penalty.MUL_LOG: "#009E73"}
+COLORS = {Penalty.MUL: "#0072B2", Penalty.SUM: "#E69F00", Penalty.NONE: "#7F7F7F", Penalty.MUL_LOG: "#009E73",
+          Penalty.L1: "#CC79A7"}
 
 
 LABELS = {

@@ -9,6 +9,9 @@ stops leaves the stack. K = 1 (and models with batch norm or dropout, which `vma
 take the same path with a plain call instead of `vmap`. A training step (forward, `torch.func.grad`,
 update) is one pure function of tensors, which `config.compile` hands to `torch.compile` whole.
 
+What it computes is specified by `mulreg.loop.train_plain`, one run as a plain PyTorch loop; the
+tests compare the two on every optimiser and model option. Read that first.
+
 Objective per run (paper, Sec. 4, Eq. 5-6): L = MSE(f(x), y) + λ·R(W), R ∈ {0, R_sum, R_mul, R_log}.
 """
 
@@ -28,13 +31,13 @@ from torch.utils._pytree import tree_map
 
 from . import metrics, provenance
 from .config import RunConfig
-from .data import Pool, generator, pool_for, split_run
+from .data import AUGMENT_PAD, Pool, augment, augment_draws, generator, pool_for, split_run
 from .devices import resolve_device
 from .epochs import CHANCE, rule_metrics
-from .models import build_model, layer_names
+from .models import build_model, direction_parameters, layer_names
 from .penalties import mixed_penalty
 from .progress import bar as progress_bar
-from .protocols import PENALIZED, StopReason
+from .protocols import EFF_LR, NORM, PENALIZED, StopReason
 from .result import Checkpoints, RunResult
 
 EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
@@ -175,6 +178,7 @@ class _Stack:
         self.hyper |= {f"lam_{kind}": torch.tensor([r.config.lam * (r.config.penalty == kind) for r in runs],
                                                    device=device) for kind in PENALIZED}
         self.batched = vectorize and len(runs) > 1
+        self.augment = any(r.config.augment for r in runs)
         self.heavy_ball = any(r.config.momentum > 0 for r in runs)
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -194,6 +198,7 @@ class _Engine:
                                 features_normalization=config.features_normalization)
         self.model = build_model(config).to(device)
         self.layers = layer_names(self.model)
+        self.directions = direction_parameters(self.model)  # the parameters whose relative update is recorded
         self.compile = config.compile
         if self.compile:
             # inductor warns in every process of a CPU-only machine that it found no CUDA runtime,
@@ -228,38 +233,43 @@ class _Engine:
 
     # ---- one epoch: training steps, then evaluation
     def epoch(self, stack: _Stack) -> None:
-        train = self._train(stack)
+        train, eff_lr = self._train(stack)
         self.model.eval()  # until the next training steps: batch-norm statistics and dropout left alone
         val = self._evaluate(stack, self.pool.x_train, [r.val_idx for r in stack.runs])
         test = self._evaluate(stack, self.pool.x_test, None)
         weights = _over_runs(self._weights, (0, 0), stack.batched)(stack.params, stack.buffers)
         norms = torch.stack([w.flatten(1).norm(dim=1) for w in weights], 1)  # ‖W_i‖_F per run and layer
-        per_run = torch.cat([train, val, test, norms], 1).cpu()  # one device sync per epoch
+        per_run = torch.cat([train, val, test, norms, eff_lr], 1).cpu()  # one device sync per epoch
         for k, run in enumerate(stack.runs):
             row = self._row(run, per_run[k])
             run.observe(row, {n: t[k] for n, t in (stack.params | stack.buffers).items()})
 
-    def _train(self, stack: _Stack) -> torch.Tensor:
-        """One pass over each run's training split in its own seeded order, B samples per step;
-        returns per run (mean data loss, mean λR, accuracy, accuracy on flipped labels, accuracy on
-        clean labels) over the epoch, against the training labels, as seen while training."""
+    def _train(self, stack: _Stack) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass over each run's training split in its own seeded order, B samples per step
+        (augmented for runs that ask for it); returns per run (mean data loss, mean λR, accuracy,
+        accuracy on flipped labels, accuracy on clean labels) over the epoch, against the training
+        labels, as seen while training, and each layer's mean relative update (effective lr)."""
         runs, B, n = stack.runs, stack.runs[0].config.batch_size, len(stack.runs[0].train_idx)
         order = torch.stack([r.train_idx[torch.randperm(n, generator=generator(r.config.seed, f"epoch-{r.epoch}"))
                                          .to(self.device)] for r in runs])
         rows = torch.arange(len(runs), device=self.device)[:, None]
-        totals = torch.zeros(len(runs), 4, device=self.device)
+        totals = torch.zeros(len(runs), 4 + len(self.layers), device=self.device)
         step = self._step_for(stack)
+        draws = _augment_draws(runs, n, self.device) if stack.augment else None
         self.model.train()
         with torch.random.fork_rng(devices=[]):  # dropout draws from a per-epoch seed; the caller's RNG is untouched
             torch.manual_seed(int(generator(runs[0].config.seed, f"dropout-{runs[0].epoch}").initial_seed()))
             for start in range(0, n, B):
                 idx = order[:, start:start + B]
                 x, y, flipped = self.pool.x_train[idx], stack.targets[rows, idx], stack.flipped[rows, idx]
+                if draws is not None:
+                    x = augment(x, draws[0][:, start:start + B], draws[1][:, start:start + B])
                 totals += step(stack.params, stack.buffers, stack.slots, x, y, flipped, stack.hyper)
-        loss, reg, n_correct, n_flipped_correct = totals.unbind(1)
+        loss, reg, n_correct, n_flipped_correct = totals[:, :4].unbind(1)
         n_flipped = stack.n_flipped
-        return torch.stack([loss / n, reg / n, n_correct / n, n_flipped_correct / n_flipped,  # 0/0: NaN, no noise
-                            (n_correct - n_flipped_correct) / (n - n_flipped)], 1)
+        return (torch.stack([loss / n, reg / n, n_correct / n, n_flipped_correct / n_flipped,  # 0/0: NaN, no noise
+                             (n_correct - n_flipped_correct) / (n - n_flipped)], 1),
+                totals[:, 4:] / math.ceil(n / B))
 
     def _step_for(self, stack: _Stack) -> Callable:
         """The training step for this kind of stack, compiled once per kind when config.compile."""
@@ -270,8 +280,9 @@ class _Engine:
 
     def _step(self, batched: bool, heavy_ball: bool, params, buffers, slots, x, y, flipped, hyper) -> torch.Tensor:
         """One optimiser step of every run k on its batch (x[k], y[k]), in place; returns per run
-        (Σ data loss, Σ λR, #correct, #correct among flipped labels) over the batch. A pure function
-        of tensors, so that `torch.compile` makes one graph of forward, backward and update."""
+        (Σ data loss, Σ λR, #correct, #correct among flipped labels) over the batch, then each layer's
+        relative update ‖ΔP‖/‖P‖. A pure function of tensors, so that `torch.compile` makes one
+        graph of forward, backward and update."""
         objective = _over_runs(functools.partial(self._objective, channels_last=not batched), (0,) * 6, batched)
 
         def summed(params, buffers):  # Σ_k L_k: the runs share no parameters, so its gradient holds each run's own
@@ -279,8 +290,10 @@ class _Engine:
             return loss.sum(), aux
 
         grads, (data, reg, counts) = grad(summed, has_aux=True)(params, buffers)  # buffers: batch-norm statistics
+        before = [params[name].detach().clone() for name in self.directions]
         self._update(params, slots, grads, hyper, heavy_ball)
-        return torch.cat([torch.stack([data * y.shape[1], reg * y.shape[1]], 1), counts], 1)
+        moved = [metrics.relative_update(b, params[name]) for b, name in zip(before, self.directions)]
+        return torch.cat([torch.stack([data * y.shape[1], reg * y.shape[1]], 1), counts, torch.stack(moved, 1)], 1)
 
     def _objective(self, params, buffers, x, y, flipped, hyper, channels_last: bool):
         """L = MSE(f(x), y) + λ·R(W) for one run (paper, Sec. 4, Eq. 5-6), with (data loss, λR,
@@ -288,7 +301,8 @@ class _Engine:
         out, weights = functional_call(self.model, (params, buffers), (_layout(x, channels_last),),
                                        {"with_weights": True})
         data = (out - y).square().mean()
-        reg = mixed_penalty(weights, hyper["lam_sum"], hyper["lam_mul"], hyper["lam_mul_log"], **self.norm_kwargs)
+        reg = mixed_penalty(weights, hyper["lam_sum"], hyper["lam_mul"], hyper["lam_mul_log"], hyper["lam_l1"],
+                            **self.norm_kwargs)
         return data + reg, (data, reg, metrics.correct_counts(out, y, flipped, self.binary))
 
     @torch.no_grad()
@@ -333,8 +347,9 @@ class _Engine:
         if len(run.val_idx):
             row |= {"val_loss": v[5], "val_acc": v[6]}
         row |= {"test_loss": v[7], "test_acc": v[8]}
-        layer_norms = v[9:]
-        row |= {f"norm_{name}": n for name, n in zip(self.layers, layer_norms)}
+        layer_norms = v[9:9 + len(self.layers)]
+        row |= {NORM.column(name): n for name, n in zip(self.layers, layer_norms)}
+        row |= {EFF_LR.column(name): u for name, u in zip(self.layers, v[9 + len(self.layers):])}
         return row | metrics.norm_summaries(layer_norms)
 
     @torch.no_grad()
@@ -397,6 +412,18 @@ class _Engine:
         times = (provenance.timestamp(run.started), provenance.timestamp(end), end - run.started,
                  images / max(end - run.started, 1e-9))
         return provenance.environment(self.device) | dict(zip(provenance.TIMES, times))
+
+
+def _augment_draws(runs: list[_Run], n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop offsets (K, n, 2) and flips (K, n) of this epoch per run (`mulreg.data.augment_draws`);
+    a run without augmentation gets the centred crop and no flip, which leave its images as they are."""
+    offsets, flips = [], []
+    for r in runs:
+        o, f = augment_draws(r.config.seed, r.epoch, n) if r.config.augment else (
+            torch.full((n, 2), AUGMENT_PAD), torch.zeros(n, dtype=torch.bool))
+        offsets.append(o)
+        flips.append(f)
+    return torch.stack(offsets).to(device), torch.stack(flips).to(device)
 
 
 def _over_runs(fn, in_dims: tuple, batched: bool):
