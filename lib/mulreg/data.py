@@ -143,10 +143,12 @@ def generator(seed: int, stream: str) -> torch.Generator:
 AUGMENT_PAD = 4  # pixels of zero padding (the mean colour, after normalisation) around an image before its crop
 
 
-def augment_draws(seed: int, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_draws(seed: int, epoch: int, n: int, enabled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop offsets (n, 2) in 0..2·AUGMENT_PAD and horizontal flips (n,) for the n training positions of
     one run's epoch: drawn from (seed, epoch) alone, so they do not depend on the stack, the device or a
-    resume."""
+    resume. Not `enabled`: the centred crop and no flip, which leave images as they are."""
+    if not enabled:
+        return torch.full((n, 2), AUGMENT_PAD), torch.zeros(n, dtype=torch.bool)
     g = generator(seed, f"augment-{epoch}")
     return torch.randint(0, 2 * AUGMENT_PAD + 1, (n, 2), generator=g), torch.rand(n, generator=g) < 0.5
 

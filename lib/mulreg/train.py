@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_map
 
 from . import metrics, provenance
 from .config import RunConfig
-from .data import AUGMENT_PAD, Pool, augment, augment_draws, generator, pool_for, split_run
+from .data import Pool, augment, augment_draws, generator, pool_for, split_run
 from .devices import resolve_device
 from .epochs import CHANCE, rule_metrics
 from .models import build_model, direction_parameters, layer_names
@@ -255,7 +255,10 @@ class _Engine:
         rows = torch.arange(len(runs), device=self.device)[:, None]
         totals = torch.zeros(len(runs), 4 + len(self.layers), device=self.device)
         step = self._step_for(stack)
-        draws = _augment_draws(runs, n, self.device) if stack.augment else None
+        draws = None
+        if stack.augment:  # crop offsets (K, n, 2) and flips (K, n) of this epoch
+            per_run = [augment_draws(r.config.seed, r.epoch, n, r.config.augment) for r in runs]
+            draws = tuple(torch.stack(d).to(self.device) for d in zip(*per_run))
         self.model.train()
         with torch.random.fork_rng(devices=[]):  # dropout draws from a per-epoch seed; the caller's RNG is untouched
             torch.manual_seed(int(generator(runs[0].config.seed, f"dropout-{runs[0].epoch}").initial_seed()))
@@ -412,18 +415,6 @@ class _Engine:
         times = (provenance.timestamp(run.started), provenance.timestamp(end), end - run.started,
                  images / max(end - run.started, 1e-9))
         return provenance.environment(self.device) | dict(zip(provenance.TIMES, times))
-
-
-def _augment_draws(runs: list[_Run], n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop offsets (K, n, 2) and flips (K, n) of this epoch per run (`mulreg.data.augment_draws`);
-    a run without augmentation gets the centred crop and no flip, which leave its images as they are."""
-    offsets, flips = [], []
-    for r in runs:
-        o, f = augment_draws(r.config.seed, r.epoch, n) if r.config.augment else (
-            torch.full((n, 2), AUGMENT_PAD), torch.zeros(n, dtype=torch.bool))
-        offsets.append(o)
-        flips.append(f)
-    return torch.stack(offsets).to(device), torch.stack(flips).to(device)
 
 
 def _over_runs(fn, in_dims: tuple, batched: bool):
