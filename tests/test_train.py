@@ -342,3 +342,19 @@ def test_the_effective_learning_rate_is_the_relative_size_of_each_step(tiny_cifa
     expected = cfg.lr * first.features[0].weight.grad.norm() / first.features[0].weight.norm()
     assert result.history["eff_lr_conv1"].iloc[0] == pytest.approx(expected.item(), rel=1e-4)
     assert ref["eff_lr_conv1"].iloc[0] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_backend_settings_are_set_in_one_place_and_recorded_with_the_run(tiny_cifar_image_folder):
+    from mulreg.devices import backend_settings
+
+    try:
+        on = backend_settings(torch.device("cpu"), deterministic=True)
+        assert on["deterministic_algorithms"] is True and torch.are_deterministic_algorithms_enabled()
+        assert on["cudnn_benchmark"] is False and on["float32_matmul_precision"] == "highest"
+        result = run(config(deterministic=False), tiny_cifar_image_folder)
+        assert not torch.are_deterministic_algorithms_enabled()  # the run set what its config asks
+        assert result.provenance["deterministic_algorithms"] is False
+        assert result.provenance["float32_matmul_precision"] == "highest"
+        assert config(deterministic=True).key() == config().key()  # how, not what
+    finally:
+        backend_settings(torch.device("cpu"), deterministic=False)

@@ -35,6 +35,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
 # fields added after stores existed: left out of the run key at their default, so old keys stay valid
 KEY_OMITS_DEFAULT = ("classes", "augment")
+HOW = ("device", "compile", "deterministic")  # where and how a run is computed: not part of its key
 
 
 class MulregError(Exception):
@@ -94,6 +95,7 @@ class RunConfig(_Strict):
     chance_margin: float = Field(0.05, ge=0, lt=0.5)  # chance_level if best train acc ≤ chance + this
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: bool = False  # torch.compile the training step (docs/PERFORMANCE.md)
+    deterministic: bool = False  # deterministic kernels on CUDA, at some speed (`devices.backend_settings`)
     augment: bool = False  # random 4-pixel-padded crops and horizontal flips of training images (`data.augment`)
 
     def __init__(self, **values: Any):
@@ -135,9 +137,9 @@ class RunConfig(_Strict):
         return RunConfig.parse(deep_merge(self.model_dump(), changes))
 
     def key(self) -> str:
-        """Stable 16-hex-digit hash of the resolved config; `device` and `compile` are left out
-        (they say where and how, not what)."""
-        values = self.model_dump(exclude={"device", "compile"})
+        """Stable 16-hex-digit hash of the resolved config; `device`, `compile` and `deterministic`
+        are left out (they say where and how, not what)."""
+        values = self.model_dump(exclude=set(HOW))
         for name in KEY_OMITS_DEFAULT:
             if values[name] == RunConfig.model_fields[name].default:
                 del values[name]

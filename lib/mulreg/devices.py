@@ -1,5 +1,6 @@
 """The device a run asks for ("auto", "cpu", "cuda", "mps"), resolved once, with a clear error when
-this machine does not have it."""
+this machine does not have it; and the backend flags that trade speed for reproducibility, set in one
+place (`backend_settings`) and recorded with every run."""
 
 from __future__ import annotations
 
@@ -24,3 +25,22 @@ def resolve_device(name: str) -> torch.device:
         raise DeviceError(f"device: {name!r} was asked for but is not available on this machine; available: "
                           f"{', '.join(available_devices())} (torch {torch.__version__})")
     return torch.device(name)
+
+
+def backend_settings(device: torch.device, deterministic: bool = False) -> dict:
+    """Set this process's backend flags for training on `device` and return them (a run stores them
+    with its provenance; docs/PERFORMANCE.md, "Backend settings", says what each costs):
+
+    - cuDNN autotuning (`cudnn.benchmark`) on CUDA, unless `deterministic`: it picks the fastest
+      convolution kernels, which may differ from run to run;
+    - float32 matrix products at full precision ("highest", no TF32), so numbers on a GPU stay
+      comparable with the CPU's and across GPU generations;
+    - with `deterministic`, deterministic algorithms (`torch.use_deterministic_algorithms`) and
+      deterministic cuDNN, for bit-identical results on one GPU at some cost in speed."""
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.set_float32_matmul_precision("highest")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    return {"cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": deterministic,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}

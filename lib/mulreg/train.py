@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_map
 from . import metrics, provenance
 from .config import RunConfig
 from .data import Pool, augment, augment_draws, generator, pool_for, split_run
-from .devices import resolve_device
+from .devices import backend_settings, resolve_device
 from .epochs import CHANCE, rule_metrics
 from .models import build_model, direction_parameters, layer_names
 from .penalties import mixed_penalty
@@ -47,7 +47,7 @@ def group_key(config: RunConfig) -> tuple:
     """Runs with equal keys can be trained in one stack."""
     return (config.task, config.classes, config.batch_size, config.n_train, config.n_test, config.val_fraction,
             config.model, config.optimizer, config.depth_normalization,
-            config.features_normalization, str(resolve_device(config.device)), config.compile)
+            config.features_normalization, str(resolve_device(config.device)), config.compile, config.deterministic)
 
 
 def vectorizable(config: RunConfig) -> bool:
@@ -205,6 +205,7 @@ class _Engine:
             # which says nothing about compiling for the CPU and would litter every notebook report
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.steps: dict[tuple[bool, bool], Callable] = {}  # (batched, heavy_ball) → compiled step
+        self.backend = backend_settings(device, config.deterministic)  # recorded with each run's provenance
 
     def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> _Run:
         data = split_run(self.pool, config.seed, config.label_noise, config.val_fraction)
@@ -414,7 +415,7 @@ class _Engine:
         images = (run.epoch - run.start_epoch) * len(run.train_idx)
         times = (provenance.timestamp(run.started), provenance.timestamp(end), end - run.started,
                  images / max(end - run.started, 1e-9))
-        return provenance.environment(self.device) | dict(zip(provenance.TIMES, times))
+        return provenance.environment(self.device) | self.backend | dict(zip(provenance.TIMES, times))
 
 
 def _over_runs(fn, in_dims: tuple, batched: bool):
