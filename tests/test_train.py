@@ -358,3 +358,25 @@ def test_backend_settings_are_set_in_one_place_and_recorded_with_the_run(tiny_ci
         assert config(deterministic=True).key() == config().key()  # how, not what
     finally:
         backend_settings(torch.device("cpu"), deterministic=False)
+
+
+def test_training_steps_make_no_host_reads(tiny_cifar_image_folder, monkeypatch):
+    """Reading a tensor's value on the host (`.item()`, `.tolist()`, `.cpu()`, `bool`, `float`) waits
+    for the device: the engine does it a bounded few times per epoch and never per step. Two runs of
+    the same epochs, one with twice the steps per epoch, must read the host equally often."""
+    reads = {"n": 0}
+    for name in ("item", "tolist", "cpu", "__bool__", "__float__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, **kwargs):
+            reads["n"] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def host_reads(n_train: int) -> int:
+        reads["n"] = 0
+        run(config(n_train=n_train, batch_size=1, max_epochs=3, val_fraction=0.25), tiny_cifar_image_folder)
+        return reads["n"]
+
+    assert host_reads(8) == host_reads(12)  # 6 vs 9 steps per epoch (the tiny pool has 12 images)
