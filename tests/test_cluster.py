@@ -158,8 +158,8 @@ def test_task_checkpoints_into_the_store_only_where_the_driver_token_is_visible(
     assert not list((store.root / "checkpoints").iterdir())
 
 
-@pytest.fixture
-def token_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
     """A Ray head started as docs/CLUSTER.md shows it, with token authentication (its own home
     and temp dir, so nothing of the user's Ray is touched); yields its "host:port"."""
     import os
@@ -173,7 +173,7 @@ def token_cluster(tmp_path):
 
     import psutil
 
-    home, ray_bin = tmp_path / "head-home", str(Path(sys.executable).with_name("ray"))
+    home, ray_bin = tmp_path_factory.mktemp("head") / "home", str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token"}
     home.mkdir()
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
@@ -200,9 +200,11 @@ def token_cluster(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_a_cluster_that_refuses_the_token_is_named_as_such(token_cluster, tiny, tmp_path):
-    """The issue's case: `ray start --head` with token authentication, a driver without the token.
-    One message that says authentication failed (not "no cluster"), exit code 2, no Ray log lines."""
+@pytest.mark.parametrize("driver_env", [{}, {"RAY_AUTH_MODE": "token"}], ids=["no-mode", "mode-without-token"])
+def test_a_cluster_that_refuses_the_token_is_named_as_such(token_cluster, tiny, tmp_path, driver_env):
+    """The issue's case: `ray start --head` with token authentication, a driver without the token
+    (Ray logs the refusal), or told the mode but given no token (Ray raises). One message that says
+    authentication failed (not "no cluster"), exit code 2, no Ray log lines."""
     import os
     import subprocess
     import sys
@@ -214,7 +216,7 @@ def test_a_cluster_that_refuses_the_token_is_named_as_such(token_cluster, tiny, 
                                     "executor": "ray", "ray_address": token_cluster}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     out = subprocess.run([sys.executable, "-m", "mulreg", "sweep", str(path)], capture_output=True, text=True,
-                         env={**env, "HOME": str(tmp_path / "driver-home")}, timeout=300)
+                         env={**env, **driver_env, "HOME": str(tmp_path / "driver-home")}, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith("error: ray_address: ") and out.stderr.count("\n") == 1, out.stderr
     assert "authentication failed" in out.stderr and "RAY_AUTH_MODE=token" in out.stderr

@@ -237,3 +237,16 @@ def test_smoke_reports_hold_no_warning_box_and_no_escape_codes(smoke_run):
     trained = re.search(r"(\d+) trained now", log)
     assert trained, log[:500]
     assert log.count("seed=") == int(trained.group(1)), log[:500]  # one line per run trained here
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_no_notebook_rebinds_a_module_it_imports(stem):
+    """`stats = stats.group_stats(...)` runs once top to bottom, then breaks the next call of a cell
+    above it in JupyterLab: no imported mulreg module name is assigned to."""
+    tree = ast.parse("\n".join(c.source for c in read(stem).cells if c.cell_type == "code"))
+    modules = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               and node.module == "mulreg" for a in node.names}
+    assigned = {t.id for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.For, ast.AugAssign))
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                for t in ast.walk(target) if isinstance(t, ast.Name)}
+    assert modules and not modules & assigned, f"{stem} rebinds {sorted(modules & assigned)}"

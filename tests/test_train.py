@@ -239,14 +239,16 @@ def test_train_group_rejects_mixed_groups(tiny_cifar_image_folder):
 
 # ---------------------------------------------------------------- against the plain loop (mulreg.loop)
 @pytest.mark.parametrize("values", [
-    dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="sum", lam=1e-3),
+    dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="sum", lam=1e-3, effective_lr=True),
     dict(optimizer="sgd", momentum=0.0, lr=0.02, penalty="none"),
-    dict(optimizer="adam", lr=1e-3, penalty="mul", lam=1e-4, init_scale=0.5),
+    dict(optimizer="adam", lr=1e-3, penalty="mul", lam=1e-4, init_scale=0.5, effective_lr=True),
     dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="sum", lam=1e-3, model={"batch_norm": True, "bias": True}),
-    dict(optimizer="sgd", lr=0.01, penalty="mul", lam=1e-6, init_scale=0.5, model={"weight_norm": True}),
+    dict(optimizer="sgd", lr=0.01, penalty="mul", lam=1e-6, init_scale=0.5, model={"weight_norm": True},
+         effective_lr=True),
     dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="l1", lam=1e-3),
     dict(optimizer="sgd", lr=0.02, penalty="mul", lam=1e-6, init_scale=0.5, augment=True),
-    dict(optimizer="sgd", lr=0.01, penalty="mul", lam=1e-6, init_scale=0.5, model={"batch_norm": True}, augment=True),
+    dict(optimizer="sgd", lr=0.01, penalty="mul", lam=1e-6, init_scale=0.5, model={"batch_norm": True}, augment=True,
+         effective_lr=True),
 ])
 def test_single_run_matches_the_plain_loop(tiny_cifar_image_folder, values):
     cfg = config(batch_size=3, max_epochs=2, seed=5, label_noise=0.2, val_fraction=0.2, **values)
@@ -330,7 +332,8 @@ def test_early_stopping_and_dropout_match_the_plain_loop(tiny_cifar_image_folder
 def test_the_effective_learning_rate_is_the_relative_size_of_each_step(tiny_cifar_image_folder):
     """Plain SGD on one run: the first step moves W by lr·‖∇W‖, so with one step per epoch the
     recorded eff_lr of a layer is lr·‖∇_W L‖/‖W‖ at the initial weights."""
-    cfg = config(batch_size=12, n_train=12, val_fraction=0.0, max_epochs=1, lr=0.05, early_stopping=None)
+    cfg = config(batch_size=12, n_train=12, val_fraction=0.0, max_epochs=1, lr=0.05, early_stopping=None,
+                 effective_lr=True)
     result = run(cfg, tiny_cifar_image_folder)
     model, ref = train_plain(cfg, root=tiny_cifar_image_folder)  # the same step, taken by torch.optim
     first = build_model(cfg)

@@ -22,11 +22,13 @@ import pandas as pd
 from scipy import stats
 
 from .epochs import RULES
-from .sweep import EXCLUDED, chosen, select_best
+from .paper import PENALTY_NAMES
+from .protocols import EXCLUDED, Penalty
+from .sweep import chosen, select_best
 
 LEVEL = 0.95
-COMPARED = (("mul", "sum"), ("mul", "none"))  # (penalty, the one it is claimed to beat)
-NAMES = {"mul": "multiplicative", "sum": "additive", "none": "none"}
+COMPARED = ((Penalty.MUL, Penalty.SUM), (Penalty.MUL, Penalty.NONE))  # (penalty, the one it is claimed to beat)
+NAMES = PENALTY_NAMES
 
 
 def interval(diffs: Sequence[float], level: float = LEVEL) -> dict:

@@ -215,16 +215,18 @@ def _connect(ray, spec) -> bool:
     if not _listening(spec.ray_address):  # else Ray waits minutes for a cluster that is not there
         raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} (nothing listens there); "
                           "start one with `ray start --head` (docs/CLUSTER.md), or use ray_address: local.")
+    refused = getattr(ray.exceptions, "AuthenticationError", ())  # e.g. token mode set, no token found
+    failures = (ConnectionError, refused) if refused else ConnectionError
     with _stderr_captured() as log:  # Ray's C++ client logs each refused attempt there
         try:
             ray.init(address=spec.ray_address, **quiet)
             failure = None
-        except ConnectionError as err:
+        except failures as err:
             failure = err
     if failure is None:
         sys.stderr.write(log[0])  # nothing is hidden from a connection that worked
         return True
-    if any(mark in log[0] for mark in AUTH_REFUSED):
+    if isinstance(failure, refused) or any(mark in log[0] for mark in AUTH_REFUSED):
         raise ConfigError(f"ray_address: the Ray cluster at {spec.ray_address!r} is up but refused this driver: "
                           f"authentication failed. {AUTH_HINT}")
     raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} ({_first_line(failure)}); start one "
@@ -256,16 +258,30 @@ def _stderr_captured():
     log: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield log
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield log
+            except BaseException:  # an unexpected error: show what was captured with it
+                _restore(saved)
+                tmp.seek(0)
+                sys.stderr.write(tmp.read().decode(errors="replace"))
+                raise
+            _restore(saved)
             tmp.seek(0)
             log.append(tmp.read().decode(errors="replace"))
+    finally:
+        _restore(saved)
+        os.close(saved)
+
+
+def _restore(saved: int) -> None:
+    """File descriptor 2 back to `saved` (idempotent)."""
+    try:
+        sys.stderr.flush()
+    finally:
+        os.dup2(saved, 2)
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ Monitor = Literal["val_acc", "val_loss", "test_acc"]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
 # fields added after stores existed: left out of the run key at their default, so old keys stay valid
-KEY_OMITS_DEFAULT = ("classes", "augment")
+KEY_OMITS_DEFAULT = ("classes", "augment", "effective_lr")
 HOW = ("device", "compile", "deterministic")  # where and how a run is computed: not part of its key
 
 
@@ -97,6 +97,7 @@ class RunConfig(_Strict):
     compile: bool = False  # torch.compile the training step (docs/PERFORMANCE.md)
     deterministic: bool = False  # deterministic kernels on CUDA, at some speed (`devices.backend_settings`)
     augment: bool = False  # random 4-pixel-padded crops and horizontal flips of training images (`data.augment`)
+    effective_lr: bool = False  # record eff_lr_<layer> every epoch; costs time per step (docs/PERFORMANCE.md)
 
     def __init__(self, **values: Any):
         """RunConfig(**values) raises ConfigError too, like RunConfig.parse."""

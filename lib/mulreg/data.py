@@ -3,7 +3,8 @@
 `load_cifar10` finds the data (argument, env `MULREG_DATA`, or `data/` at the project root) in
 torchvision's layout or the image-folder layout, and caches the decoded uint8 arrays. `Pool` is a
 task's clean data; `split_run` turns it into one run's view (label noise, then a seeded
-validation split, as in the authors' code). `binary_task` / `multiclass_task` do both at once.
+validation split, as in the authors' code). `augment` is the optional random crop and flip of
+training images.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class DataError(MulregError):
 
 
 @dataclass(frozen=True)
-class Split:
+class Images:
     """One partition of CIFAR-10: uint8 images (N, 3, 32, 32) and integer labels (N,)."""
 
     images: torch.Tensor
@@ -46,7 +47,7 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("MULREG_DATA") or PROJECT_ROOT / "data").expanduser().resolve()
 
 
-def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -> tuple[Split, Split]:
+def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -> tuple[Images, Images]:
     """Train and test splits of CIFAR-10 as uint8 tensors, from cache when already decoded."""
     folder = data_root(root)
     if not _layout(folder):
@@ -60,8 +61,8 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -
         os.replace(tmp, cache)
     with np.load(cache) as z:
         return (
-            Split(torch.from_numpy(z["x_train"]), torch.from_numpy(z["y_train"])),
-            Split(torch.from_numpy(z["x_test"]), torch.from_numpy(z["y_test"])),
+            Images(torch.from_numpy(z["x_train"]), torch.from_numpy(z["y_train"])),
+            Images(torch.from_numpy(z["x_test"]), torch.from_numpy(z["y_test"])),
         )
 
 
@@ -215,11 +216,11 @@ class RunData:
     flipped: torch.Tensor
 
 
-def _take(split: Split, classes: tuple[int, ...], cap: int | None) -> Split:
+def _take(split: Images, classes: tuple[int, ...], cap: int | None) -> Images:
     """The examples of `classes`, balanced and in data-set order when capped."""
     per_class = None if cap is None else cap // len(classes)
     idx = torch.cat([(split.labels == c).nonzero().flatten()[:per_class] for c in classes]).sort().values
-    return Split(split.images[idx], split.labels[idx])
+    return Images(split.images[idx], split.labels[idx])
 
 
 def load_pool(

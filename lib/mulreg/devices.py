@@ -4,6 +4,8 @@ place (`backend_settings`) and recorded with every run."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .config import MulregError
@@ -37,6 +39,8 @@ def backend_settings(device: torch.device, deterministic: bool = False) -> dict:
       comparable with the CPU's and across GPU generations;
     - with `deterministic`, deterministic algorithms (`torch.use_deterministic_algorithms`) and
       deterministic cuDNN, for bit-identical results on one GPU at some cost in speed."""
+    if deterministic and device.type == "cuda":  # deterministic cuBLAS needs it before its first call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.set_float32_matmul_precision("highest")

@@ -35,7 +35,8 @@ def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataF
     else:
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     es, best, best_epoch, best_state, rows = config.early_stopping, math.inf, 0, None, []
-    n, params, directions = len(run.train_idx), dict(model.named_parameters()), direction_parameters(model)
+    n, params = len(run.train_idx), dict(model.named_parameters())
+    directions = direction_parameters(model) if config.effective_lr else []  # whose relative updates to record
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         torch.manual_seed(int(generator(config.seed, f"dropout-{epoch - 1}").initial_seed()))  # dropout's draws
@@ -54,13 +55,14 @@ def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataF
             opt.zero_grad()
             (data + reg).backward()
             opt.step()
-            moved += torch.cat([relative_update(b[None], params[name].detach()[None])
-                                for b, name in zip(before, directions)])
+            moved += torch.tensor([relative_update(b[None], params[name].detach()[None]).item()
+                                   for b, name in zip(before, directions)])
             sums += torch.tensor([data.item() * len(idx), reg.item() * len(idx),
                                   correct(out, y[idx], pool.task == "binary").sum().item()])
         row = {"epoch": epoch, "train_loss": sums[0].item() / n, "penalty_term": sums[1].item() / n,
                "train_acc": sums[2].item() / n}
-        row |= {EFF_LR.column(layer): u / (step + 1) for layer, u in zip(layer_names(model), moved.tolist())}
+        if config.effective_lr:
+            row |= {EFF_LR.column(layer): u / (step + 1) for layer, u in zip(layer_names(model), moved.tolist())}
         model.eval()
         with torch.no_grad():
             for split, x, t in ((Split.VAL, pool.x_train[run.val_idx], y[run.val_idx]),

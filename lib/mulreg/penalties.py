@@ -65,13 +65,13 @@ PENALTY_FUNCTIONS = {Penalty.SUM: l2_sum, Penalty.MUL: l2_mul, Penalty.MUL_LOG: 
 
 
 def penalty(kind: str, weights, depth_normalization=False, features_normalization=None) -> torch.Tensor:
-    """R(W) for `kind` in {none, sum, mul, mul_log}."""
+    """R(W) for `kind` in {none, sum, mul, mul_log, l1} (`mulreg.protocols.Penalty`)."""
     if Penalty(kind) == Penalty.NONE:  # an unknown kind raises ValueError here
         return weights[0].new_zeros(())
     return PENALTY_FUNCTIONS[Penalty(kind)](weights, depth_normalization, features_normalization)
 
 
-def mixed_penalty(weights, lam_sum, lam_mul, lam_log, lam_l1=0.0, depth_normalization=False,
+def mixed_penalty(weights, lam_sum, lam_mul, lam_log, lam_l1=None, depth_normalization=False,
                   features_normalization=None):
     """λ_sum·R_sum + λ_mul·R_mul + λ_log·R_log + λ_l1·R_l1 for runs trained together, each with one λ
     non-zero.
@@ -86,5 +86,7 @@ def mixed_penalty(weights, lam_sum, lam_mul, lam_log, lam_l1=0.0, depth_normaliz
     uses_log = (lam_mul > 0) | (lam_log > 0)
     log_sum = torch.where(uses_log, n, torch.ones_like(n)).log().sum(-1) / depth
     r_mul = torch.where(lam_mul > 0, log_sum, torch.zeros_like(log_sum)).exp()
-    r_l1 = absolute_sums(weights, features_normalization).sum(-1) / depth
-    return lam_sum * n.sum(-1) / depth + lam_mul * r_mul + lam_log * log_sum + lam_l1 * r_l1
+    penalty = lam_sum * n.sum(-1) / depth + lam_mul * r_mul + lam_log * log_sum
+    if lam_l1 is None:  # no run of the stack uses L1: its term is left out, not multiplied by 0
+        return penalty
+    return penalty + lam_l1 * absolute_sums(weights, features_normalization).sum(-1) / depth

@@ -175,24 +175,25 @@ def verdict(stats: pd.DataFrame, quantity: str = "test_acc", source: str = "fig1
     for level in sorted(d[by].unique()) if len(d) else []:
         here = d[np.isclose(d[by], level)].set_index("penalty")
         there = pub[np.isclose(pub[by], level)].set_index("penalty") if by in pub else pub.set_index("penalty")
-        if "mul" not in here.index:
+        if Penalty.MUL not in here.index:
             out.append(f"{by} {level:g}: no multiplicative run survived; nothing to compare.")
             continue
         parts = []
-        for other in ("sum", "none"):
+        for other in (Penalty.SUM, Penalty.NONE):
             if other not in here.index:
                 continue
-            gap = scale * (here.loc["mul", "value"] - here.loc[other, "value"])
-            spread = scale * np.nanmax([here.loc["mul", "std"], here.loc[other, "std"], 0])
-            n = int(min(here.loc["mul", "n"], here.loc[other, "n"]))
-            paper_gap = (scale * (there.loc["mul", "value"] - there.loc[other, "value"])
-                         if {"mul", other} <= set(there.index) else np.nan)
+            gap = scale * (here.loc[Penalty.MUL, "value"] - here.loc[other, "value"])
+            spread = scale * np.nanmax([here.loc[Penalty.MUL, "std"], here.loc[other, "std"], 0])
+            n = int(min(here.loc[Penalty.MUL, "n"], here.loc[other, "n"]))
+            paper_gap = (scale * (there.loc[Penalty.MUL, "value"] - there.loc[other, "value"])
+                         if {Penalty.MUL, other} <= set(there.index) else np.nan)
             resolved = ("one seed only, so the gap's spread is unknown" if n < 2 else
                         "larger than one std over seeds" if abs(gap) > spread else
                         f"within one std over seeds ({spread:.2f}{unit}): not resolved")
             paper_txt = "" if np.isnan(paper_gap) else f"; paper {paper_gap:+.2f}{unit}"
             parts.append(f"vs {PENALTY_NAMES[other]} {gap:+.2f}{unit} ({resolved}{paper_txt})")
-        better = all(here.loc["mul", "value"] > here.loc[o, "value"] for o in ("sum", "none") if o in here.index)
+        others = [o for o in (Penalty.SUM, Penalty.NONE) if o in here.index]
+        better = all(here.loc[Penalty.MUL, "value"] > here.loc[o, "value"] for o in others)
         head = "multiplicative is best" if better else "multiplicative is NOT best"
         out.append(f"{by} {level:g}: {head}; " + "; ".join(parts) + ".")
     return out
@@ -206,8 +207,8 @@ def norm_ratios(stats: pd.DataFrame) -> list[str]:
     pi = stats[stats["quantity"] == "norm_product"].pivot(index="label_noise", columns="penalty", values="value")
     out = []
     for noise, row in pi.iterrows():
-        add_mul = row.get("sum", np.nan) / row.get("mul", np.nan)
-        none_add = row.get("none", np.nan) / row.get("sum", np.nan)
+        add_mul = row.get(Penalty.SUM, np.nan) / row.get(Penalty.MUL, np.nan)
+        none_add = row.get(Penalty.NONE, np.nan) / row.get(Penalty.SUM, np.nan)
         out.append(f"label noise {noise:g}: Π(additive)/Π(multiplicative) = {add_mul:.3g} (paper, clean: "
                    f"{P['sum'] / P['mul']:.3g}); Π(none)/Π(additive) = {none_add:.3g} (paper, clean: "
                    f"{P['none'] / P['sum']:.3g})")

@@ -158,7 +158,7 @@ class Store:
         hist = [pd.read_parquet(self.run_dir(k) / "history.parquet").assign(key=k) for k in keys]
         return pd.concat(hist, ignore_index=True) if hist else pd.DataFrame()
 
-    # ---- checkpoints (the `train.Checkpoints` protocol)
+    # ---- checkpoints (the `result.Checkpoints` protocol)
     def checkpoint_path(self, key: str) -> Path:
         return self.root / "checkpoints" / f"{key}.pt"
 

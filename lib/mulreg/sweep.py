@@ -73,8 +73,8 @@ def expand(base: dict[str, Any], grid: dict[str, Any]) -> list[RunConfig]:
     configs: dict[str, RunConfig] = {}
     for values in itertools.product(*(grid[a] for a in axes)):
         point = dict(zip(axes, values))
-        penalty = point.get("penalty", base.get("penalty", "none"))
-        lams = [0.0] if Penalty(penalty) == Penalty.NONE else (lam.get(penalty, []) if isinstance(lam, dict) else lam)
+        penalty = point.get("penalty", base.get("penalty", Penalty.NONE))
+        lams = [0.0] if penalty == Penalty.NONE else (lam.get(penalty, []) if isinstance(lam, dict) else lam)
         for value in lams:
             config = RunConfig.parse(nest({**base, **point, "lam": value}))
             configs.setdefault(config.key(), config)

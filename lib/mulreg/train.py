@@ -12,7 +12,7 @@ update) is one pure function of tensors, which `config.compile` hands to `torch.
 What it computes is specified by `mulreg.loop.train_plain`, one run as a plain PyTorch loop; the
 tests compare the two on every optimiser and model option. Read that first.
 
-Objective per run (paper, Sec. 4, Eq. 5-6): L = MSE(f(x), y) + λ·R(W), R ∈ {0, R_sum, R_mul, R_log}.
+Objective per run (paper, Sec. 4, Eq. 5-6): L = MSE(f(x), y) + λ·R(W), R ∈ {0, R_sum, R_mul, R_log, R_l1}.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .epochs import CHANCE, rule_metrics
 from .models import build_model, direction_parameters, layer_names
 from .penalties import mixed_penalty
 from .progress import bar as progress_bar
-from .protocols import EFF_LR, NORM, PENALIZED, StopReason
+from .protocols import EFF_LR, NORM, PENALIZED, Penalty, StopReason
 from .result import Checkpoints, RunResult
 
 EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
@@ -47,7 +47,8 @@ def group_key(config: RunConfig) -> tuple:
     """Runs with equal keys can be trained in one stack."""
     return (config.task, config.classes, config.batch_size, config.n_train, config.n_test, config.val_fraction,
             config.model, config.optimizer, config.depth_normalization,
-            config.features_normalization, str(resolve_device(config.device)), config.compile, config.deterministic)
+            config.features_normalization, str(resolve_device(config.device)), config.compile, config.deterministic,
+            config.effective_lr)
 
 
 def vectorizable(config: RunConfig) -> bool:
@@ -175,10 +176,12 @@ class _Stack:
         self.n_flipped = torch.stack([r.flipped[r.train_idx].sum() for r in runs])  # in each training split
         self.hyper = {h: torch.tensor([getattr(r.config, h) for r in runs], device=device)
                       for h in ("lr", "momentum")}
+        kinds = [k for k in PENALIZED if k != Penalty.L1 or any(r.config.penalty == k for r in runs)]  # L1: if used
         self.hyper |= {f"lam_{kind}": torch.tensor([r.config.lam * (r.config.penalty == kind) for r in runs],
-                                                   device=device) for kind in PENALIZED}
+                                                   device=device) for kind in kinds}
         self.batched = vectorize and len(runs) > 1
         self.augment = any(r.config.augment for r in runs)
+        self.effective_lr = runs[0].config.effective_lr  # one value per group (`group_key`)
         self.heavy_ball = any(r.config.momentum > 0 for r in runs)
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -204,7 +207,7 @@ class _Engine:
             # inductor warns in every process of a CPU-only machine that it found no CUDA runtime,
             # which says nothing about compiling for the CPU and would litter every notebook report
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        self.steps: dict[tuple[bool, bool], Callable] = {}  # (batched, heavy_ball) → compiled step
+        self.steps: dict[tuple[bool, ...], Callable] = {}  # (batched, heavy_ball, effective_lr) → compiled step
         self.backend = backend_settings(device, config.deterministic)  # recorded with each run's provenance
 
     def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> _Run:
@@ -254,7 +257,7 @@ class _Engine:
         order = torch.stack([r.train_idx[torch.randperm(n, generator=generator(r.config.seed, f"epoch-{r.epoch}"))
                                          .to(self.device)] for r in runs])
         rows = torch.arange(len(runs), device=self.device)[:, None]
-        totals = torch.zeros(len(runs), 4 + len(self.layers), device=self.device)
+        totals = torch.zeros(len(runs), 4 + len(self.layers) * stack.effective_lr, device=self.device)
         step = self._step_for(stack)
         draws = None
         if stack.augment:  # crop offsets (K, n, 2) and flips (K, n) of this epoch
@@ -277,16 +280,17 @@ class _Engine:
 
     def _step_for(self, stack: _Stack) -> Callable:
         """The training step for this kind of stack, compiled once per kind when config.compile."""
-        kind = (stack.batched, stack.heavy_ball)
+        kind = (stack.batched, stack.heavy_ball, stack.effective_lr)
         if kind not in self.steps:
             self.steps[kind] = self._compiled(functools.partial(self._step, *kind))
         return self.steps[kind]
 
-    def _step(self, batched: bool, heavy_ball: bool, params, buffers, slots, x, y, flipped, hyper) -> torch.Tensor:
+    def _step(self, batched: bool, heavy_ball: bool, effective_lr: bool, params, buffers, slots, x, y, flipped,
+              hyper) -> torch.Tensor:
         """One optimiser step of every run k on its batch (x[k], y[k]), in place; returns per run
-        (Σ data loss, Σ λR, #correct, #correct among flipped labels) over the batch, then each layer's
-        relative update ‖ΔP‖/‖P‖. A pure function of tensors, so that `torch.compile` makes one
-        graph of forward, backward and update."""
+        (Σ data loss, Σ λR, #correct, #correct among flipped labels) over the batch, then, with
+        `effective_lr`, each layer's relative update ‖ΔP‖/‖P‖. A pure function of tensors, so that
+        `torch.compile` makes one graph of forward, backward and update."""
         objective = _over_runs(functools.partial(self._objective, channels_last=not batched), (0,) * 6, batched)
 
         def summed(params, buffers):  # Σ_k L_k: the runs share no parameters, so its gradient holds each run's own
@@ -294,10 +298,11 @@ class _Engine:
             return loss.sum(), aux
 
         grads, (data, reg, counts) = grad(summed, has_aux=True)(params, buffers)  # buffers: batch-norm statistics
-        before = [params[name].detach().clone() for name in self.directions]
+        directions = self.directions if effective_lr else []
+        before = [params[name].detach().clone() for name in directions]
         self._update(params, slots, grads, hyper, heavy_ball)
-        moved = [metrics.relative_update(b, params[name]) for b, name in zip(before, self.directions)]
-        return torch.cat([torch.stack([data * y.shape[1], reg * y.shape[1]], 1), counts, torch.stack(moved, 1)], 1)
+        moved = [metrics.relative_update(b, params[name])[:, None] for b, name in zip(before, directions)]
+        return torch.cat([torch.stack([data * y.shape[1], reg * y.shape[1]], 1), counts, *moved], 1)
 
     def _objective(self, params, buffers, x, y, flipped, hyper, channels_last: bool):
         """L = MSE(f(x), y) + λ·R(W) for one run (paper, Sec. 4, Eq. 5-6), with (data loss, λR,
@@ -305,7 +310,7 @@ class _Engine:
         out, weights = functional_call(self.model, (params, buffers), (_layout(x, channels_last),),
                                        {"with_weights": True})
         data = (out - y).square().mean()
-        reg = mixed_penalty(weights, hyper["lam_sum"], hyper["lam_mul"], hyper["lam_mul_log"], hyper["lam_l1"],
+        reg = mixed_penalty(weights, hyper["lam_sum"], hyper["lam_mul"], hyper["lam_mul_log"], hyper.get("lam_l1"),
                             **self.norm_kwargs)
         return data + reg, (data, reg, metrics.correct_counts(out, y, flipped, self.binary))
 
