@@ -28,7 +28,6 @@ from .sweep import chosen, select_best
 
 LEVEL = 0.95
 COMPARED = ((Penalty.MUL, Penalty.SUM), (Penalty.MUL, Penalty.NONE))  # (penalty, the one it is claimed to beat)
-NAMES = PENALTY_NAMES
 
 
 def interval(diffs: Sequence[float], level: float = LEVEL) -> dict:
@@ -85,9 +84,9 @@ def claims(runs: pd.DataFrame, metrics: Sequence[str] | None = None, level: floa
             gap = (wide[a] - wide[b]).rename("d")
             for noise in levels:
                 ci = interval(gap.xs(noise, level="label_noise").tolist(), level)
-                rows.append({"claim": f"{NAMES[a]} beats {NAMES[b]}", "noise": f"{noise:g}", "rule": metric,
-                             **ci, "outcome": outcome(ci)})
-            growth = {"claim": f"gap to {NAMES[b]} grows with noise", "rule": metric}
+                rows.append({"claim": f"{PENALTY_NAMES[a]} beats {PENALTY_NAMES[b]}", "noise": f"{noise:g}",
+                             "rule": metric, **ci, "outcome": outcome(ci)})
+            growth = {"claim": f"gap to {PENALTY_NAMES[b]} grows with noise", "rule": metric}
             if len(levels) > 1:
                 lo, hi = gap.xs(levels[0], level="label_noise"), gap.xs(levels[-1], level="label_noise")
                 ci = interval((hi - lo).dropna().tolist(), level)
@@ -123,7 +122,7 @@ def paper_gaps(published: pd.DataFrame) -> dict[tuple[str, str], float]:
     out = {}
     for a, b in COMPARED:
         gap = 100 * (acc[a] - acc[b])
-        out |= {(f"{NAMES[a]} beats {NAMES[b]}", f"{noise:g}"): g for noise, g in gap.items()}
-        grows = (f"gap to {NAMES[b]} grows with noise", f"{gap.index[-1]:g} vs {gap.index[0]:g}")
+        out |= {(f"{PENALTY_NAMES[a]} beats {PENALTY_NAMES[b]}", f"{noise:g}"): g for noise, g in gap.items()}
+        grows = (f"gap to {PENALTY_NAMES[b]} grows with noise", f"{gap.index[-1]:g} vs {gap.index[0]:g}")
         out[grows] = gap.iloc[-1] - gap.iloc[0]
     return out

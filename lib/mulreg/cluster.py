@@ -213,8 +213,7 @@ def _connect(ray, spec) -> bool:
         ray.init(address="local", num_cpus=spec.workers or os.cpu_count() or 1, include_dashboard=False, **quiet)
         return True
     if not _listening(spec.ray_address):  # else Ray waits minutes for a cluster that is not there
-        raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} (nothing listens there); "
-                          "start one with `ray start --head` (docs/CLUSTER.md), or use ray_address: local.")
+        raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} (nothing listens there); {START_HINT}")
     refused = getattr(ray.exceptions, "AuthenticationError", ())  # e.g. token mode set, no token found
     failures = (ConnectionError, refused) if refused else ConnectionError
     with _stderr_captured() as log:  # Ray's C++ client logs each refused attempt there
@@ -229,8 +228,7 @@ def _connect(ray, spec) -> bool:
     if isinstance(failure, refused) or any(mark in log[0] for mark in AUTH_REFUSED):
         raise ConfigError(f"ray_address: the Ray cluster at {spec.ray_address!r} is up but refused this driver: "
                           f"authentication failed. {AUTH_HINT}")
-    raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} ({_first_line(failure)}); start one "
-                      "with `ray start --head` (docs/CLUSTER.md), or use ray_address: local.")
+    raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} ({_first_line(failure)}); {START_HINT}")
 
 
 def _listening(address: str, timeout: float = 5.0) -> bool:
@@ -246,6 +244,7 @@ def _listening(address: str, timeout: float = 5.0) -> bool:
     return True
 
 
+START_HINT = "start one with `ray start --head` (docs/CLUSTER.md), or use ray_address: local."
 AUTH_REFUSED = ("Unauthenticated", "InvalidAuthToken")  # what Ray's GCS client logs when the token is refused
 AUTH_HINT = ("Give the driver the cluster's mode and token: `export RAY_AUTH_MODE=token`, and the token "
              "in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (`ray get-auth-token` on the head "
