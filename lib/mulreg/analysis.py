@@ -38,12 +38,14 @@ def load_sweep(path: str, classes: Sequence[int | str] | None = None,
     directory), with another binary class pair when `classes` is given (names or indices 0-9) and
     other seeds when `seeds` is given (one or a list; every run config validates its own)."""
     spec = SweepSpec.from_yaml(path)
-    base, grid = dict(spec.base), dict(spec.grid)
+    base, grid, arms = dict(spec.base), dict(spec.grid), list(spec.arms)
     if classes is not None:
         base["classes"] = list(classes)
     if seeds is not None:
-        grid["seed"] = list(seeds) if isinstance(seeds, (list, tuple)) else [seeds]
-    return spec.model_copy(update={"base": base, "grid": grid})
+        seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [seeds]
+        grid["seed"] = seeds
+        arms = [{**arm, "seed": seeds} if "seed" in arm else arm for arm in arms]
+    return spec.model_copy(update={"base": base, "grid": grid, "arms": arms})
 
 
 def run_sweep(spec: SweepSpec, progress: bool = True) -> pd.DataFrame:

@@ -3,7 +3,10 @@ selection rule (docs/PAPER.md, "Selection rule").
 
 A sweep file (YAML) holds `base` (RunConfig fields shared by all runs) and `grid` (lists of values;
 dotted names reach nested fields, and `lam` may be a dict of lists per penalty). The unregularised
-baseline appears once per combination of the other axes, not once per λ.
+baseline appears once per combination of the other axes, not once per λ. Optional `arms` (a list of
+grids) make the sweep the union of `grid` updated by each arm, for sweeps whose parts differ in more
+than one axis; `extends` (a path relative to the file) takes `base`, `grid` and `store` from
+another sweep file, so runs both files name are the same runs, trained once.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import itertools
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_all_start_methods, get_context
+from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -20,7 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
 
-from .config import PROJECT_ROOT, ConfigError, RunConfig, describe, load_yaml, nest
+from .config import PROJECT_ROOT, ConfigError, RunConfig, deep_merge, describe, load_yaml, nest
 from .data import load_cifar10
 from .devices import resolve_device
 from .progress import bar as progress_bar
@@ -37,6 +41,7 @@ class SweepSpec(BaseModel):
 
     base: dict[str, Any] = {}
     grid: dict[str, Any] = {}
+    arms: list[dict[str, Any]] = []  # the sweep is the union of `grid` updated by each arm (none: `grid` alone)
     store: str | None = None  # relative paths: to the project root; default results/ (or env MULREG_RESULTS)
     executor: Literal["local", "ray"] = "local"
     ray_address: str = "local"  # "auto", "ray://host:port", "host:port" or "local" (private instance)
@@ -53,16 +58,42 @@ class SweepSpec(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> SweepSpec:
+        values = load_yaml(path) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a sweep file is a mapping (base, grid, store, ...), got {type(values).__name__}")
+        values = _extended(Path(path), values)
         try:
-            return cls.model_validate(load_yaml(path) or {})
+            return cls.model_validate(values)
         except ValidationError as err:
             raise ConfigError(f"{path}: " + describe(err)) from None
 
     def configs(self) -> list[RunConfig]:
-        return expand(self.base, self.grid)
+        configs: dict[str, RunConfig] = {}
+        for arm in self.arms or [{}]:
+            for config in expand(self.base, {**self.grid, **arm}):
+                configs.setdefault(config.key(), config)
+        return list(configs.values())
 
     def open_store(self) -> Store:
         return Store(self.store, checkpoint_every=self.checkpoint_every)
+
+
+def _extended(path: Path, values: dict[str, Any], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """`values` of the sweep file at `path` over the base, grid and store of the file it `extends`."""
+    parent = values.pop("extends", None)
+    if parent is None:
+        return values
+    parent_path = (path.parent / str(parent)).resolve()
+    if parent_path in seen:
+        raise ConfigError(f"{path}: extends {parent!r}, which extends it back (a cycle)")
+    inherited = load_yaml(parent_path) or {}
+    if not isinstance(inherited, dict):
+        raise ConfigError(f"{parent_path}: a sweep file is a mapping (base, grid, store, ...)")
+    inherited = _extended(parent_path, inherited, (*seen, path.resolve()))
+    merged = {k: inherited[k] for k in ("base", "grid", "store") if k in inherited}
+    for k in ("base", "grid"):
+        merged[k] = deep_merge(merged.get(k) or {}, values.pop(k, None) or {})
+    return {**merged, **values}
 
 
 def expand(base: dict[str, Any], grid: dict[str, Any]) -> list[RunConfig]:
