@@ -22,10 +22,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-STEMS = ("01_noise_robustness", "02_training_dynamics", "03_rank_table", "04_loss_landscape", "05_multiclass")
+STEMS = ("01_noise_robustness", "02_training_dynamics", "03_rank_table", "04_loss_landscape", "05_multiclass",
+         "06_beyond_the_paper")
 PROFILES = ("smoke", "quick", "paper")
 BINARY = STEMS[:4]
-SWEEPS = {"binary": BINARY, "multiclass": STEMS[4:]}  # sweep file → the notebooks that read it
+SWEEPS = {"binary": BINARY, "multiclass": STEMS[4:5], "regularisers": STEMS[5:]}  # sweep file → its notebooks
+TASKS = {"binary": "binary", "multiclass": "multiclass", "regularisers": "binary"}  # sweep file → its task
 
 
 def read(stem: str) -> nbformat.NotebookNode:
@@ -123,7 +125,7 @@ def test_sweeps_of_every_profile_are_valid(profile, task):
 
     spec = SweepSpec.from_yaml(ROOT / "params" / profile / f"{task}_sweep.yaml")
     configs = spec.configs()
-    assert configs and {c.task for c in configs} == {task}
+    assert configs and {c.task for c in configs} == {TASKS[task]}
     assert spec.store == str(ROOT / "results" / profile)
 
 
@@ -139,6 +141,18 @@ def test_quick_binary_sweep_is_in_the_papers_regime():
     assert all(x.early_stopping is None for x in configs)
     for pen in ("sum", "mul"):
         assert len({x.lam for x in configs if x.penalty == pen}) >= 3
+
+
+def test_quick_regularisers_sweep_keeps_the_regime_and_changes_one_thing_per_arm():
+    """Notebook 06's arms differ from the plain network in one setting each, in the regime of 01-04."""
+    from mulreg.sweep import SweepSpec
+
+    configs = SweepSpec.from_yaml(ROOT / "params" / "quick" / "regularisers_sweep.yaml").configs()
+    assert {(c.init_scale, c.max_epochs, c.lr, c.early_stopping) for c in configs} == {(0.2, 90, 0.03, None)}
+    changed = {(c.penalty == "l1", c.model.dropout > 0, c.augment, c.model.batch_norm, c.model.weight_norm)
+               for c in configs}
+    assert all(sum(flags) <= 1 for flags in changed) and len(changed) == 6
+    assert all(c.effective_lr == (c.model.batch_norm or c.model.weight_norm) for c in configs)
 
 
 # ---- (c)

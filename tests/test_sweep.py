@@ -45,6 +45,56 @@ def test_sweep_file_rejects_unknown_keys(tmp_path):
         SweepSpec.from_yaml(f)
 
 
+def write(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def test_a_sweep_file_extends_another_and_unites_its_arms(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "parent.yaml", "store: results/parent\nbase: {max_epochs: 3, lr: 0.1}\n"
+          "grid: {penalty: [none, mul], lam: {mul: [1.0e-7]}, seed: [1, 2]}\n")
+    child = write(tmp_path / "sub" / "child.yaml", "extends: ../parent.yaml\nbase: {lr: 0.05}\n"
+                  "arms:\n  - {}\n  - {penalty: [l1], lam: {l1: [1.0e-6]}}\n  - {penalty: [none], augment: [true]}\n"
+                  "  - {model.batch_norm: [true]}\n")
+    spec = SweepSpec.from_yaml(child)
+    assert spec.store == str(SweepSpec(store="results/parent").store)  # inherited
+    configs = spec.configs()
+    assert {c.max_epochs for c in configs} == {3} and {c.lr for c in configs} == {0.05}  # base merged
+    kinds = sorted((c.penalty, c.augment, c.model.batch_norm) for c in configs if c.seed == 1)
+    assert kinds == [("l1", False, False), ("mul", False, False), ("mul", False, True), ("none", False, False),
+                     ("none", False, True), ("none", True, False)]
+    assert len(configs) == 2 * len(kinds) == len({c.key() for c in configs})  # every arm × both seeds, once
+
+
+def test_notebook_06s_sweep_holds_every_run_of_01_04_in_the_same_store():
+    from mulreg.config import PROJECT_ROOT
+
+    quick = PROJECT_ROOT / "params" / "quick"
+    shared = {c.key() for c in SweepSpec.from_yaml(quick / "binary_sweep.yaml").configs()}
+    extended = SweepSpec.from_yaml(quick / "regularisers_sweep.yaml")
+    assert shared < {c.key() for c in extended.configs()}
+    assert extended.store == SweepSpec.from_yaml(quick / "binary_sweep.yaml").store
+
+
+def test_a_seeds_override_reaches_every_arm(tmp_path):
+    from mulreg.analysis import load_sweep
+
+    f = write(tmp_path / "s.yaml", "grid: {seed: [1, 2, 3]}\narms:\n  - {}\n  - {seed: [4], augment: [true]}\n")
+    assert sorted(c.seed for c in load_sweep(str(f), seeds=[2]).configs()) == [2, 2]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("extends: b.yaml\n", "b.yaml: no such file"),
+    ("extends: a.yaml\n", "a cycle"),
+    ("- 1\n- 2\n", "a sweep file is a mapping"),
+    ("arms: [{}, {lr: [-1.0]}]\n", "lr"),
+])
+def test_bad_extends_and_arms_are_named(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        SweepSpec.from_yaml(write(tmp_path / "a.yaml", text)).configs()
+
+
 def test_groups_respect_shapes_and_size():
     configs = expand({"device": "cpu"}, {"seed": [1, 2, 3, 4, 5], "batch_size": [8, 16]})
     groups = plan_groups(configs, group_size=2)

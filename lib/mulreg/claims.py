@@ -96,15 +96,17 @@ def claims(runs: pd.DataFrame, metrics: Sequence[str] | None = None, level: floa
     return pd.DataFrame(rows)
 
 
+def cell(r) -> str:
+    """One tested difference for reading: 'mean [low, high]: outcome' in points."""
+    if r["n"] == 0:
+        return r["outcome"] if r["outcome"].startswith("not tested") else "no pairs"
+    span = "" if math.isnan(r["low"]) else f" [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
+    return f"{100 * r['mean']:+.1f}{span}: {r['outcome']}"
+
+
 def claims_wide(table: pd.DataFrame, paper: dict[tuple[str, str], float] | None = None) -> pd.DataFrame:
     """`claims` as one row per claim and one column per rule: 'mean [low, high] pp: outcome', and
     the paper's difference beside it when given as {(claim, noise): difference in points}."""
-    def cell(r):
-        if r["n"] == 0:
-            return r["outcome"] if r["outcome"].startswith("not tested") else "no pairs"
-        span = "" if math.isnan(r["low"]) else f" [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
-        return f"{100 * r['mean']:+.1f}{span}: {r['outcome']}"
-
     wide = table.assign(cell=table.apply(cell, axis=1)).pivot(index=["claim", "noise"], columns="rule", values="cell")
     wide = wide[[m for m in RULES if m in wide.columns]].rename(columns=RULES)
     if paper:

@@ -23,10 +23,11 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from . import provenance
-from .protocols import NORM
+from .protocols import EFF_LR, NORM
 from .style import (
     LOG_SCALE,
     PAPER_FOR,
+    arm_style,
     band_stats,
     metric_label,
     offline_plotly,
@@ -197,6 +198,74 @@ def verdict_forest(claims: pd.DataFrame, paper: dict[tuple[str, str], float] | N
     return fig
 
 
+# ---- notebook 06: the arms
+def arm_accuracy(chosen: pd.DataFrame, metric: str = "test_acc_best_val", reference: str | None = None) -> Figure:
+    """Test accuracy (%) of each arm's chosen setting (`mulreg.arms.chosen_runs`), one panel per
+    label noise: a dot per seed, a bar for the mean; colour = regulariser, marker = network; the
+    dashed line is the `reference` arm's mean."""
+    levels = sorted(chosen["label_noise"].unique()) if len(chosen) else [None]
+    arms_in = list(dict.fromkeys(chosen["arm"])) if len(chosen) else []
+    fig = Figure(figsize=(4.4 * len(levels) + 1.8, 0.32 * len(arms_in) + 1.6), layout="constrained")
+    axes = fig.subplots(1, len(levels), squeeze=False, sharey=True)[0]
+    for ax, noise in zip(axes, levels):
+        if noise is None:
+            _empty(ax)
+            continue
+        part = chosen[np.isclose(chosen["label_noise"], noise)]
+        for y, arm in enumerate(arms_in[::-1]):
+            acc = 100 * part.loc[part["arm"] == arm, metric]
+            color, marker = arm_style(arm)
+            if len(acc):
+                ax.plot([acc.mean()] * 2, [y - 0.3, y + 0.3], color=color, lw=2.5)
+                ax.plot(acc, [y] * len(acc), marker, color=color, alpha=0.8, ls="none")
+        if reference is not None and (part["arm"] == reference).any():
+            ax.axvline(100 * part.loc[part["arm"] == reference, metric].mean(), color="black", lw=1, ls="--",
+                       label=f"{reference} (mean)")
+            ax.legend(loc="lower left", frameon=False, fontsize="small")
+        ax.set_yticks(range(len(arms_in)), arms_in[::-1])
+        ax.set(xlabel="test accuracy (%)", title=f"label noise {noise:g}")
+    return fig
+
+
+def effective_lr_curves(hist: pd.DataFrame) -> Figure:
+    """‖ΔW‖/‖W‖ per step of each layer over epochs (log scale), one row per network, one curve per
+    penalty (mean over seeds, min–max band), for the runs that recorded it (`effective_lr: true`)."""
+    columns = EFF_LR.columns(hist.columns)
+    recorded = hist.dropna(subset=columns, how="all") if columns else hist.iloc[:0]
+    if recorded.empty:
+        fig = Figure(figsize=(6, 2), layout="constrained")
+        _empty(fig.subplots(), "no run recorded its effective learning rate (effective_lr: false)")
+        return fig
+    return training_dynamics(recorded, metrics=columns, row="network", log=columns)
+
+
+def arm_differences(versus: pd.DataFrame, rules: dict[str, str]) -> Figure:
+    """`mulreg.arms.against` drawn: one panel per epoch rule, one row per arm: the reference's mean
+    lead over the arm (points) with its 95 % interval, green where the reference is ahead, red where
+    the arm is, grey where it is not resolved; a dotted line at 0."""
+    tested = versus[versus["n"] > 0]
+    panels = [r for r in rules if r in set(tested["rule"])]
+    rows = list(dict.fromkeys(zip(tested["arm"], tested["noise"])))
+    fig = Figure(figsize=(3.6 * max(1, len(panels)) + 2.2, 0.32 * len(rows) + 1.8), layout="constrained")
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False, sharey=True)[0]
+    if not panels:
+        _empty(axes[0], "no arm could be compared (no pairs of runs)")
+    y = {row: i for i, row in enumerate(rows[::-1])}
+    for ax, rule in zip(axes, panels):
+        for r in tested[tested["rule"] == rule].itertuples():
+            color = OUTCOME_COLORS.get(r.outcome, "#7F7F7F")
+            lo, hi = (100 * r.low, 100 * r.high) if pd.notna(r.low) else (100 * r.mean, 100 * r.mean)
+            yi = y[(r.arm, r.noise)]
+            ax.plot([lo, hi], [yi, yi], color=color, lw=2.5)
+            ax.plot(100 * r.mean, yi, "o", color=color)
+        ax.axvline(0, color="black", lw=0.8, ls=":")
+        ax.set(xlabel="lead in test accuracy (points)", title=rules[rule].split(" (")[0])
+    levels = {noise for _, noise in rows}
+    labels = [arm if len(levels) == 1 else f"{arm} (noise {noise})" for arm, noise in rows[::-1]]
+    axes[0].set_yticks(range(len(rows)), labels)
+    return fig
+
+
 # ---- margin distributions
 def margin_violins(m: pd.DataFrame, ylabel: str = "test margin y·f(x)/std(f)") -> Figure:
     """Test-margin distributions per label noise and penalty (`mulreg.analysis.margins`); all seeds of
@@ -248,7 +317,7 @@ def training_dynamics(hist: pd.DataFrame, metrics: Sequence[str] = ("test_acc", 
     fig = Figure(figsize=(4.4 * len(metrics), 3.2 * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), len(metrics), squeeze=False, sharex=True)
     for i, rv in enumerate(rows):
-        part = hist if rv is None else hist[np.isclose(hist[row], rv)]
+        part = hist if rv is None else hist[hist[row] == rv] if isinstance(rv, str) else hist[np.isclose(hist[row], rv)]
         for j, metric in enumerate(metrics):
             ax = axes[i, j]
             if part.empty or metric not in part:
@@ -259,7 +328,8 @@ def training_dynamics(hist: pd.DataFrame, metrics: Sequence[str] = ("test_acc", 
                 _band(ax, stats[stats["penalty"] == pen], "epoch", penalty_color(pen), penalty_label(pen))
             if metric in log:
                 log_axis(ax)
-            ax.set_title(metric_label(metric) + ("" if rv is None else f"  (label noise {rv:g})"))
+            where = "" if rv is None else f"  ({rv})" if isinstance(rv, str) else f"  (label noise {rv:g})"
+            ax.set_title(metric_label(metric) + where)
             if i == len(rows) - 1:
                 ax.set_xlabel("epoch")
     handles, labels = axes[0, 0].get_legend_handles_labels()

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from . import arms, claims
 from .epochs import RULES
 from .paper import PENALTY_NAMES, PROTOCOL
 from .protocols import Penalty
@@ -221,8 +222,7 @@ def reduction_notes(profile: str, spec: SweepSpec) -> str:
     configs = spec.configs()
     c = configs[0]
     paper = PROTOCOL[c.task]
-    lams = [sum(1 for x in configs if x.penalty == p and x.seed == c.seed and x.label_noise == c.label_noise)
-            for p in (Penalty.SUM, Penalty.MUL)]
+    lams = [len({x.lam for x in configs if x.penalty == p}) for p in (Penalty.SUM, Penalty.MUL)]
     used = {"n_train": c.n_train or paper["n_train"], "n_test": c.n_test or paper["n_test"],
             "max_epochs": c.max_epochs, "seeds": len({x.seed for x in configs}), "lambdas": min(lams),
             "width": c.model.width, "init_scale": c.init_scale, "lr": c.lr, "batch_size": c.batch_size}
@@ -245,3 +245,64 @@ def reduction_notes(profile: str, spec: SweepSpec) -> str:
         return f"Profile '{profile}' follows the paper's {c.task} protocol in every size checked here."
     return (f"Profile '{profile}' is a REDUCED version of the paper's {c.task} protocol: " + "; ".join(diffs)
             + ". Numbers below are therefore not expected to match the paper's digits; docs/PROFILES.md says why.")
+
+
+# ---- notebook 06: the arms
+SUMMARY_RULES = ("test_acc_best_val", "test_acc_last")  # the two readings of notebook 06's summary table
+
+
+def _setting(arm: str, value: float) -> str:
+    if pd.isna(value):
+        return "—"
+    if arm.endswith("dropout"):
+        return f"rate {value:g}"
+    return "—" if value == 0 else f"λ {value:.0e}"
+
+
+def _mean_std(mean: float, std: float, scale: float = 100) -> str:
+    if pd.isna(mean):
+        return "—"
+    return f"{scale * mean:.2f} ± {scale * std:.2f}" if pd.notna(std) else f"{scale * mean:.2f}"
+
+
+def arm_summary(runs: pd.DataFrame, versus: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 06's summary, one row per arm and noise level: the setting the selection rule chose
+    (and whether it is at an end of the arm's grid), test accuracy (%) under the best-validation and
+    last-epoch rules, the chosen setting's runs used, the arm's runs excluded, and the
+    multiplicative penalty's lead over the arm (points, paired by seed, headline rule; `arms.against`)."""
+    best = {m: arms.select(runs, m).set_index([arms.ARM, "label_noise"]) for m in SUMMARY_RULES if m in runs}
+    head = best[SUMMARY_RULES[0]]
+    out = pd.DataFrame(index=head.index)
+    out["chosen"] = [_setting(arm, v) for (arm, _), v in zip(head.index, head[arms.SETTING])]
+    out["at grid end"] = head["grid_end"]
+    for metric, b in best.items():
+        out[f"test acc., {RULES[metric]} (%)"] = [_mean_std(m, s) for m, s in zip(b["mean"], b["std"])]
+    out["runs used"] = [f"{u:.0f}/{n:.0f}" for u, n in zip(head["n_used"].fillna(0), head["n_setting"].fillna(0))]
+    out["excluded in arm"] = [f"{e:.0f}/{n:.0f}" for e, n in zip(head["n_excluded"], head["n_runs"])]
+    lead = versus[versus["rule"] == SUMMARY_RULES[0]]
+    lead = {(r[arms.ARM], float(r["noise"])): claims.cell(r) for _, r in lead.iterrows()}
+    out[f"{arms.REFERENCE} − arm (pp)"] = [lead.get(i, "reference" if i[0] == arms.REFERENCE else "—")
+                                           for i in out.index]
+    return out.reset_index()
+
+
+def normalisation_sentences(table: pd.DataFrame) -> list[str]:
+    """One sentence per normalised network and penalty (`arms.under_normalisation`): does the
+    penalty regularise here, or only move the effective learning rate, with the numbers."""
+    out = []
+    for r in table.to_dict("records"):
+        if pd.isna(r["lam"]) or r["n"] == 0:
+            out.append(f"{r['network'].capitalize()}, {r['penalty']} penalty (noise {r['label_noise']:g}): no seed "
+                       "has usable runs with and without it (all excluded); no answer.")
+            continue
+        span = "" if pd.isna(r["low"]) else f" (95 % interval {100 * r['low']:+.1f} to {100 * r['high']:+.1f})"
+        moves = abs(r["eff_lr_ratio"] - 1) > arms.MOVES
+        rate = ("so here it only moves the effective learning rate" if moves
+                else f"and the effective learning rate stays within {arms.MOVES:.0%} of the unpenalised one")
+        answer = {"regularises": "it regularises here", "hurts": "it hurts here"}.get(
+            r["verdict"], f"no resolved effect on accuracy ({r['verdict']}), {rate}")
+        out.append(f"{r['network'].capitalize()}, {r['penalty']} penalty (λ {r['lam']:.0e}, noise "
+                   f"{r['label_noise']:g}): {100 * r['mean']:+.1f} points against the same network without it"
+                   f"{span}, over {r['n']} seed pair{'s' * (r['n'] != 1)}; effective learning rate of its "
+                   f"scale-free layers ×{r['eff_lr_ratio']:.2f} that of the unpenalised network; {answer}.")
+    return out

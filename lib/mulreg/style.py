@@ -11,7 +11,7 @@ import plotly.io as pio
 from plotly.io._base_renderers import MimetypeRenderer
 
 from .paper import PENALTY_NAMES, PENALTY_ORDER
-from .protocols import NORM, Penalty
+from .protocols import EFF_LR, NORM, Penalty
 
 COLORS = {Penalty.MUL: "#0072B2", Penalty.SUM: "#E69F00", Penalty.NONE: "#7F7F7F", Penalty.MUL_LOG: "#009E73",
           Penalty.L1: "#CC79A7"}
@@ -25,6 +25,18 @@ LABELS = {
     "penalty_term": "λ·R(W)",
     "train_acc_flipped": "fit of flipped training labels", "train_acc_clean": "fit of clean training labels",
 }
+
+
+# notebook 06: a colour per regulariser (the penalties keep theirs), a marker per network
+REGULARISER_COLORS = {**{PENALTY_NAMES[p]: c for p, c in COLORS.items()}, "early stopping": "#332288",
+                      "dropout": "#56B4E9", "augmentation": "#D55E00"}
+NETWORK_MARKERS = {"plain": "o", "batch norm": "s", "weight norm": "^"}
+
+
+def arm_style(arm: str) -> tuple[str, str]:
+    """(colour, marker) of an arm '<network> · <regulariser>' of `mulreg.arms`."""
+    network, _, regulariser = arm.partition(" · ")
+    return REGULARISER_COLORS.get(regulariser, "#000000"), NETWORK_MARKERS.get(network, "D")
 
 
 LOG_SCALE = ("norm_product", "norm_sq_sum", "penalty_term", "train_loss", "val_loss", "test_loss")
@@ -75,6 +87,8 @@ def penalties_in(df: pd.DataFrame) -> list[str]:
 def metric_label(metric: str) -> str:
     if metric in NORM.columns([metric]) and metric not in LABELS:
         return f"‖W‖_F of {metric.removeprefix(NORM.prefix + '_')}"
+    if metric in EFF_LR.columns([metric]):
+        return f"‖ΔW‖/‖W‖ per step of {metric.removeprefix(EFF_LR.prefix + '_')}"
     return LABELS.get(metric, metric)
 
 

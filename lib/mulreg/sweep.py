@@ -5,8 +5,8 @@ A sweep file (YAML) holds `base` (RunConfig fields shared by all runs) and `grid
 dotted names reach nested fields, and `lam` may be a dict of lists per penalty). The unregularised
 baseline appears once per combination of the other axes, not once per λ. Optional `arms` (a list of
 grids) make the sweep the union of `grid` updated by each arm, for sweeps whose parts differ in more
-than one axis; `extends` (a path relative to the file) takes `base`, `grid` and `store` from
-another sweep file, so runs both files name are the same runs, trained once.
+than one axis; `extends` (a path relative to the file) starts from another sweep file (base and grid
+merged, other keys replaced), so runs both files name are the same runs in the same store, trained once.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class SweepSpec(BaseModel):
     def from_yaml(cls, path: str | os.PathLike) -> SweepSpec:
         values = load_yaml(path) or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: a sweep file is a mapping (base, grid, store, ...), got {type(values).__name__}")
+            raise ConfigError(f"{path}: a sweep file is a mapping (base, grid, store, ...), "
+                              f"got {type(values).__name__}")
         values = _extended(Path(path), values)
         try:
             return cls.model_validate(values)
@@ -79,7 +80,8 @@ class SweepSpec(BaseModel):
 
 
 def _extended(path: Path, values: dict[str, Any], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """`values` of the sweep file at `path` over the base, grid and store of the file it `extends`."""
+    """`values` of the sweep file at `path` over those of the file it `extends`: base and grid merged
+    (this file's entries win), every other key (store, strategy, arms, ...) replaced where given."""
     parent = values.pop("extends", None)
     if parent is None:
         return values
@@ -90,7 +92,7 @@ def _extended(path: Path, values: dict[str, Any], seen: tuple[Path, ...] = ()) -
     if not isinstance(inherited, dict):
         raise ConfigError(f"{parent_path}: a sweep file is a mapping (base, grid, store, ...)")
     inherited = _extended(parent_path, inherited, (*seen, path.resolve()))
-    merged = {k: inherited[k] for k in ("base", "grid", "store") if k in inherited}
+    merged = dict(inherited)
     for k in ("base", "grid"):
         merged[k] = deep_merge(merged.get(k) or {}, values.pop(k, None) or {})
     return {**merged, **values}
@@ -303,15 +305,16 @@ def excluded(runs: pd.DataFrame, metric: str = "test_acc") -> pd.Series:
 
 
 def select_best(runs: pd.DataFrame, metric: str = "test_acc", by=("penalty", "label_noise"),
-                higher_is_better: bool = True) -> pd.DataFrame:
-    """Per group in `by`: mean of `metric` over seeds for each λ, keep the λ with the best mean,
-    report that λ's mean, std and number of runs used (docs/PAPER.md, "Selection rule").
+                higher_is_better: bool = True, setting: str = "lam") -> pd.DataFrame:
+    """Per group in `by`: mean of `metric` over seeds for each λ (or other `setting` column, such as
+    a dropout rate), keep the one with the best mean, report its mean, std and number of runs used
+    (docs/PAPER.md, "Selection rule").
 
     Diverged and chance-level runs are left out of every mean and counted in `n_excluded` (of
     `n_runs` in the group); a group whose runs were all excluded has no λ and a NaN mean."""
     by = list(by)
     runs = runs.assign(excluded=excluded(runs, metric))
-    per_lam = (runs[~runs["excluded"]].groupby(by + ["lam"])[metric].agg(["mean", "std", "count"])
+    per_lam = (runs[~runs["excluded"]].groupby(by + [setting])[metric].agg(["mean", "std", "count"])
                .rename(columns={"count": "n_used"}).reset_index())
     best = per_lam.sort_values("mean", ascending=not higher_is_better).groupby(by).head(1)
     counts = runs.groupby(by).agg(n_runs=("excluded", "size"), n_excluded=("excluded", "sum")).reset_index()
@@ -319,7 +322,7 @@ def select_best(runs: pd.DataFrame, metric: str = "test_acc", by=("penalty", "la
 
 
 def chosen(runs: pd.DataFrame, best: pd.DataFrame, by=("penalty", "label_noise"),
-           metric: str = "test_acc") -> pd.DataFrame:
-    """The runs behind `select_best`'s numbers: those (not excluded) of each group's chosen λ."""
+           metric: str = "test_acc", setting: str = "lam") -> pd.DataFrame:
+    """The runs behind `select_best`'s numbers: those (not excluded) of each group's chosen `setting`."""
     keep = runs[~excluded(runs, metric)]
-    return keep.merge(best.dropna(subset=["lam"])[list(by) + ["lam"]], on=list(by) + ["lam"])
+    return keep.merge(best.dropna(subset=[setting])[list(by) + [setting]], on=list(by) + [setting])
