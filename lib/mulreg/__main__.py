@@ -55,9 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                    help="override one parameter (VALUE read as YAML) in every notebook that defines it")
 
+    e = sub.add_parser("estimate", help="what a profile's notebooks would train, and how long it would take here")
+    e.add_argument("profile", choices=["smoke", "quick", "paper"])
+    e.add_argument("--nb", help="only notebooks whose name starts with this, e.g. 06")
+    e.add_argument("--fresh", action="store_true", help="as on a fresh clone: count the runs already stored too")
+
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures}[args.command](args)
+        commands = {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures, "estimate": _estimate}
+        return commands[args.command](args)
     except MulregError as err:  # anticipated: bad input, missing data, unavailable device
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -122,7 +128,7 @@ def _runs(args) -> int:
 def _figures(args) -> int:
     import yaml
 
-    from .reports import run_notebooks
+    from .reports import checked_parameters, notebooks, run_notebooks
 
     overrides = load_yaml(args.params) if args.params else {}
     if not isinstance(overrides, dict):
@@ -132,7 +138,20 @@ def _figures(args) -> int:
             overrides[name] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"-p {name}: {value!r} is not a YAML value") from None
+    checked_parameters(args.profile, notebooks(args.nb), overrides)  # bad input fails before the estimate trains
+    print(_estimate_text(args.profile, args.nb), flush=True)
     return run_notebooks(args.profile, args.nb, overrides)
+
+
+def _estimate_text(profile: str, prefix: str | None, fresh: bool = False) -> str:
+    from .estimate import estimate, report
+
+    return report(estimate(profile, prefix, fresh), profile, fresh)
+
+
+def _estimate(args) -> int:
+    print(_estimate_text(args.profile, args.nb, args.fresh))
+    return 0
 
 
 if __name__ == "__main__":

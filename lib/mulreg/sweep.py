@@ -161,7 +161,7 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
 
             run_groups_on_ray(groups, store, spec, bar, root=root,
                               on_result=lambda result: record(result, store, bar))
-        elif _strategy(spec, pending) == "processes":
+        elif execution_strategy(spec, pending) == "processes":
             _run_processes(groups, store, spec, bar, epochs, root)
         else:
             for group in groups:
@@ -199,7 +199,8 @@ def executor_from_env(spec: SweepSpec) -> SweepSpec:
         raise ConfigError("env MULREG_EXECUTOR / MULREG_RAY_ADDRESS: " + describe(err)) from None
 
 
-def _strategy(spec: SweepSpec, pending: list[RunConfig]) -> str:
+def execution_strategy(spec: SweepSpec, pending: list[RunConfig]) -> str:
+    """"inline" (one process, stack after stack) or "processes" (one single-threaded worker per core)."""
     if spec.strategy != "auto":
         return spec.strategy
     on_cpu = bool(pending) and resolve_device(pending[0].device).type == "cpu"

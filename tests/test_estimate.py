@@ -1,0 +1,45 @@
+"""`python -m mulreg estimate`: what each notebook would train, counted once, and a measured time."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mulreg import estimate
+from mulreg.bench import training_flops_per_image
+from mulreg.config import RunConfig
+
+
+def test_the_work_of_a_run_follows_its_pool_split_and_test_set():
+    paper_pool = estimate.Work.of(RunConfig(task="binary"))
+    assert (paper_pool.trained, paper_pool.evaluated) == (8_000, 2_000 + 2_000)  # 10,000 → 80/20, 2,000 test
+    capped = estimate.Work.of(RunConfig(task="multiclass", n_train=3_000, n_test=1_000, val_fraction=0.1))
+    assert (capped.trained, capped.evaluated) == (2_700, 300 + 1_000)
+    assert capped.units == pytest.approx(2_700 + 1_300 / 3)
+
+
+@pytest.mark.slow
+@pytest.mark.cifar
+def test_each_run_is_counted_once_for_the_first_notebook_that_trains_it():
+    if not os.environ.get("MULREG_DATA"):
+        pytest.skip("MULREG_DATA is not set")
+    table = estimate.estimate("smoke", fresh=True).set_index("notebook")
+    runs = table["runs to train"].to_dict()
+    # 01 trains the binary sweep; 02-04 read it; 06 shares its noise-0.2 runs (10 of its 38)
+    assert runs == {"01_noise_robustness": 20, "02_training_dynamics": 0, "03_rank_table": 0, "04_loss_landscape": 0,
+                    "05_multiclass": 3, "06_beyond_the_paper": 28}
+    assert table["runs in sweep"]["06_beyond_the_paper"] == 38
+    assert all(table["hours here"][nb] > 0 for nb in ("01_noise_robustness", "05_multiclass", "06_beyond_the_paper"))
+    assert math.isnan(table["hours here"]["03_rank_table"])
+    spec = estimate.sweep_of("smoke", "05_multiclass")
+    flop = sum(c.max_epochs * training_flops_per_image(c) * estimate.Work.of(c).units for c in spec.configs())
+    assert table["TFLOP"]["05_multiclass"] == pytest.approx(flop / 1e12)
+
+
+def test_the_command_refuses_an_unknown_profile_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "mulreg", "estimate", "huge"], capture_output=True, text=True)
+    assert done.returncode == 2 and "invalid choice: 'huge'" in done.stderr and "Traceback" not in done.stderr
