@@ -96,6 +96,37 @@ def test_resources_for_device():
     assert resources_for(auto, {"CPU": 8})["num_gpus"] == 0
 
 
+def test_a_fraction_of_a_gpu_per_task_lets_stacks_share_one(tmp_path):
+    cuda = [RunConfig.parse(BASE).replace(device="cuda")]
+    assert resources_for(cuda, gpus=0.25) == {"num_cpus": 1, "num_gpus": 0.25}
+    assert resources_for([RunConfig.parse(BASE)], gpus=0.25)["num_gpus"] == 0  # no GPU for CPU runs
+    (tmp_path / "s.yaml").write_text("gpus_per_task: 2\n")
+    with pytest.raises(ConfigError, match="gpus_per_task"):
+        SweepSpec.from_yaml(tmp_path / "s.yaml")
+
+
+def test_a_gpu_less_driver_plans_gpu_tasks_and_each_worker_sizes_its_own_stacks(monkeypatch):
+    """group_key and the driver's planning never touch CUDA; the task splits into its worker's stacks."""
+    from mulreg import cluster, train
+
+    configs = [RunConfig.parse(BASE).replace(device="cuda", seed=s) for s in range(1, 201)]
+    groups = plan_groups(configs, size=cluster.task_size)  # this machine has no GPU: no DeviceError
+    assert [len(g) for g in groups] == [train.MAX_STACK, 200 - train.MAX_STACK]
+    bn = [c.replace(model={"batch_norm": True}) for c in configs[:3]]
+    assert [len(g) for g in plan_groups(bn, size=cluster.task_size)] == [1, 1, 1]
+
+    import torch
+
+    from mulreg import devices
+
+    stacks = []  # the task body on a worker that has a GPU holding 3 runs per stack
+    monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device(name))
+    monkeypatch.setattr(train, "stack_size", lambda config: 3)
+    monkeypatch.setattr(train, "train_group", lambda group, **kw: stacks.append(len(group)) or list(group))
+    out = cluster._train_task(configs[:8], "/nonexistent-store", "token", 1, {}, None)
+    assert stacks == [3, 3, 2] and out == configs[:8]  # every run, in order
+
+
 def test_ray_sweep_equals_local_and_skips_complete_runs(ray_instance, tiny, tmp_path):
     local = run(spec(tmp_path / "local", strategy="inline"), progress=False)
     on_ray = run(spec(tmp_path / "ray", executor="ray"), progress=False)

@@ -2,8 +2,10 @@
 
 `run_groups_on_ray(groups, store, spec, bar)` is what `mulreg.sweep.run` calls when the sweep's
 `executor` is "ray". Each group (runs that train together as one vectorized stack, planned by
-`sweep.plan_groups`) becomes one Ray task asking for the resources it needs (`resources_for`: one
-GPU when the sweep's device is CUDA, else one CPU). See docs/CLUSTER.md for starting a cluster.
+`sweep.plan_groups` with `task_size`, without touching the driver's devices) becomes one Ray task
+asking for the resources it needs (`resources_for`: `gpus_per_task` of a GPU when the sweep's device
+is CUDA, else one CPU); the worker splits its task into stacks its own device holds
+(`train.stack_size`). See docs/CLUSTER.md for starting a cluster.
 
 Where results are written: the DRIVER writes them. A task returns its `RunResult`s and the driver
 saves each one into its own store with `Store.save` (a temporary folder renamed into place, and a
@@ -55,14 +57,23 @@ MAX_RETRIES = 3  # Ray's retries of a task whose worker died
 FORWARDED_ENV = ("MULREG_DATA", "MULREG_CACHE")
 
 
-def resources_for(group: list[RunConfig], cluster: dict | None = None) -> dict:
-    """What one task of `group` asks Ray for: a GPU (and a CPU to drive it) when the sweep's device
-    is "cuda" (or "auto" and the cluster has GPUs), else one CPU (one torch thread)."""
+def resources_for(group: list[RunConfig], cluster: dict | None = None, gpus: float = 1.0) -> dict:
+    """What one task of `group` asks Ray for: `gpus` of a GPU (a fraction lets several stacks share
+    one) and a CPU to drive it when the sweep's device is "cuda" (or "auto" and the cluster has
+    GPUs), else one CPU (one torch thread)."""
     device = group[0].device
     if device == "auto":
         cluster = cluster if cluster is not None else _cluster_resources()
         device = "cuda" if cluster.get("GPU", 0) > 0 else "cpu"
-    return {"num_cpus": 1, "num_gpus": 1} if device == "cuda" else {"num_cpus": 1, "num_gpus": 0}
+    return {"num_cpus": 1, "num_gpus": gpus} if device == "cuda" else {"num_cpus": 1, "num_gpus": 0}
+
+
+def task_size(config: RunConfig) -> int:
+    """Runs per Ray task, planned on the driver without touching its devices: up to a full stack
+    for a task that gets a GPU (the worker splits it into stacks its own GPU holds), one on CPUs."""
+    from .train import MAX_STACK, vectorizable
+
+    return MAX_STACK if vectorizable(config) and resources_for([config])["num_gpus"] else 1
 
 
 def run_groups_on_ray(groups: list[list[RunConfig]], store: Store, spec, bar: tqdm | None = None,
@@ -138,8 +149,10 @@ class _Driver:
         """Tasks kept submitted at once: twice what the cluster can run now (it may grow), so claims
         stay few and Ctrl-C has little to cancel."""
         cluster = _cluster_resources()
-        kind = "GPU" if self.queue and resources_for(self.queue[0], cluster)["num_gpus"] else "CPU"
-        return max(2, 2 * int(cluster.get(kind, 0)))
+        wanted = resources_for(self.queue[0], cluster, self.spec.gpus_per_task) if self.queue else {"num_gpus": 0}
+        if wanted["num_gpus"]:
+            return max(2, 2 * int(cluster.get("GPU", 0) / wanted["num_gpus"]))
+        return max(2, 2 * int(cluster.get("CPU", 0)))
 
     def _fill(self) -> None:
         capacity = self._capacity() if self.queue else 0
@@ -155,7 +168,8 @@ class _Driver:
                 self.done_groups += 1
                 continue
             try:
-                ref = self.remote.options(**resources_for(group), max_retries=MAX_RETRIES, retry_exceptions=False,
+                resources = resources_for(group, gpus=self.spec.gpus_per_task)
+                ref = self.remote.options(**resources, max_retries=MAX_RETRIES, retry_exceptions=False,
                                           name=f"mulreg-group-{len(group)}runs").remote(
                     group, _absolute(self.store.root), self.token, self.store.every, self.env, self.root)
             except BaseException:
@@ -309,7 +323,7 @@ def _train_task(group: list[RunConfig], store_root: str, token: str, every: int,
     import torch
 
     from .devices import resolve_device
-    from .train import train_group
+    from .train import stack_size, train_group
 
     saved = {k: os.environ.get(k) for k in env}
     try:
@@ -320,7 +334,9 @@ def _train_task(group: list[RunConfig], store_root: str, token: str, every: int,
             torch.set_num_threads(1)  # one CPU per task; more threads only contend (docs/PERFORMANCE.md)
         shared = (Path(store_root) / "claims" / token).is_file()
         checkpoints = Store(store_root, every).checkpoints() if shared else None
-        return train_group(group, root=root, checkpoints=checkpoints, progress=False)
+        size = stack_size(group[0])  # what this worker's device holds, not the driver's
+        return [result for i in range(0, len(group), size)
+                for result in train_group(group[i:i + size], root=root, checkpoints=checkpoints, progress=False)]
     finally:
         for k, v in saved.items():
             if v is None:

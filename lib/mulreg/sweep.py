@@ -31,7 +31,7 @@ from .progress import bar as progress_bar
 from .progress import say
 from .protocols import EXCLUDED, Penalty
 from .store import Store
-from .train import group_key, train_group, vectorizable
+from .train import group_key, stack_size, train_group, vectorizable
 
 
 class SweepSpec(BaseModel):
@@ -48,6 +48,7 @@ class SweepSpec(BaseModel):
     strategy: Literal["auto", "inline", "processes"] = "auto"
     workers: int | None = Field(None, ge=1)
     group_size: int | None = Field(None, ge=1)
+    gpus_per_task: float = Field(1.0, gt=0, le=1)  # ray executor: a fraction lets several stacks share a GPU
     checkpoint_every: int = Field(10, ge=1)
 
     @field_validator("store")
@@ -115,26 +116,18 @@ def expand(base: dict[str, Any], grid: dict[str, Any]) -> list[RunConfig]:
 
 
 # ---- execution
-def plan_groups(configs: list[RunConfig], group_size: int | None = None) -> list[list[RunConfig]]:
-    """Split runs into stacks that can train together, `group_size` runs at most."""
+def plan_groups(configs: list[RunConfig], group_size: int | None = None,
+                size=stack_size) -> list[list[RunConfig]]:
+    """Split runs into stacks that can train together: `group_size` runs at most, else `size(config)`
+    (default: what this machine's device holds, `mulreg.train.stack_size`)."""
     by_key: dict[tuple, list[RunConfig]] = {}
     for c in configs:
         by_key.setdefault(group_key(c), []).append(c)
     groups = []
     for members in by_key.values():
-        k = 1 if not vectorizable(members[0]) else group_size or auto_group_size(members[0])
+        k = 1 if not vectorizable(members[0]) else group_size or size(members[0])
         groups += [members[i : i + k] for i in range(0, len(members), k)]
     return groups
-
-
-def auto_group_size(config: RunConfig) -> int:
-    """Runs per stack: large on a GPU, where one batch of 16 leaves it idle; 1 on a CPU, where
-    stacking runs made training slower (docs/PERFORMANCE.md) and worker processes win instead."""
-    if resolve_device(config.device).type == "cuda":
-        free, _ = torch.cuda.mem_get_info()
-        per_run = (64 if config.task == "binary" else 1024) * 2**20 * config.batch_size / 16
-        return int(max(1, min(128, free * 0.5 // per_run)))
-    return 1
 
 
 def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
@@ -150,7 +143,12 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     pending = [c for c in configs if not store.is_complete(c.key())]
     if pending and spec.executor == "local":
         _preflight(pending, root)
-    groups = plan_groups(pending, spec.group_size)
+    if spec.executor == "ray":  # sized on the workers, which may have devices this driver lacks
+        from .cluster import task_size
+
+        groups = plan_groups(pending, spec.group_size, task_size)
+    else:
+        groups = plan_groups(pending, spec.group_size)
     with (_cluster_session(spec, pending),
           progress_bar(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
                        disable=not progress) as bar,

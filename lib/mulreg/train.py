@@ -43,12 +43,27 @@ from .result import Checkpoints, RunResult
 EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
 
 
+MAX_STACK = 128  # runs in one stack at most
+
+
 def group_key(config: RunConfig) -> tuple:
-    """Runs with equal keys can be trained in one stack."""
+    """Runs with equal keys can be trained in one stack. The device is the configured string, so a
+    driver without the device (a GPU-less Ray head) can plan groups for workers that have it."""
     return (config.task, config.classes, config.batch_size, config.n_train, config.n_test, config.val_fraction,
             config.model, config.optimizer, config.depth_normalization,
-            config.features_normalization, str(resolve_device(config.device)), config.compile, config.deterministic,
+            config.features_normalization, config.device, config.compile, config.deterministic,
             config.effective_lr)
+
+
+def stack_size(config: RunConfig) -> int:
+    """Runs per stack on this machine: large on a GPU, where one batch of 16 leaves it idle (sized
+    from its free memory); 1 on a CPU, where stacking runs made training slower
+    (docs/PERFORMANCE.md) and worker processes win instead; 1 for runs that cannot be stacked."""
+    if not vectorizable(config) or resolve_device(config.device).type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info()
+    per_run = (64 if config.task == "binary" else 1024) * 2**20 * config.batch_size / 16
+    return int(max(1, min(MAX_STACK, free * 0.5 // per_run)))
 
 
 def vectorizable(config: RunConfig) -> bool:
