@@ -305,3 +305,29 @@ def test_plots_share_scales():
     incomplete.done[0, 0] = False
     with pytest.raises(ValueError, match="not complete"):
         S.plot_contours({"x": incomplete})
+
+
+# ---- devices
+def test_the_landscape_helpers_keep_every_tensor_on_the_models_device(tiny_cifar_image_folder):
+    """Notebook 04 evaluates on the sweep's device: models, images, directions, losses, Hessian
+    products and rebalanced copies all stay there (checked on the `meta` device, which a CPU has)."""
+    import pandas as pd
+
+    from mulreg.analysis import landscape_data
+    from mulreg.result import RunResult
+
+    config = RunConfig.parse(dict(init_scale=1.0, model={"width": 0.25, "bias": True}, n_train=12, n_test=6))
+    result = RunResult(config=config, history=pd.DataFrame(), metrics={}, stop_reason="max_epochs",
+                       state_dict=build_model(config).state_dict(), test_margins=np.zeros(0))
+    meta = torch.device("meta")
+    model = result.model(meta)
+    x, y, _ = landscape_data(config, 8, "train", root=tiny_cifar_image_folder, device=meta)
+    xt, yt, _ = landscape_data(config, 4, "test", root=tiny_cifar_image_folder, device=meta)
+    direction = L.filter_normalized_direction(model, seed=0)
+    stacked = {n: torch.stack([p.detach(), p.detach() + direction[n]]) for n, p in model.named_parameters()}
+    loss, acc = L.evaluate(model, stacked, x, y)
+    tensors = {"model": list(model.parameters()), "images": [x, y, xt, yt], "direction": list(direction.values()),
+               "losses": [loss, acc], "hvp": list(L.hvp(model, x, y, direction).values()),
+               "rebalanced": list(L.rebalance(model).parameters())}
+    assert {name: {t.device for t in ts} for name, ts in tensors.items()} == {name: {meta} for name in tensors}
+    assert loss.shape == acc.shape == (2,)

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from . import metrics as M
+from .devices import DeviceError, resolve_device
 from .models import layer_names
 from .paper import PENALTY_NAMES
 from .prose import provenance_note
@@ -184,11 +185,20 @@ def describe_runs(pair: dict[str, pd.Series], names: dict[str, str]) -> pd.DataF
                           "Σ‖W‖²": r.norm_sq_sum, "epochs": r.epochs} for p, r in pair.items()])
 
 
-def landscape_data(config, n_images: int, split: str = Split.TRAIN,
-                   root=None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """A fixed, unshuffled subset for landscapes and flatness: the first `n_images` images of the
-    run's training split in data-set order, with its (possibly noisy) training targets, or of
-    the test set. Returns (x, y, description)."""
+def compute_device(config) -> torch.device:
+    """Where to evaluate `config`'s runs (landscapes, Hessians): its own device where this machine
+    has it, else the CPU (a store trained on a GPU read on a laptop)."""
+    try:
+        return resolve_device(config.device)
+    except DeviceError:
+        return torch.device("cpu")
+
+
+def landscape_data(config, n_images: int, split: str = Split.TRAIN, root=None,
+                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, str]:
+    """A fixed, unshuffled subset for landscapes and flatness, on `device` (that of the models it
+    is evaluated with): the first `n_images` images of the run's training split in data-set order,
+    with its (possibly noisy) training targets, or of the test set. Returns (x, y, description)."""
     from .data import pool_for, split_run
 
     pool = pool_for(config, root)
@@ -196,12 +206,13 @@ def landscape_data(config, n_images: int, split: str = Split.TRAIN,
         raise ValueError(f"landscape split: got {split!r}; allowed: train, test")
     if split == Split.TEST:
         x, y = pool.x_test[:n_images], pool.targets(pool.y_test[:n_images])
-        return x, y, f"first {len(x)} test images (clean labels)"
+        return x.to(device), y.to(device), f"first {len(x)} test images (clean labels)"
     data = split_run(pool, config.seed, config.label_noise, config.val_fraction)
     idx = data.train_idx.sort().values[:n_images]
     y = pool.targets(data.labels)[idx]
-    return pool.x_train[idx], y, (f"first {len(idx)} images of the training split (seed {config.seed}, "
-                                  f"data-set order, training labels with noise {config.label_noise:g})")
+    return pool.x_train[idx].to(device), y.to(device), (
+        f"first {len(idx)} images of the training split (seed {config.seed}, "
+        f"data-set order, training labels with noise {config.label_noise:g})")
 
 
 def forward_throughput(model: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -> float:

@@ -16,6 +16,7 @@ scale-aware ones do not. Figures and files of surfaces: `mulreg.surfaces`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -107,7 +108,8 @@ def evaluate(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Tensor
     fn, batch = (vmap(run, in_dims=(0, None, None)), max(1, pass_size // k)) if vectorize else (one_by_one, pass_size)
     layout = torch.channels_last if x.dim() == 4 else torch.preserve_format
     sums = torch.zeros(2, k, device=device)
-    with eval_mode(model), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+    precision = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with eval_mode(model), precision:
         for s in range(0, len(x), batch):
             xb = x[s:s + batch].to(device, memory_format=layout)
             loss, ok = fn(stacked, xb, y[s:s + batch].to(device))

@@ -36,8 +36,8 @@ class RunResult:
     test_margins: np.ndarray
     provenance: dict = field(default_factory=dict)  # code, versions, device, times (`mulreg.provenance`)
 
-    def model(self):
-        """The trained network (the reported weights), on the CPU."""
+    def model(self, device: str | torch.device = "cpu"):
+        """The trained network (the reported weights), in eval mode on `device` (default the CPU)."""
         model = build_model(self.config)
         model.load_state_dict(self.state_dict)
-        return model.eval()
+        return model.to(device).eval()
