@@ -119,12 +119,12 @@ def test_a_gpu_less_driver_plans_gpu_tasks_and_each_worker_sizes_its_own_stacks(
 
     from mulreg import devices
 
-    stacks = []  # the task body on a worker that has a GPU holding 3 runs per stack
+    calls = []  # the task body on a worker that has a GPU holding 3 runs per stack
     monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device(name))
     monkeypatch.setattr(train, "stack_size", lambda config: 3)
-    monkeypatch.setattr(train, "train_group", lambda group, **kw: stacks.append(len(group)) or list(group))
+    monkeypatch.setattr(train, "train_group", lambda group, **kw: calls.append((len(group), kw["slots"])) or group)
     out = cluster._train_task(configs[:8], "/nonexistent-store", "token", 1, {}, None)
-    assert stacks == [3, 3, 2] and out == configs[:8]  # every run, in order
+    assert calls == [(8, 3)] and out == configs[:8]  # 8 runs through 3 slots, refilled as they stop
 
 
 def test_ray_sweep_equals_local_and_skips_complete_runs(ray_instance, tiny, tmp_path):

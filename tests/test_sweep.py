@@ -152,3 +152,20 @@ def test_sweep_with_diverging_runs_completes_and_excludes_them(tiny_cifar_image_
     assert reasons[1e30] == "diverged" and reasons[1e-9] != "diverged"
     best = select_best(table)
     assert best.loc[0, "n_excluded"] == 1 and best.loc[0, "lam"] == 1e-9
+
+
+def test_a_sweep_with_stacks_trains_each_shape_in_one_group_whose_slots_are_refilled(tiny_cifar_image_folder,
+                                                                                     tmp_path, monkeypatch):
+    """With `group_size` (runs per stack) the sweep hands all runs of a shape to one `train_group`,
+    which keeps that many slots busy as runs stop at different epochs; every run is stored."""
+    import mulreg.sweep as sweep_module
+
+    monkeypatch.setenv("MULREG_DATA", str(tiny_cifar_image_folder))
+    calls = []
+    real = sweep_module.train_group
+    monkeypatch.setattr(sweep_module, "train_group",
+                        lambda group, **kw: calls.append((len(group), kw["slots"])) or real(group, **kw))
+    spec = _tiny_spec(tiny_cifar_image_folder, tmp_path / "store", seed=[1, 2, 3], max_epochs=[1, 2])
+    table = run(spec.model_copy(update={"group_size": 2}), progress=False)
+    assert calls == [(6, 2)]
+    assert len(table) == 6 and sorted(table["epochs"]) == [1, 1, 1, 2, 2, 2]

@@ -383,3 +383,56 @@ def test_training_steps_make_no_host_reads(tiny_cifar_image_folder, monkeypatch)
         return reads["n"]
 
     assert host_reads(8) == host_reads(12)  # 6 vs 9 steps per epoch (the tiny pool has 12 images)
+
+
+# ---------------------------------------------------------------- continuous batching
+def numbers(result) -> tuple:
+    return result.history, {k: v for k, v in result.state_dict.items()}
+
+
+def test_a_run_gives_the_same_numbers_alone_in_a_full_stack_and_refilled_mid_stack(tiny_cifar_image_folder):
+    """Slots of a stack are independent: run R trained from the start beside B, or taking over A's
+    slot (either slot) after A stopped, while B is an epoch in, gives bit-identical numbers on a CPU;
+    alone (no stack: the unbatched path) it agrees within float tolerance."""
+    r = config(penalty="sum", lam=1e-2, seed=5, lr=0.005, label_noise=0.2, max_epochs=3)
+    a = config(penalty="mul", lam=1e-3, seed=1, lr=0.002, max_epochs=1)
+    b = config(penalty="none", seed=2, lr=0.002, max_epochs=4)
+    root = tiny_cifar_image_folder
+
+    def trained(configs):
+        out = train_group(configs, root=root, progress=False, slots=2)
+        assert [o.config for o in out] == configs  # results in the order given, every one
+        return out[configs.index(r)]
+
+    full = trained([r, b])
+    for refilled in (trained([a, b, r]), trained([b, a, r])):  # R takes slot 0, then slot 1
+        pd.testing.assert_frame_equal(refilled.history, full.history)
+        assert all(torch.equal(refilled.state_dict[k], full.state_dict[k]) for k in full.state_dict)
+    alone = run(r, root)
+    assert_frames_close(alone.history, full.history)
+    assert_states_close(alone.state_dict, full.state_dict)
+
+
+def test_a_stack_keeps_its_shape_so_a_sweep_compiles_a_bounded_number_of_graphs(tiny_cifar_image_folder,
+                                                                                monkeypatch):
+    """Runs that stop at different epochs and are refilled from the queue never change the stack's
+    shape: nine runs ending at epochs 1-3 in four slots compile exactly what four runs that end
+    together do, and go through with dynamo's recompile limit lowered to that count (a hit would
+    raise rather than fall back to eager)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from mulreg import train as engine
+
+    def graphs(epochs: list[int], limit: int = 8) -> int:
+        torch._dynamo.reset()
+        counter = CompileCounter()
+        monkeypatch.setattr(engine._Engine, "_compiled", lambda self, fn: torch.compile(fn, backend=counter))
+        configs = [config(penalty="sum", lam=1e-3, seed=s, lr=0.002, max_epochs=e, compile=True)
+                   for s, e in enumerate(epochs, 1)]
+        with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True):
+            results = train_group(configs, root=tiny_cifar_image_folder, progress=False, slots=4)
+        assert [len(x.history) for x in results] == epochs
+        return counter.frame_count
+
+    together = graphs([2, 2, 2, 2])
+    assert graphs([1, 3, 2, 1, 2, 3, 1, 2, 1], limit=together) == together

@@ -4,8 +4,8 @@
 `executor` is "ray". Each group (runs that train together as one vectorized stack, planned by
 `sweep.plan_groups` with `task_size`, without touching the driver's devices) becomes one Ray task
 asking for the resources it needs (`resources_for`: `gpus_per_task` of a GPU when the sweep's device
-is CUDA, else one CPU); the worker splits its task into stacks its own device holds
-(`train.stack_size`). See docs/CLUSTER.md for starting a cluster.
+is CUDA, else one CPU); the worker trains it in a stack of as many slots as its own device holds
+(`train.stack_size`), refilled as runs stop. See docs/CLUSTER.md for starting a cluster.
 
 Where results are written: the DRIVER writes them. A task returns its `RunResult`s and the driver
 saves each one into its own store with `Store.save` (a temporary folder renamed into place, and a
@@ -334,9 +334,8 @@ def _train_task(group: list[RunConfig], store_root: str, token: str, every: int,
             torch.set_num_threads(1)  # one CPU per task; more threads only contend (docs/PERFORMANCE.md)
         shared = (Path(store_root) / "claims" / token).is_file()
         checkpoints = Store(store_root, every).checkpoints() if shared else None
-        size = stack_size(group[0])  # what this worker's device holds, not the driver's
-        return [result for i in range(0, len(group), size)
-                for result in train_group(group[i:i + size], root=root, checkpoints=checkpoints, progress=False)]
+        # stacks as large as this worker's device holds (not the driver's), refilled as runs stop
+        return train_group(group, root=root, checkpoints=checkpoints, progress=False, slots=stack_size(group[0]))
     finally:
         for k, v in saved.items():
             if v is None:

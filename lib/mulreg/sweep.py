@@ -147,8 +147,8 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
         from .cluster import task_size
 
         groups = plan_groups(pending, spec.group_size, task_size)
-    else:
-        groups = plan_groups(pending, spec.group_size)
+    else:  # stackable runs: one group per shape, its slots refilled as runs stop (`train_group`)
+        groups = plan_groups(pending, size=lambda c: 1 if slots_for(spec, c) == 1 else len(pending))
     with (_cluster_session(spec, pending),
           progress_bar(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
                        disable=not progress) as bar,
@@ -163,7 +163,7 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
             _run_processes(groups, store, spec, bar, epochs, root)
         else:
             for group in groups:
-                _train_claimed(group, store, root, bar, epochs.update)
+                _train_claimed(group, store, root, bar, epochs.update, slots_for(spec, group[0]))
     return store.load_runs([c.key() for c in configs])
 
 
@@ -211,15 +211,22 @@ def summary(row: dict) -> str:
             f"test acc {row.get('test_acc', float('nan')):.4f} after {row['epochs']} epochs ({row['stop_reason']})")
 
 
-def _train_claimed(group: list[RunConfig], store: Store, root, bar: tqdm | None, on_epochs=None) -> None:
-    """Train the runs of `group` that no other process holds, saving each as it finishes."""
+def slots_for(spec: SweepSpec, config: RunConfig) -> int:
+    """Runs trained at once in one stack: the sweep's `group_size`, else what this device holds."""
+    return 1 if not vectorizable(config) else spec.group_size or stack_size(config)
+
+
+def _train_claimed(group: list[RunConfig], store: Store, root, bar: tqdm | None, on_epochs=None,
+                   slots: int = 1) -> None:
+    """Train the runs of `group` that no other process holds, `slots` at a time, saving each as it
+    finishes."""
     with store.claim([c.key() for c in group]) as claimed:
         todo = [c for c in group if c.key() in claimed]
         if not todo:
             return
 
         train_group(todo, root=root, checkpoints=store.checkpoints(), progress=False,
-                    on_result=lambda result: record(result, store, bar), on_epochs=on_epochs)
+                    on_result=lambda result: record(result, store, bar), on_epochs=on_epochs, slots=slots)
 
 
 def record(result, store: Store, bar: tqdm | None) -> None:

@@ -17,6 +17,7 @@ Objective per run (paper, Sec. 4, Eq. 5-6): L = MSE(f(x), y) + λ·R(W), R ∈ {
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -78,10 +79,15 @@ def train(config: RunConfig, *, root=None, checkpoints: Checkpoints | None = Non
 
 
 def train_group(configs: list[RunConfig], *, root=None, checkpoints: Checkpoints | None = None,
-                progress: bool = True, on_result=None, on_epochs=None) -> list[RunResult]:
+                progress: bool = True, on_result=None, on_epochs=None, slots: int | None = None) -> list[RunResult]:
     """Train runs that share a `group_key` together; results come back in the order given, and
     each is also passed to `on_result` as soon as its run stops. `on_epochs(n)` hears of every n
-    run-epochs done (a run that stops early counts its remaining epochs as done)."""
+    run-epochs done (a run that stops early counts its remaining epochs as done).
+
+    `slots` runs train at once (default: all of them). When a run stops, the next run in line takes
+    its slot at the epoch's end (continuous batching); with none left, the slot idles, masked (zero
+    learning rate and λ, no history). The stack keeps one shape from start to end, so a compiled
+    step is compiled once; a run's numbers do not depend on its slot or its neighbours."""
     keys = {group_key(c) for c in configs}
     if len(keys) != 1:
         raise ValueError(f"train_group needs configs with one group_key, got {len(keys)} different ones")
@@ -92,6 +98,8 @@ def train_group(configs: list[RunConfig], *, root=None, checkpoints: Checkpoints
     pool = pool_for(c0, root, device)
     engine = _Engine(c0, pool, device)
     runs = [engine.new_run(c, checkpoints) for c in configs]
+    waiting = collections.deque(runs)
+    stack = engine.stack([waiting.popleft() for _ in range(min(slots or len(runs), len(runs)))], group=runs)
     results: dict[int, RunResult] = {}
     total = sum(r.config.max_epochs for r in runs)
     with progress_bar(total=total, initial=sum(r.epoch for r in runs), unit="epoch", disable=not progress,
@@ -101,24 +109,21 @@ def train_group(configs: list[RunConfig], *, root=None, checkpoints: Checkpoints
             if on_epochs:
                 on_epochs(n)
 
-        active = runs
-        while active:
-            stack = engine.stack(active)
-            while not any(r.stop_reason for r in active):
-                engine.epoch(stack)
-                advance(len(active))
-                bar.set_postfix(engine.postfix(active), refresh=False)
-                for r in active:
-                    if checkpoints and r.epoch % checkpoints.every == 0 and not r.stop_reason:
-                        checkpoints.save(r.config.key(), r.checkpoint(stack))
+        while stack.live_runs():
+            engine.epoch(stack)
+            active = stack.live_runs()
+            advance(len(active))
+            bar.set_postfix(engine.postfix(active), refresh=False)
             for r in active:
-                r.capture(stack)
+                if checkpoints and r.epoch % checkpoints.every == 0 and not r.stop_reason:
+                    checkpoints.save(r.config.key(), r.checkpoint(stack))
             for r in [r for r in active if r.stop_reason]:
+                r.capture(stack)
                 advance(r.config.max_epochs - r.epoch)
                 results[id(r)] = engine.finish(r)
                 if on_result:
                     on_result(results[id(r)])
-            active = [r for r in active if not r.stop_reason]
+                stack.replace(r, waiting.popleft() if waiting else None)
     return [results[id(r)] for r in runs]
 
 
@@ -143,7 +148,7 @@ class _Run:
 
     def capture(self, stack: _Stack) -> None:
         """Copy this run's row of the stack back into `state`."""
-        k = stack.runs.index(self)
+        k = stack.slot_of(self)
         self.state = {part: {n: t[k].detach().clone() for n, t in tensors.items()}
                       for part, tensors in stack.tensors().items()}
 
@@ -173,12 +178,15 @@ class _Run:
 
 
 class _Stack:
-    """Parameters, buffers and optimiser slots of several runs, stacked along dimension 0, and the two
-    facts that decide what a training step does with them: `batched` (vmap over the run axis, else a
-    plain call on the one run) and `heavy_ball` (momentum buffers, only when a run has μ > 0)."""
+    """Parameters, buffers and optimiser slots of several runs, stacked along dimension 0 (one row
+    per slot), and the facts that decide what a training step does with them, taken over the whole
+    `group` of runs that may ever fill a slot: `batched` (vmap over the run axis, else a plain call
+    on the one run), `heavy_ball` (momentum buffers, only when a run has μ > 0), `augment`, and
+    which penalties have a λ. A slot whose run stopped with no run left to take it stays `live`
+    False: its run stays in place, masked with zero learning rate and λ, and records nothing."""
 
-    def __init__(self, runs: list[_Run], device: torch.device, vectorize: bool):
-        self.runs = runs
+    def __init__(self, runs: list[_Run], device: torch.device, vectorize: bool, group: list[_Run]):
+        self.runs, self.live = list(runs), [True] * len(runs)
 
         def stacked(part):
             return {n: torch.stack([r.state[part][n] for r in runs]).to(device) for n in runs[0].state[part]}
@@ -189,18 +197,52 @@ class _Stack:
         self.targets = torch.stack([r.targets for r in runs])
         self.flipped = torch.stack([r.flipped for r in runs])
         self.n_flipped = torch.stack([r.flipped[r.train_idx].sum() for r in runs])  # in each training split
-        self.hyper = {h: torch.tensor([getattr(r.config, h) for r in runs], device=device)
-                      for h in ("lr", "momentum")}
-        kinds = [k for k in PENALIZED if k != Penalty.L1 or any(r.config.penalty == k for r in runs)]  # L1: if used
-        self.hyper |= {f"lam_{kind}": torch.tensor([r.config.lam * (r.config.penalty == kind) for r in runs],
-                                                   device=device) for kind in kinds}
+        kinds = [k for k in PENALIZED if k != Penalty.L1 or any(r.config.penalty == k for r in group)]  # L1: if used
+        per_slot = [self._hyper(r, kinds) for r in runs]
+        self.hyper = {h: torch.stack([values[i] for values in per_slot]).to(device)
+                      for i, h in enumerate(self.hyper_names(kinds))}
         self.batched = vectorize and len(runs) > 1
-        self.augment = any(r.config.augment for r in runs)
+        self.augment = any(r.config.augment for r in group)
         self.effective_lr = runs[0].config.effective_lr  # one value per group (`group_key`)
-        self.heavy_ball = any(r.config.momentum > 0 for r in runs)
+        self.heavy_ball = any(r.config.momentum > 0 for r in group)
+
+    @staticmethod
+    def hyper_names(kinds) -> list[str]:
+        return ["lr", "momentum", *(f"lam_{kind}" for kind in kinds)]
+
+    @staticmethod
+    def _hyper(run: _Run | None, kinds) -> list[torch.Tensor]:
+        """Learning rate, momentum and λ of each penalty kind for one slot; all 0 for an idle one."""
+        if run is None:
+            return [torch.tensor(0.0)] * (2 + len(kinds))
+        c = run.config
+        return [torch.tensor(float(v)) for v in (c.lr, c.momentum, *(c.lam * (c.penalty == k) for k in kinds))]
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"params": self.params, "buffers": self.buffers, "slots": self.slots}
+
+    def slot_of(self, run: _Run) -> int:
+        return next(k for k, r in enumerate(self.runs) if r is run)
+
+    def live_runs(self) -> list[_Run]:
+        return [r for r, live in zip(self.runs, self.live) if live]
+
+    @torch.no_grad()
+    def replace(self, run: _Run, new: _Run | None) -> None:
+        """`new` takes `run`'s slot, its state copied into the stacked rows; None idles the slot."""
+        k = self.slot_of(run)
+        kinds = [h.removeprefix("lam_") for h in self.hyper if h.startswith("lam_")]
+        for h, value in zip(self.hyper_names(kinds), self._hyper(new, kinds)):
+            self.hyper[h][k] = value
+        if new is None:
+            self.live[k] = False
+            return
+        for part, tensors in self.tensors().items():
+            for n, t in tensors.items():
+                t[k] = new.state[part][n]
+        self.targets[k], self.flipped[k] = new.targets, new.flipped
+        self.n_flipped[k] = new.flipped[new.train_idx].sum()
+        self.runs[k] = new
 
 
 class _Engine:
@@ -247,8 +289,8 @@ class _Engine:
         }
         return run
 
-    def stack(self, runs: list[_Run]) -> _Stack:
-        return _Stack(runs, self.device, self.vectorize)
+    def stack(self, runs: list[_Run], group: list[_Run]) -> _Stack:
+        return _Stack(runs, self.device, self.vectorize, group)
 
     # ---- one epoch: training steps, then evaluation
     def epoch(self, stack: _Stack) -> None:
@@ -260,8 +302,9 @@ class _Engine:
         norms = torch.stack([w.flatten(1).norm(dim=1) for w in weights], 1)  # ‖W_i‖_F per run and layer
         per_run = torch.cat([train, val, test, norms, eff_lr], 1).cpu()  # one device sync per epoch
         for k, run in enumerate(stack.runs):
-            row = self._row(run, per_run[k])
-            run.observe(row, {n: t[k] for n, t in (stack.params | stack.buffers).items()})
+            if stack.live[k]:
+                row = self._row(run, per_run[k])
+                run.observe(row, {n: t[k] for n, t in (stack.params | stack.buffers).items()})
 
     def _train(self, stack: _Stack) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over each run's training split in its own seeded order, B samples per step
