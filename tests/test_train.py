@@ -436,3 +436,16 @@ def test_a_stack_keeps_its_shape_so_a_sweep_compiles_a_bounded_number_of_graphs(
 
     together = graphs([2, 2, 2, 2])
     assert graphs([1, 3, 2, 1, 2, 3, 1, 2, 1], limit=together) == together
+
+
+def test_the_compile_mode_reaches_torch_compile_and_stays_out_of_the_run_key(tiny_cifar_image_folder,
+                                                                             monkeypatch):
+    """mode="reduce-overhead" (CUDA graphs on a GPU) is how a run is computed, not what."""
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: modes.append(kw["mode"]) or fn)
+    graphs = config(compile=True, compile_mode="reduce-overhead")
+    run(graphs, tiny_cifar_image_folder)
+    assert modes and set(modes) == {"reduce-overhead"}
+    assert graphs.key() == config(compile=True).key() == config().key()
+    with pytest.raises(ValueError, match="compile_mode"):
+        config(compile_mode="fastest")

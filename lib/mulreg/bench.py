@@ -3,10 +3,11 @@
 (a) a reference loop written the way the authors' code trains (a torchvision-style data set with
     per-sample transforms, DataLoader, per-batch penalty and `.item()` bookkeeping, evaluating the
     train and test sets every epoch); (b) `mulreg.train.train`; (c) `mulreg.sweep.run` on K runs
-    with the strategy it picks for the device. Unit: training images × runs per second, wall time
-    of whole epochs (evaluation included). Also the ceiling: measured matmul FLOP/s of the device
-    divided by the network's training FLOPs per image. Medians of `--repeats` timings; a table on
-    stdout and JSON in bench/.
+    with the strategy it picks for the device; (d) the same K runs in one process through a stack
+    of `--slots` slots refilled as runs finish (continuous batching), to say which strategy wins.
+    Unit: training images × runs per second, wall time of whole epochs (evaluation included). Also
+    the ceiling: measured matmul FLOP/s of the device divided by the network's training FLOPs per
+    image. Medians of `--repeats` timings; a table on stdout and JSON in bench/.
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--ks", type=int, nargs="+", default=[2, 4], help="runs per sweep for (c)")
+    p.add_argument("--ks", type=int, nargs="+", default=[2, 4], help="runs per sweep for (c) and (d)")
+    p.add_argument("--slots", type=int, default=2, help="slots of (d)'s stack, refilled as runs finish")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
     args = p.parse_args(argv)
@@ -175,12 +177,14 @@ def main(argv=None) -> int:
 
     compiled = base.replace(compile=True)
 
-    def sweep(k: int, config: RunConfig):
+    def sweep(k: int, config: RunConfig, **how):
         def go():
             with tempfile.TemporaryDirectory() as store:
-                run(SweepSpec(base=config.model_dump(), grid={"seed": list(range(1, k + 1))}, store=store),
+                run(SweepSpec(base=config.model_dump(), grid={"seed": list(range(1, k + 1))}, store=store, **how),
                     progress=False)
         return go
+
+    refilled = {"group_size": args.slots, "strategy": "inline"}  # one process, `slots` runs stacked with vmap
 
     variants = {
         "(a) authors-style loop": (1, lambda: reference_loop(base, args.epochs, device)),
@@ -188,6 +192,10 @@ def main(argv=None) -> int:
         "(b) mulreg.train, compiled": (1, lambda: train(compiled, progress=False)),
         **{f"(c) sweep, K={k}": (k, sweep(k, base)) for k in args.ks},
         **{f"(c) sweep, K={k}, compiled": (k, sweep(k, compiled)) for k in args.ks},
+        **{f"(d) refilled stack, K={k} in {args.slots} slots": (k, sweep(k, base, **refilled))
+           for k in args.ks if k > args.slots},
+        **{f"(d) refilled stack, K={k} in {args.slots} slots, compiled": (k, sweep(k, compiled, **refilled))
+           for k in args.ks if k > args.slots},
     }
     # warm-up of this process (data cache, kernels, compiled graphs); sweep workers start clean and
     # compile their own graphs within (c)'s time
@@ -206,6 +214,8 @@ def main(argv=None) -> int:
         r["vs_a"] = r["images_per_s"] / ref
         r["of_ceiling"] = r["images_per_s"] / ceiling
     _print_table(rows, flops, ceiling, floor, device, base.batch_size)
+    for line in _strategy_verdict(rows):
+        print(line)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": str(device), "machine": platform.processor() or platform.machine(),
@@ -215,6 +225,21 @@ def main(argv=None) -> int:
                                "rows": rows}, indent=1))
     print(f"written to {out}")
     return 0
+
+
+def _strategy_verdict(rows: list[dict]) -> list[str]:
+    """(d) against (c) at the same K and compilation: does a refilled stack in one process beat the
+    sweep's own strategy on this device?"""
+    rate = {r["variant"]: r["images_per_s"] for r in rows}
+    out = []
+    for name, d in rate.items():
+        if name.startswith("(d)"):
+            k, compiled = name.split("K=")[1].split()[0], name.endswith("compiled")
+            c = rate.get(f"(c) sweep, K={k}" + (", compiled" if compiled else ""))
+            if c:
+                out.append(f"{name}: {d / c:.2f}x the sweep's own strategy (c) at K={k} "
+                           f"({'the refilled stack wins' if d > c else 'the sweep strategy wins'})")
+    return out
 
 
 def _print_table(rows, flops, ceiling, floor, device, batch_size: int) -> None:

@@ -35,7 +35,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
 # fields added after stores existed: left out of the run key at their default, so old keys stay valid
 KEY_OMITS_DEFAULT = ("classes", "augment", "effective_lr")
-HOW = ("device", "compile", "deterministic")  # where and how a run is computed: not part of its key
+HOW = ("device", "compile", "compile_mode", "deterministic")  # where and how a run is computed: not part of its key
 
 
 class MulregError(Exception):
@@ -95,6 +95,8 @@ class RunConfig(_Strict):
     chance_margin: float = Field(0.05, ge=0, lt=0.5)  # chance_level if best train acc ≤ chance + this
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: bool = False  # torch.compile the training step (docs/PERFORMANCE.md)
+    # torch.compile's mode: "reduce-overhead" replays CUDA graphs on a GPU (a stack keeps one shape, so one graph)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     deterministic: bool = False  # deterministic kernels on CUDA, at some speed (`devices.backend_settings`)
     augment: bool = False  # random 4-pixel-padded crops and horizontal flips of training images (`data.augment`)
     effective_lr: bool = False  # record eff_lr_<layer> every epoch; costs time per step (docs/PERFORMANCE.md)

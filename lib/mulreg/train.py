@@ -52,7 +52,7 @@ def group_key(config: RunConfig) -> tuple:
     driver without the device (a GPU-less Ray head) can plan groups for workers that have it."""
     return (config.task, config.classes, config.batch_size, config.n_train, config.n_test, config.val_fraction,
             config.model, config.optimizer, config.depth_normalization,
-            config.features_normalization, config.device, config.compile, config.deterministic,
+            config.features_normalization, config.device, config.compile, config.compile_mode, config.deterministic,
             config.effective_lr)
 
 
@@ -259,7 +259,7 @@ class _Engine:
         self.model = build_model(config).to(device)
         self.layers = layer_names(self.model)
         self.directions = direction_parameters(self.model)  # the parameters whose relative update is recorded
-        self.compile = config.compile
+        self.compile, self.compile_mode = config.compile, config.compile_mode
         if self.compile:
             # inductor warns in every process of a CPU-only machine that it found no CUDA runtime,
             # which says nothing about compiling for the CPU and would litter every notebook report
@@ -405,7 +405,9 @@ class _Engine:
     def _compiled(self, fn):
         """`torch.compile(fn)` when config.compile: fused kernels, faster training steps after a
         one-off compilation (docs/PERFORMANCE.md)."""
-        return torch.compile(fn, dynamic=False) if self.compile else fn
+        if not self.compile:
+            return fn
+        return torch.compile(fn, dynamic=False, mode=None if self.compile_mode == "default" else self.compile_mode)
 
     def _row(self, run: _Run, values: torch.Tensor) -> dict:
         v = values.tolist()
