@@ -43,3 +43,14 @@ def test_each_run_is_counted_once_for_the_first_notebook_that_trains_it():
 def test_the_command_refuses_an_unknown_profile_in_one_line():
     done = subprocess.run([sys.executable, "-m", "mulreg", "estimate", "huge"], capture_output=True, text=True)
     assert done.returncode == 2 and "invalid choice: 'huge'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="on a GPU machine the paper profile is timed")
+def test_the_paper_profile_is_counted_but_not_timed_on_a_machine_without_its_gpu():
+    table = estimate.estimate("paper", fresh=True)
+    trained = table[table["runs to train"] > 0]
+    assert set(trained["notebook"]) == {"01_noise_robustness", "05_multiclass", "06_beyond_the_paper"}
+    assert (trained["TFLOP"] > 0).all() and trained["hours here"].isna().all()
+    assert set(trained["device"]) == {"cuda"}
+    text = estimate.report(table, "paper", fresh=True)
+    assert "no time: the runs' device is not on this machine" in text and "05_multiclass" in text

@@ -245,9 +245,10 @@ def _strategy_verdict(rows: list[dict]) -> list[str]:
 def _print_table(rows, flops, ceiling, floor, device, batch_size: int) -> None:
     print(f"\ndevice {device}, {torch.get_num_threads()} threads; training FLOPs/image {flops / 1e6:.1f} M; "
           f"ceiling {ceiling:,.0f} images/s (matmul FLOP/s ÷ FLOPs/image)")
-    print(f"{'variant':<34}{'runs':>5}{'seconds':>9}{'images·runs/s':>15}{'vs (a)':>8}{'of ceiling':>12}")
+    w = max(len(r["variant"]) for r in rows) + 2
+    print(f"{'variant':<{w}}{'runs':>5}{'seconds':>9}{'images·runs/s':>15}{'vs (a)':>8}{'of ceiling':>12}")
     for r in rows:
-        print(f"{r['variant']:<34}{r['runs']:>5}{r['seconds']:>9.1f}{r['images_per_s']:>15,.0f}"
+        print(f"{r['variant']:<{w}}{r['runs']:>5}{r['seconds']:>9.1f}{r['images_per_s']:>15,.0f}"
               f"{r['vs_a']:>7.2f}x{r['of_ceiling']:>11.0%}")
     print(f"kernel floor: the conv/linear kernels alone reach {floor:,.0f} images/s ({floor / ceiling:.0%} of the "
           f"ceiling) at batch {batch_size}; no engine built on them can exceed that")

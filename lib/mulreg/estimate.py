@@ -25,7 +25,7 @@ import torch
 
 from .bench import training_flops_per_image
 from .config import RunConfig
-from .devices import resolve_device
+from .devices import DeviceError, resolve_device
 from .paper import PROTOCOL
 from .reports import NOTEBOOKS, notebooks, parameters
 from .sweep import SweepSpec, execution_strategy
@@ -88,6 +88,15 @@ def measure(config: RunConfig, root=None) -> Rate:
     return Rate(per_unit=steady / Work.of(probe).units, start=max(0.0, stamps[1] - stamps[0] - steady))
 
 
+def here(device: str) -> bool:
+    """Whether this machine has `device` ("auto" always resolves to something)."""
+    try:
+        resolve_device(device)
+    except DeviceError:
+        return False
+    return True
+
+
 def sweep_of(profile: str, stem: str) -> SweepSpec | None:
     """The sweep file a notebook's profile parameters name (None: the notebook has none)."""
     path = parameters(profile, stem).get("sweep")
@@ -96,7 +105,7 @@ def sweep_of(profile: str, stem: str) -> SweepSpec | None:
 
 def workers(spec: SweepSpec, pending: list[RunConfig]) -> int:
     """Runs training at once: one worker per core where the sweep uses processes, else one."""
-    if execution_strategy(spec, pending) != "processes":
+    if not here(pending[0].device) or execution_strategy(spec, pending) != "processes":
         return 1
     return max(1, min(spec.workers or os.cpu_count() or 1, len(pending)))
 
@@ -117,8 +126,8 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
         seconds = flop = trained = evaluated = epochs = 0.0
         for c in pending:
             work = Work.of(c)
-            if shape(c) not in rates:
-                rates[shape(c)] = measure(c, root)
+            if shape(c) not in rates:  # a device this machine lacks (the paper profile's GPU) cannot be timed here
+                rates[shape(c)] = measure(c, root) if here(c.device) else Rate(math.nan, math.nan)
             seconds += rates[shape(c)].start + c.max_epochs * work.units * rates[shape(c)].per_unit
             flop += c.max_epochs * training_flops_per_image(c) * work.units
             trained += c.max_epochs * work.trained
@@ -127,13 +136,15 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
         rows.append({"notebook": nb.stem, "runs to train": len(pending), "runs in sweep": len(configs),
                      "run-epochs": int(epochs), "images trained": int(trained), "images evaluated": int(evaluated),
                      "TFLOP": flop / 1e12,
-                     "hours here": seconds / workers(spec, pending) / 3600 if pending else math.nan})
+                     "hours here": seconds / workers(spec, pending) / 3600 if pending else math.nan,
+                     "device": ", ".join(sorted({c.device for c in pending}))})
     return pd.DataFrame(rows)
 
 
 def report(table: pd.DataFrame, profile: str, fresh: bool = False) -> str:
     """The table for reading, with its total and what it leaves out."""
-    total = table["hours here"].sum()
+    timed = table.loc[table["runs to train"] > 0, "hours here"]
+    total = timed.sum() if timed.notna().all() else math.nan
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"this CPU ({os.cpu_count()} cores)"
     shown = table.assign(**{"TFLOP": table["TFLOP"].map(lambda v: f"{v:,.1f}"),
                             "hours here": table["hours here"].map(lambda v: "—" if math.isnan(v) else f"{v:.2f}")})
@@ -142,5 +153,7 @@ def report(table: pd.DataFrame, profile: str, fresh: bool = False) -> str:
     stored = "as on a fresh clone" if fresh else "runs already in the store are not counted"
     return (f"Estimate for profile {profile!r} on {device}, training only (at most: early stopping shortens runs; "
             f"{stored}):\n{shown.to_string(index=False)}\n"
-            f"total ≈ {total:.2f} h ({60 * total:.0f} min); not estimated: set-up, HTML exports, notebook 04's "
-            "landscape grids. GPU: no measurement yet (docs/PERFORMANCE.md).")
+            + (f"total ≈ {total:.2f} h ({60 * total:.0f} min)" if not math.isnan(total) else
+               "no time: the runs' device is not on this machine (—)")
+            + "; not estimated: set-up, HTML exports, notebook 04's landscape grids. GPU: no measurement yet "
+              "(docs/PERFORMANCE.md).")
