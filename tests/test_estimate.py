@@ -51,6 +51,9 @@ def test_the_paper_profile_is_counted_but_not_timed_on_a_machine_without_its_gpu
     trained = table[table["runs to train"] > 0]
     assert set(trained["notebook"]) == {"01_noise_robustness", "05_multiclass", "06_beyond_the_paper"}
     assert (trained["TFLOP"] > 0).all() and trained["hours here"].isna().all()
+    at_best = trained.set_index("notebook")["H100 hours at best"]
+    assert at_best["05_multiclass"] == pytest.approx(trained.set_index("notebook")["TFLOP"]["05_multiclass"]
+                                                     / estimate.H100_FP32_TFLOPS / 3600)
     assert set(trained["device"]) == {"cuda"}
     text = estimate.report(table, "paper", fresh=True)
     assert "no time: the runs' device is not on this machine" in text and "05_multiclass" in text

@@ -34,6 +34,8 @@ from .train import train_group
 SLICE = {"binary": (400, 200), "multiclass": (500, 200)}  # (n_train, n_test) of the measurement
 MEASURED_EPOCHS = 3  # the first compiles; the others are timed
 EVAL_WEIGHT = 1 / 3  # an evaluated image costs a forward pass: about a third of a training image
+# H100 SXM, FP32 without tensor cores (NVIDIA's datasheet): float32 matmul precision is "highest", so no TF32
+H100_FP32_TFLOPS = 67.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
                      "run-epochs": int(epochs), "images trained": int(trained), "images evaluated": int(evaluated),
                      "TFLOP": flop / 1e12,
                      "hours here": seconds / workers(spec, pending) / 3600 if pending else math.nan,
+                     "H100 hours at best": flop / 1e12 / H100_FP32_TFLOPS / 3600 if pending else math.nan,
                      "device": ", ".join(sorted({c.device for c in pending}))})
     return pd.DataFrame(rows)
 
@@ -146,8 +149,9 @@ def report(table: pd.DataFrame, profile: str, fresh: bool = False) -> str:
     timed = table.loc[table["runs to train"] > 0, "hours here"]
     total = timed.sum() if timed.notna().all() else math.nan
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"this CPU ({os.cpu_count()} cores)"
-    shown = table.assign(**{"TFLOP": table["TFLOP"].map(lambda v: f"{v:,.1f}"),
-                            "hours here": table["hours here"].map(lambda v: "—" if math.isnan(v) else f"{v:.2f}")})
+    hours = {c: table[c].map(lambda v: "—" if math.isnan(v) else f"{v:,.2f}")
+             for c in ("hours here", "H100 hours at best")}
+    shown = table.assign(TFLOP=table["TFLOP"].map(lambda v: f"{v:,.1f}"), **hours)
     for col in ("images trained", "images evaluated"):
         shown[col] = shown[col].map(lambda v: f"{v:,}")
     stored = "as on a fresh clone" if fresh else "runs already in the store are not counted"
@@ -155,5 +159,6 @@ def report(table: pd.DataFrame, profile: str, fresh: bool = False) -> str:
             f"{stored}):\n{shown.to_string(index=False)}\n"
             + (f"total ≈ {total:.2f} h ({60 * total:.0f} min)" if not math.isnan(total) else
                "no time: the runs' device is not on this machine (—)")
-            + "; not estimated: set-up, HTML exports, notebook 04's landscape grids. GPU: no measurement yet "
-              "(docs/PERFORMANCE.md).")
+            + "; not estimated: set-up, HTML exports, notebook 04's landscape grids. 'H100 hours at best': the "
+              f"FLOPs at an H100's {H100_FP32_TFLOPS:g} TFLOP/s fp32 peak, a lower bound (no GPU measurement yet, "
+              "docs/PERFORMANCE.md).")
