@@ -118,6 +118,7 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
     `fresh`, as on a fresh clone: the runs already in the stores count too."""
     counted: set[str] = set()
     rates: dict[tuple, Rate] = {}
+    flops: dict[tuple, int] = {}  # training FLOPs per image of each shape
     rows = []
     for nb in notebooks(prefix):
         spec = sweep_of(profile, nb.stem)
@@ -131,7 +132,9 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
             if shape(c) not in rates:  # a device this machine lacks (the paper profile's GPU) cannot be timed here
                 rates[shape(c)] = measure(c, root) if here(c.device) else Rate(math.nan, math.nan)
             seconds += rates[shape(c)].start + c.max_epochs * work.units * rates[shape(c)].per_unit
-            flop += c.max_epochs * training_flops_per_image(c) * work.units
+            if shape(c) not in flops:
+                flops[shape(c)] = training_flops_per_image(c)
+            flop += c.max_epochs * flops[shape(c)] * work.units
             trained += c.max_epochs * work.trained
             evaluated += c.max_epochs * work.evaluated
             epochs += c.max_epochs
