@@ -160,7 +160,8 @@ def report(table: pd.DataFrame, profile: str, fresh: bool = False) -> str:
     stored = "as on a fresh clone" if fresh else "runs already in the store are not counted"
     return (f"Estimate for profile {profile!r} on {device}, training only (at most: early stopping shortens runs; "
             f"{stored}):\n{shown.to_string(index=False)}\n"
-            + (f"total ≈ {total:.2f} h ({60 * total:.0f} min)" if not math.isnan(total) else
+            + ("nothing to train: every run is in its store" if not table["runs to train"].any() else
+               f"total ≈ {total:.2f} h ({60 * total:.0f} min)" if not math.isnan(total) else
                "no time: the runs' device is not on this machine (—)")
             + "; not estimated: set-up, HTML exports, notebook 04's landscape grids. 'H100 hours at best': the "
               f"FLOPs at an H100's {H100_FP32_TFLOPS:g} TFLOP/s fp32 peak, a lower bound (no GPU measurement yet, "
