@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from . import metrics as M
-from .devices import DeviceError, resolve_device
+from .devices import on_this_machine, resolve_device
 from .models import layer_names
 from .paper import PENALTY_NAMES
 from .prose import provenance_note
@@ -188,10 +188,7 @@ def describe_runs(pair: dict[str, pd.Series], names: dict[str, str]) -> pd.DataF
 def compute_device(config) -> torch.device:
     """Where to evaluate `config`'s runs (landscapes, Hessians): its own device where this machine
     has it, else the CPU (a store trained on a GPU read on a laptop)."""
-    try:
-        return resolve_device(config.device)
-    except DeviceError:
-        return torch.device("cpu")
+    return resolve_device(config.device) if on_this_machine(config.device) else torch.device("cpu")
 
 
 def landscape_data(config, n_images: int, split: str = Split.TRAIN, root=None,

@@ -29,6 +29,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def on_this_machine(name: str) -> bool:
+    """Whether `resolve_device(name)` would succeed here ("auto" always does)."""
+    return name == "auto" or name in available_devices()
+
+
 def backend_settings(device: torch.device, deterministic: bool = False) -> dict:
     """Set this process's backend flags for training on `device` and return them (a run stores them
     with its provenance; docs/PERFORMANCE.md, "Backend settings", says what each costs):

@@ -25,7 +25,7 @@ import torch
 
 from .bench import training_flops_per_image
 from .config import RunConfig
-from .devices import DeviceError, resolve_device
+from .devices import on_this_machine, resolve_device
 from .paper import PROTOCOL
 from .reports import NOTEBOOKS, notebooks, parameters
 from .sweep import SweepSpec, execution_strategy
@@ -90,15 +90,6 @@ def measure(config: RunConfig, root=None) -> Rate:
     return Rate(per_unit=steady / Work.of(probe).units, start=max(0.0, stamps[1] - stamps[0] - steady))
 
 
-def here(device: str) -> bool:
-    """Whether this machine has `device` ("auto" always resolves to something)."""
-    try:
-        resolve_device(device)
-    except DeviceError:
-        return False
-    return True
-
-
 def sweep_of(profile: str, stem: str) -> SweepSpec | None:
     """The sweep file a notebook's profile parameters name (None: the notebook has none)."""
     path = parameters(profile, stem).get("sweep")
@@ -107,7 +98,7 @@ def sweep_of(profile: str, stem: str) -> SweepSpec | None:
 
 def workers(spec: SweepSpec, pending: list[RunConfig]) -> int:
     """Runs training at once: one worker per core where the sweep uses processes, else one."""
-    if not here(pending[0].device) or execution_strategy(spec, pending) != "processes":
+    if not on_this_machine(pending[0].device) or execution_strategy(spec, pending) != "processes":
         return 1
     return max(1, min(spec.workers or os.cpu_count() or 1, len(pending)))
 
@@ -130,7 +121,7 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
         for c in pending:
             work = Work.of(c)
             if shape(c) not in rates:  # a device this machine lacks (the paper profile's GPU) cannot be timed here
-                rates[shape(c)] = measure(c, root) if here(c.device) else Rate(math.nan, math.nan)
+                rates[shape(c)] = measure(c, root) if on_this_machine(c.device) else Rate(math.nan, math.nan)
             seconds += rates[shape(c)].start + c.max_epochs * work.units * rates[shape(c)].per_unit
             if shape(c) not in flops:
                 flops[shape(c)] = training_flops_per_image(c)

@@ -197,26 +197,23 @@ class _Stack:
         self.targets = torch.stack([r.targets for r in runs])
         self.flipped = torch.stack([r.flipped for r in runs])
         self.n_flipped = torch.stack([r.flipped[r.train_idx].sum() for r in runs])  # in each training split
-        kinds = [k for k in PENALIZED if k != Penalty.L1 or any(r.config.penalty == k for r in group)]  # L1: if used
-        per_slot = [self._hyper(r, kinds) for r in runs]
-        self.hyper = {h: torch.stack([values[i] for values in per_slot]).to(device)
-                      for i, h in enumerate(self.hyper_names(kinds))}
+        # the penalty kinds with a λ (L1 only where a run uses it)
+        self.kinds = [k for k in PENALIZED if k != Penalty.L1 or any(r.config.penalty == k for r in group)]
+        per_slot = [self._hyper(r) for r in runs]
+        self.hyper = {h: torch.stack([values[h] for values in per_slot]).to(device) for h in per_slot[0]}
         self.batched = vectorize and len(runs) > 1
         self.augment = any(r.config.augment for r in group)
         self.effective_lr = runs[0].config.effective_lr  # one value per group (`group_key`)
         self.heavy_ball = any(r.config.momentum > 0 for r in group)
 
-    @staticmethod
-    def hyper_names(kinds) -> list[str]:
-        return ["lr", "momentum", *(f"lam_{kind}" for kind in kinds)]
-
-    @staticmethod
-    def _hyper(run: _Run | None, kinds) -> list[torch.Tensor]:
+    def _hyper(self, run: _Run | None) -> dict[str, torch.Tensor]:
         """Learning rate, momentum and λ of each penalty kind for one slot; all 0 for an idle one."""
+        names = ["lr", "momentum", *(f"lam_{k}" for k in self.kinds)]
         if run is None:
-            return [torch.tensor(0.0)] * (2 + len(kinds))
+            return {h: torch.tensor(0.0) for h in names}
         c = run.config
-        return [torch.tensor(float(v)) for v in (c.lr, c.momentum, *(c.lam * (c.penalty == k) for k in kinds))]
+        values = (c.lr, c.momentum, *(c.lam * (c.penalty == k) for k in self.kinds))
+        return {h: torch.tensor(float(v)) for h, v in zip(names, values)}
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"params": self.params, "buffers": self.buffers, "slots": self.slots}
@@ -231,8 +228,7 @@ class _Stack:
     def replace(self, run: _Run, new: _Run | None) -> None:
         """`new` takes `run`'s slot, its state copied into the stacked rows; None idles the slot."""
         k = self.slot_of(run)
-        kinds = [h.removeprefix("lam_") for h in self.hyper if h.startswith("lam_")]
-        for h, value in zip(self.hyper_names(kinds), self._hyper(new, kinds)):
+        for h, value in self._hyper(new).items():
             self.hyper[h][k] = value
         if new is None:
             self.live[k] = False
