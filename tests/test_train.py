@@ -449,3 +449,55 @@ def test_the_compile_mode_reaches_torch_compile_and_stays_out_of_the_run_key(tin
     assert graphs.key() == config(compile=True).key() == config().key()
     with pytest.raises(ValueError, match="compile_mode"):
         config(compile_mode="fastest")
+
+
+def test_a_runs_footprint_is_measured_its_activations_growing_with_the_batch():
+    """Weights, gradients and optimiser slots are fixed; what the forward pass saves for the backward
+    pass grows with the batch, in proportion."""
+    from mulreg.train import footprint
+
+    sgd = [footprint(config(batch_size=b)) for b in (16, 32, 64)]
+    weights = sum(p.numel() * 4 for p in build_model(config()).parameters())
+    assert sgd[0] > 3 * weights  # weights, gradients, momentum, and activations on top
+    assert sgd[1] - sgd[0] > 0
+    assert sgd[2] - sgd[1] == pytest.approx(2 * (sgd[1] - sgd[0]), rel=0.05)
+    assert footprint(config(batch_size=16, optimizer="adam")) - sgd[0] == weights  # Adam keeps m and v
+    assert footprint(config(task="multiclass", batch_size=16)) > 10 * sgd[0]
+
+
+def test_a_gpu_stack_holds_what_half_its_free_memory_holds_of_measured_runs(monkeypatch):
+    from mulreg import train as engine
+
+    cfg = config(batch_size=16)
+    monkeypatch.setattr(engine, "resolve_device", lambda device: torch.device("cuda"))
+    for free, slots in ((10, 5), (1, 1), (10_000, engine.MAX_STACK)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (free * engine.footprint(cfg), 2**40))
+        assert engine.stack_size(cfg) == slots
+    assert engine.stack_size(config(batch_size=16, model={"dropout": 0.5})) == 1  # vmap cannot stack dropout
+
+
+def test_evaluators_see_one_shape_their_last_chunk_padded_and_masked(tiny_cifar_image_folder, monkeypatch):
+    """With chunks that do not divide the test and validation sets, each evaluator is still called
+    with one shape, and the padding changes no number: accuracies equal those of one whole chunk."""
+    from mulreg import train as engine
+
+    shapes: dict[tuple, set] = {}
+    evaluator = engine._Engine._evaluator
+
+    def recording(self, batched, shared_images):
+        fn = evaluator(self, batched, shared_images)
+
+        def called(params, buffers, x, y):
+            shapes.setdefault((batched, shared_images), set()).add(tuple(x.shape))
+            return fn(params, buffers, x, y)
+        return called
+
+    cfg = config(n_test=11, n_train=23, val_fraction=0.3)
+    whole = run(cfg, tiny_cifar_image_folder).history
+    monkeypatch.setattr(engine, "EVAL_IMAGES", 5)
+    monkeypatch.setattr(engine._Engine, "_evaluator", recording)
+    chunked = run(cfg, tiny_cifar_image_folder).history
+    assert len(shapes) == 2 and all(len(s) == 1 for s in shapes.values()), shapes  # test set, validation split
+    pd.testing.assert_series_equal(chunked.test_acc, whole.test_acc)
+    pd.testing.assert_series_equal(chunked.val_acc, whole.val_acc)
+    np.testing.assert_allclose(chunked.test_loss, whole.test_loss, rtol=1e-6)

@@ -57,14 +57,52 @@ def group_key(config: RunConfig) -> tuple:
 
 
 def stack_size(config: RunConfig) -> int:
-    """Runs per stack on this machine: large on a GPU, where one batch of 16 leaves it idle (sized
-    from its free memory); 1 on a CPU, where stacking runs made training slower
-    (docs/PERFORMANCE.md) and worker processes win instead; 1 for runs that cannot be stacked."""
+    """Runs per stack on this machine: large on a GPU, where one batch of 16 leaves it idle (half its
+    free memory over the run's measured `footprint`); 1 on a CPU, where stacking runs made training
+    slower (docs/PERFORMANCE.md) and worker processes win instead; 1 for runs that cannot be stacked."""
     if not vectorizable(config) or resolve_device(config.device).type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info()
-    per_run = (64 if config.task == "binary" else 1024) * 2**20 * config.batch_size / 16
-    return int(max(1, min(MAX_STACK, free * 0.5 // per_run)))
+    return int(max(1, min(MAX_STACK, free * FREE_SHARE // footprint(config))))
+
+
+FREE_SHARE = 0.5  # of a GPU's free memory a stack may fill; the rest for workspaces, evaluation and the allocator
+
+
+def footprint(config: RunConfig) -> int:
+    """Bytes one run adds to a stack, measured once per `group_key`: its weights, gradients and
+    optimiser slots, one batch, and every tensor the forward pass (with the penalty's weights) saves
+    for the backward pass, counted by autograd's saved-tensor hooks on a CPU forward of one batch."""
+    key = group_key(config)
+    if key not in _FOOTPRINTS:
+        _FOOTPRINTS[key] = _measure_footprint(config)
+    return _FOOTPRINTS[key]
+
+
+_FOOTPRINTS: dict[tuple, int] = {}
+
+
+def _measure_footprint(config: RunConfig) -> int:
+    model = build_model(config)
+    params = list(model.parameters())
+    slots = 2 if config.optimizer == "adam" else 1  # Adam's m and v, SGD's momentum buffer
+    fixed = sum(p.numel() * p.element_size() for p in params) * (2 + slots)  # weights, gradients, slots
+    seen = {p.untyped_storage().data_ptr() for p in params}
+    saved = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal saved
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            saved += storage.nbytes()
+        return t
+
+    x = torch.zeros(config.batch_size, 3, 32, 32)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, weights = model(x, with_weights=True)
+        out.square().mean() + sum(w.square().sum() for w in weights)
+    return fixed + x.numel() * x.element_size() + saved
 
 
 def vectorizable(config: RunConfig) -> bool:
@@ -261,6 +299,7 @@ class _Engine:
             # which says nothing about compiling for the CPU and would litter every notebook report
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.steps: dict[tuple[bool, ...], Callable] = {}  # (batched, heavy_ball, effective_lr) → compiled step
+        self.evaluators: dict[tuple[bool, bool], Callable] = {}  # (batched, shared images) → compiled evaluator
         self.backend = backend_settings(device, config.deterministic)  # recorded with each run's provenance
 
     def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> _Run:
@@ -420,29 +459,38 @@ class _Engine:
     @torch.no_grad()
     def _evaluate(self, stack: _Stack, x_all: torch.Tensor, idx: list[torch.Tensor] | None) -> torch.Tensor:
         """Per run: (mean loss, accuracy) on its own indices into `x_all`, or on all of it (the
-        model in eval mode)."""
+        model in eval mode). Chunks of equal size, the last padded and its padding masked, so that a
+        compiled evaluator sees one shape."""
         K = len(stack.runs)
-        loss_and_correct = functools.partial(self._loss_and_correct, channels_last=not stack.batched)
-        if idx is not None and len(idx[0]) == 0:
-            return torch.full((K, 2), float("nan"), device=self.device)
-        if idx is None:
-            y_all = self.pool.targets(self.pool.y_test)
-            fn = self._compiled(_over_runs(loss_and_correct, (0, 0, None, None), stack.batched))
-        else:
-            rows = torch.arange(K, device=self.device)[:, None]
-            fn = self._compiled(_over_runs(loss_and_correct, (0, 0, 0, 0), stack.batched))
         n = len(x_all) if idx is None else len(idx[0])
-        chunk = max(1, EVAL_IMAGES // K)
+        if n == 0:
+            return torch.full((K, 2), float("nan"), device=self.device)
+        chunk = _chunk_size(n, max(1, EVAL_IMAGES // K))
+        pick = torch.arange(n + (-n) % chunk, device=self.device).clamp(max=n - 1)  # padded: repeats the last image
+        fn = self._evaluator(stack.batched, idx is None)
+        rows = torch.arange(K, device=self.device)[:, None]
+        y_all = self.pool.targets(self.pool.y_test) if idx is None else None
         sums = torch.zeros(K, 2, device=self.device)
         for s in range(0, n, chunk):
+            sel, real = pick[s:s + chunk], (torch.arange(s, s + chunk, device=self.device) < n).float()
             if idx is None:
-                x, y = x_all[s:s + chunk], y_all[s:s + chunk]
+                x, y = x_all[sel], y_all[sel]
             else:
-                sel = torch.stack([i[s:s + chunk] for i in idx])
+                sel = torch.stack([i[sel] for i in idx])
                 x, y = x_all[sel], stack.targets[rows, sel]
             loss, ok = fn(stack.params, stack.buffers, x, y)
-            sums += torch.stack([loss.sum(-1), ok.float().sum(-1)], 1)
+            sums += torch.stack([(loss * real).sum(-1), (ok.float() * real).sum(-1)], 1)
         return sums / n
+
+    def _evaluator(self, batched: bool, shared_images: bool) -> Callable:
+        """(loss, correct) per run and image, compiled once per kind: one image set for all runs
+        (the test set) or each run's own (its validation split)."""
+        kind = (batched, shared_images)
+        if kind not in self.evaluators:
+            fn = functools.partial(self._loss_and_correct, channels_last=not batched)
+            in_dims = (0, 0, None, None) if shared_images else (0, 0, 0, 0)
+            self.evaluators[kind] = self._compiled(_over_runs(fn, in_dims, batched))
+        return self.evaluators[kind]
 
     def postfix(self, runs: list[_Run]) -> dict:
         last = runs[0].history[-1]
@@ -489,6 +537,11 @@ def _over_runs(fn, in_dims: tuple, batched: bool):
         return tree_map(lambda t: t.unsqueeze(0), fn(*first))
 
     return single
+
+
+def _chunk_size(n: int, most: int) -> int:
+    """The size of ⌈n / most⌉ equal chunks covering n images: the last one pads at most a few."""
+    return math.ceil(n / math.ceil(n / most))
 
 
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
