@@ -173,6 +173,7 @@ def test_clean_removes_leftovers_of_killed_processes_but_not_of_live_ones(tmp_pa
     assert not dead_dir.exists() and not dead_ckpt.exists() and live_ckpt.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch.load notes the protocol of the hand-made pickle
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     import pickle
 
