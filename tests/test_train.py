@@ -471,7 +471,7 @@ def test_a_gpu_stack_holds_what_half_its_free_memory_holds_of_measured_runs(monk
     cfg = config(batch_size=16)
     monkeypatch.setattr(engine, "resolve_device", lambda device: torch.device("cuda"))
     for free, slots in ((10, 5), (1, 1), (10_000, engine.MAX_STACK)):
-        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (free * engine.footprint(cfg), 2**40))
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free * engine.footprint(cfg), 2**40))
         assert engine.stack_size(cfg) == slots
     assert engine.stack_size(config(batch_size=16, model={"dropout": 0.5})) == 1  # vmap cannot stack dropout
 

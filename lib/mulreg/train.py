@@ -62,7 +62,7 @@ def stack_size(config: RunConfig) -> int:
     slower (docs/PERFORMANCE.md) and worker processes win instead; 1 for runs that cannot be stacked."""
     if not vectorizable(config) or resolve_device(config.device).type != "cuda":
         return 1
-    free, _ = torch.cuda.mem_get_info()
+    free, _ = torch.cuda.mem_get_info(resolve_device(config.device))
     return int(max(1, min(MAX_STACK, free * FREE_SHARE // footprint(config))))
 
 
@@ -87,7 +87,8 @@ def _measure_footprint(config: RunConfig) -> int:
     params = list(model.parameters())
     slots = 2 if config.optimizer == "adam" else 1  # Adam's m and v, SGD's momentum buffer
     fixed = sum(p.numel() * p.element_size() for p in params) * (2 + slots)  # weights, gradients, slots
-    seen = {p.untyped_storage().data_ptr() for p in params}
+    x = torch.zeros(config.batch_size, 3, 32, 32)
+    seen = {t.untyped_storage().data_ptr() for t in [*params, x]}  # counted apart
     saved = 0
 
     def pack(t: torch.Tensor):
@@ -98,10 +99,9 @@ def _measure_footprint(config: RunConfig) -> int:
             saved += storage.nbytes()
         return t
 
-    x = torch.zeros(config.batch_size, 3, 32, 32)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out, weights = model(x, with_weights=True)
-        out.square().mean() + sum(w.square().sum() for w in weights)
+        out.square().mean() + sum(w.square().sum() for w in weights)  # the objective: what it saves, not its value
     return fixed + x.numel() * x.element_size() + saved
 
 
@@ -472,14 +472,14 @@ class _Engine:
         y_all = self.pool.targets(self.pool.y_test) if idx is None else None
         sums = torch.zeros(K, 2, device=self.device)
         for s in range(0, n, chunk):
-            sel, real = pick[s:s + chunk], (torch.arange(s, s + chunk, device=self.device) < n).float()
+            sel, real = pick[s:s + chunk], torch.arange(s, s + chunk, device=self.device) < n
             if idx is None:
                 x, y = x_all[sel], y_all[sel]
             else:
                 sel = torch.stack([i[sel] for i in idx])
                 x, y = x_all[sel], stack.targets[rows, sel]
             loss, ok = fn(stack.params, stack.buffers, x, y)
-            sums += torch.stack([(loss * real).sum(-1), (ok.float() * real).sum(-1)], 1)
+            sums += torch.stack([torch.where(real, loss, 0).sum(-1), torch.where(real, ok.float(), 0).sum(-1)], 1)
         return sums / n
 
     def _evaluator(self, batched: bool, shared_images: bool) -> Callable:
