@@ -60,9 +60,10 @@ def stack_size(config: RunConfig) -> int:
     """Runs per stack on this machine: large on a GPU, where one batch of 16 leaves it idle (half its
     free memory over the run's measured `footprint`); 1 on a CPU, where stacking runs made training
     slower (docs/PERFORMANCE.md) and worker processes win instead; 1 for runs that cannot be stacked."""
-    if not vectorizable(config) or resolve_device(config.device).type != "cuda":
+    device = resolve_device(config.device)
+    if not vectorizable(config) or device.type != "cuda":
         return 1
-    free, _ = torch.cuda.mem_get_info(resolve_device(config.device))
+    free, _ = torch.cuda.mem_get_info(device)
     return int(max(1, min(MAX_STACK, free * FREE_SHARE // footprint(config))))
 
 
