@@ -1,5 +1,6 @@
 """The statistics behind every "paper vs reproduced" number, on hand-made tables whose answers can be
-worked out by hand: the selection rule, the runs behind each chosen λ, and `paper.compare`."""
+worked out by hand: `paper.compare` and the paired differences over epochs (the selection rule:
+tests/test_selection.py)."""
 
 from __future__ import annotations
 
@@ -8,36 +9,6 @@ import pandas as pd
 import pytest
 
 from mulreg import paper, stats
-
-
-def runs_table() -> pd.DataFrame:
-    """Two penalties at noise 0.2, two λ each, two seeds; one run at chance level."""
-    rows = [  # penalty, lam, seed, test accuracy of the headline rule, stop reason
-        ("mul", 1e-6, 1, 0.80, "max_epochs"), ("mul", 1e-6, 2, 0.84, "max_epochs"),
-        ("mul", 1e-7, 1, 0.90, "max_epochs"), ("mul", 1e-7, 2, 0.50, "chance_level"),
-        ("sum", 1e-4, 1, 0.70, "max_epochs"), ("sum", 1e-4, 2, 0.74, "max_epochs"),
-        ("sum", 1e-5, 1, 0.60, "max_epochs"), ("sum", 1e-5, 2, 0.62, "early_stopped"),
-    ]
-    table = pd.DataFrame(rows, columns=["penalty", "lam", "seed", "test_acc_best_val", "stop_reason"])
-    return table.assign(label_noise=0.2, key=[f"k{i}" for i in range(len(table))])
-
-
-def test_the_selection_rule_averages_over_seeds_and_leaves_chance_level_runs_out():
-    best = stats.select(runs_table()).set_index("penalty")
-    # mul λ=1e-7 has one usable run (0.90) against λ=1e-6's two (mean 0.82): the paper's rule takes
-    # the mean over the runs that learned, so the thin λ wins
-    assert best.loc["mul", "lam"] == 1e-7 and best.loc["mul", "mean"] == pytest.approx(0.90)
-    assert best.loc["mul", "n_used"] == 1 and best.loc["mul", "n_excluded"] == 1
-    assert best.loc["sum", "lam"] == 1e-4 and best.loc["sum", "mean"] == pytest.approx(0.72)
-    assert best.loc["sum", "std"] == pytest.approx(np.std([0.70, 0.74], ddof=1))
-    assert list(best.index) == ["mul", "sum"]  # the paper's order
-
-
-def test_chosen_runs_are_the_usable_runs_of_each_chosen_lambda():
-    runs = runs_table()
-    chosen = stats.chosen_runs(runs, stats.select(runs))
-    assert sorted(chosen["key"]) == ["k2", "k4", "k5"]
-    assert list(chosen["penalty"]) == ["mul", "sum", "sum"]
 
 
 def test_compare_matches_published_numbers_and_computes_differences():
@@ -69,3 +40,13 @@ def test_unknown_penalty_kinds_fail_loudly():
         penalty_color("l3")
     with pytest.raises(ValueError):
         paper.format_comparison(pd.DataFrame({"penalty": ["l3"], "quantity": ["test_acc"], "paper": [0.5]}))
+
+
+def test_paired_differences_over_epochs_pair_by_seed_with_a_t_band():
+    rows = [{"penalty": pen, "label_noise": 0.2, "seed": seed, "epoch": epoch,
+             "test_acc": 0.7 + (0.01 * seed * epoch if pen == "mul" else 0)}
+            for pen in ("mul", "none") for seed in (3, 4, 5) for epoch in (1, 2)]
+    gap = stats.paired_over_epochs(pd.DataFrame(rows), "mul", "none").set_index("epoch")
+    assert gap.loc[2, "n"] == 3 and gap.loc[2, "mean"] == pytest.approx(0.08)
+    half = 4.302653 * np.std([0.06, 0.08, 0.10], ddof=1) / np.sqrt(3)
+    assert gap.loc[2, "low"] == pytest.approx(0.08 - half, rel=1e-5)

@@ -37,6 +37,9 @@ def test_round_trip(tiny, tmp_path):
     assert back.stop_reason == result.stop_reason and back.metrics["test_acc"] == result.metrics["test_acc"]
     assert back.history.equals(result.history)
     assert all(torch.equal(back.state_dict[k], v) for k, v in result.state_dict.items())
+    right = back.test_correct  # which test images each epoch classified right, bit for bit after the round trip
+    assert right.shape == (2, len(result.test_margins)) and right.dtype == bool and (right == result.test_correct).all()
+    assert right.mean(axis=1) == pytest.approx(result.history["test_acc"].to_numpy())
     table, hist = store.load_runs(histories=True)
     assert table.loc[0, "key"] == key and table.loc[0, "lam"] == 1e-3 and "early_stopping" in table
     assert len(hist) == 2 and set(hist["key"]) == {key}
@@ -105,6 +108,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny, tmp_path, opt
     assert a.metrics["epochs"] == b.metrics["epochs"] == 400
     pd.testing.assert_frame_equal(a.history, b.history, check_exact=True)
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert a.test_correct.shape == (400, len(a.test_margins)) and (a.test_correct == b.test_correct).all()
     assert not store.checkpoint_path(key).exists()
 
 

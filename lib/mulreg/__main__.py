@@ -38,11 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         t.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action="store_true", default=None, help=help_text)
     t.add_argument("--out", default="result.json", help="where to write the result (default: %(default)s)")
 
-    s = sub.add_parser("sweep", help="run a sweep file; completed runs are skipped, so rerunning resumes")
+    s = sub.add_parser("sweep", help="run a sweep file (its selection grid, then its confirmation stage where it "
+                       "has one); completed runs are skipped, so rerunning resumes")
     s.add_argument("file")
     s.add_argument("--executor", choices=["local", "ray"])
     s.add_argument("--ray-address")
     s.add_argument("--store")
+    s.add_argument("--selection-only", action="store_true",
+                   help="train the selection stage and write the confirmation plan, but train no confirmation run")
 
     r = sub.add_parser("runs", help="list the runs of a store (one line each), or --check its folders")
     r.add_argument("--store", help="the store folder (default: results/, or env MULREG_RESULTS)")
@@ -92,16 +95,24 @@ def _train(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import SweepSpec, run, select_best
+    from . import confirm, stages
+    from .selection import select
+    from .sweep import SweepSpec
 
     spec = SweepSpec.from_yaml(args.file)
     overrides = {k: v for k, v in (("executor", args.executor), ("ray_address", args.ray_address),
                                    ("store", args.store)) if v}
     spec = spec.model_copy(update=overrides)
-    table = run(spec)
-    print(f"{len(table)} runs in {spec.open_store().root}")
-    if "penalty" in table and "lam" in table:
-        print(select_best(table).to_string(index=False))
+    done = stages.run(spec, train_confirmation=not args.selection_only)
+    print(f"selection stage: {len(done.selection)} runs in {spec.open_store().root}")
+    if "penalty" in done.selection and "lam" in done.selection:
+        table = select(stages.read_rules(spec, done.selection))
+        print(table.to_string(index=False))
+    if done.plan is not None:
+        print(f"confirmation plan ({confirm.folder(spec.open_store().root)}):")
+        print(confirm.describe(done.plan).to_string(index=False))
+        trained = 0 if done.confirmation is None else len(done.confirmation)
+        print(f"confirmation stage: {trained} runs stored")
     return 0
 
 

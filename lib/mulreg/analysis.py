@@ -13,7 +13,9 @@ import pandas as pd
 import torch
 
 from . import metrics as M
+from . import stages
 from .devices import on_this_machine, resolve_device
+from .epochs import with_rules
 from .models import layer_names
 from .paper import PENALTY_NAMES
 from .prose import provenance_note
@@ -49,19 +51,25 @@ def load_sweep(path: str, classes: Sequence[int | str] | None = None,
     return spec.model_copy(update={"base": base, "grid": grid, "arms": arms})
 
 
-def run_sweep(spec: SweepSpec, progress: bool = True) -> pd.DataFrame:
-    """Train what the store lacks (`mulreg.sweep.run`) and say in words what happened."""
+def run_stages(spec: SweepSpec, progress: bool = True, patience: int | None = None) -> stages.Stages:
+    """Train what the store lacks of both stages (`mulreg.stages.run`), say in words what happened,
+    and return each stage's runs with every epoch rule read off its histories (the paper's literal
+    rule too, given its `patience`)."""
     store = spec.open_store()
-    configs = spec.configs()
+    configs = stages.selection_spec(spec).configs()
     pending = sum(not store.is_complete(c.key()) for c in configs)
     start = time.perf_counter()
-    runs = run(spec, progress=progress)
+    done = stages.run(spec, progress=progress)
     seconds = time.perf_counter() - start
-    n_excluded = runs["stop_reason"].isin(EXCLUDED).sum() if len(runs) else 0
-    print(f"{len(configs)} runs in the sweep: {len(configs) - pending} found in {store.root}, "
-          f"{pending} trained now in {seconds:.0f} s; {n_excluded} excluded (diverged or at chance level).")
-    print(provenance_note(runs))
-    return runs
+    parts = [("selection", done.selection)] + ([("confirmation", done.confirmation)] if done.plan else [])
+    print(f"{len(configs)} selection runs: {len(configs) - pending} found in {store.root}, {pending} trained; "
+          f"{len(done.confirmation) if done.plan else 0} confirmation runs; {seconds:.0f} s in all.")
+    for name, runs in parts:
+        n_failed = runs["stop_reason"].isin(EXCLUDED).sum() if len(runs) else 0
+        print(f"{name}: {n_failed} of {len(runs)} runs diverged or never left chance level. {provenance_note(runs)}")
+    rules = {name: with_rules(runs, store.load_histories(list(runs["key"])), patience) if len(runs) else runs
+             for name, runs in parts}
+    return stages.Stages(rules["selection"], rules.get("confirmation"), done.plan)
 
 
 def histories(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
@@ -220,3 +228,19 @@ def forward_throughput(model: torch.nn.Module, x: torch.Tensor, repeats: int = 3
     for _ in range(repeats):
         M.predict(model, x, batch=len(x))
     return repeats * len(x) / (time.perf_counter() - start)
+
+
+def test_correct(store: Store | str, runs: pd.DataFrame) -> dict[str, np.ndarray | None]:
+    """Per run key: epochs × test images, bool (`Store.test_correct`; None for runs stored without)."""
+    store = Store(store) if isinstance(store, str) else store
+    return {key: store.test_correct(key) for key in runs["key"]}
+
+
+def paired_gaps(hist: pd.DataFrame) -> pd.DataFrame:
+    """`mulreg.stats.paired_over_epochs` of the multiplicative penalty against each other penalty,
+    stacked with a column `other`."""
+    from .stats import paired_over_epochs
+
+    parts = [paired_over_epochs(hist, Penalty.MUL, other).assign(other=other)
+             for other in (Penalty.SUM, Penalty.NONE)]
+    return pd.concat(parts, ignore_index=True)

@@ -15,11 +15,11 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from .claims import LEVEL, interval, outcome
-from .epochs import HEADLINE, RULES
+from . import selection
+from .claims import ALPHA, LEVEL, decide, test
+from .epochs import HEADLINE, RULES, val_twin
 from .paper import PENALTY_NAMES
 from .protocols import EFF_LR, Penalty
-from .sweep import chosen, select_best
 
 ARM, SETTING, NETWORK = "arm", "setting", "network"
 BY = (ARM, "label_noise")
@@ -69,6 +69,8 @@ def annotate(runs: pd.DataFrame) -> pd.DataFrame:
     for metric in RULES:
         if metric in stopped and HEADLINE in stopped:
             stopped[metric] = stopped[HEADLINE]
+            if val_twin(metric) in stopped and val_twin(HEADLINE) in stopped:
+                stopped[val_twin(metric)] = stopped[val_twin(HEADLINE)]
     return ordered(pd.concat([out, stopped], ignore_index=True))
 
 
@@ -102,11 +104,11 @@ def ordered(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def select(runs: pd.DataFrame, metric: str = HEADLINE) -> pd.DataFrame:
-    """The paper's selection rule per arm and noise level on `metric` (`mulreg.sweep.select_best`
-    with the arm's setting), `n_setting`: the runs of the chosen setting (used or not), and
-    `grid_end`: 'strongest' or 'weakest' where the chosen setting is at an end of its arm's grid (a
-    better one may lie beyond it), empty inside or for one setting."""
-    best = select_best(runs, metric=metric, by=BY, setting=SETTING)
+    """The selection rule per arm and noise level for `metric` (`mulreg.selection.select` with the
+    arm's setting: on validation unless the rule reads the test set), `n_setting`: the runs of the
+    chosen setting (used or not), and `grid_end`: 'strongest' or 'weakest' where the chosen setting
+    is at an end of its arm's grid (a better one may lie beyond it), empty inside or for one setting."""
+    best = selection.select(runs, metric, by=BY, setting=SETTING)
     grid = runs.groupby(list(BY))[SETTING].agg(["min", "max", "nunique"]).reset_index()
     per_setting = runs.groupby([*BY, SETTING]).size().rename("n_setting").reset_index()
     best = best.merge(grid, on=list(BY), how="left").merge(per_setting, on=[*BY, SETTING], how="left")
@@ -116,9 +118,9 @@ def select(runs: pd.DataFrame, metric: str = HEADLINE) -> pd.DataFrame:
 
 
 def chosen_runs(runs: pd.DataFrame, metric: str = HEADLINE) -> pd.DataFrame:
-    """The runs (not excluded) of each arm's chosen setting, selected on `metric`."""
-    best = select_best(runs, metric=metric, by=BY, setting=SETTING)
-    return ordered(chosen(runs, best, by=BY, metric=metric, setting=SETTING))
+    """The usable runs of each arm's chosen setting, selected for `metric`."""
+    best = selection.select(runs, metric, by=BY, setting=SETTING)
+    return ordered(selection.chosen_runs(runs, best, by=BY, setting=SETTING))
 
 
 def _per_seed(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -127,22 +129,25 @@ def _per_seed(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def against(runs: pd.DataFrame, reference: str = REFERENCE, metrics: Iterable[str] | None = None,
-            level: float = LEVEL) -> pd.DataFrame:
+            level: float = LEVEL, alpha: float = ALPHA) -> pd.DataFrame:
     """Question (b): `reference` against every other arm, paired by seed, under each epoch rule.
-    Rows: claim ('<reference> beats <arm>'), arm, noise, rule, n, mean, sd, low, high, outcome, in
-    the format of `mulreg.claims.claims` (differences reference − arm, as fractions)."""
-    rows = []
-    for metric in [m for m in (metrics or RULES) if m in runs]:
+    Rows: claim ('<reference> beats <arm>'), arm, noise, rule, and the columns of
+    `mulreg.claims.test` and `decide` (differences reference − arm, as fractions); each rule's
+    comparisons are one Holm family."""
+    out = []
+    for metric in [m for m in (metrics or RULES) if m in runs and selection.SELECTED_ON[m] in runs]:
         wide = _per_seed(runs, metric)
         if reference not in wide:
             continue
+        rows = []
         for arm in sorted(set(wide.columns) - {reference}, key=arm_order):
             gap = wide[reference] - wide[arm]
             for noise in sorted(gap.index.get_level_values("label_noise").unique()):
-                ci = interval(gap.xs(noise, level="label_noise").tolist(), level)
                 rows.append({"claim": f"{reference} beats {arm}", ARM: arm, "noise": f"{noise:g}", "rule": metric,
-                             **ci, "outcome": outcome(ci)})
-    return pd.DataFrame(rows)
+                             **test(gap.xs(noise, level="label_noise").tolist(), level)})
+        if rows:
+            out.append(decide(pd.DataFrame(rows), alpha))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def effective_lr(hist: pd.DataFrame, network: str, last: int = LAST_EPOCHS) -> pd.Series:
@@ -153,16 +158,12 @@ def effective_lr(hist: pd.DataFrame, network: str, last: int = LAST_EPOCHS) -> p
     return tail.groupby("key")[[EFF_LR.column(layer) for layer in layers]].mean().mean(axis=1)
 
 
-VERDICTS = {"holds": "regularises", "reversed": "hurts"}  # otherwise: not resolved
-MOVES = 0.10  # an effective-learning-rate ratio further than this from 1 counts as moving it (docs/PROFILES.md)
-
-
 def under_normalisation(runs: pd.DataFrame, hist: pd.DataFrame, metric: str = HEADLINE,
-                        level: float = LEVEL) -> pd.DataFrame:
+                        level: float = LEVEL, alpha: float = ALPHA) -> pd.DataFrame:
     """Question (a), per normalised network, penalty and noise level: the chosen λ against the same
-    network without penalty, paired by seed on `metric` ('regularises' when the interval of the
-    difference lies above 0, 'hurts' below, else 'not resolved'), and `eff_lr_ratio`: the penalised
-    runs' mean effective learning rate over the unpenalised ones' (`effective_lr`)."""
+    network without penalty, paired by seed on `metric` (one Holm family: 'regularises' when it
+    holds, 'hurts' when reversed, else the outcome), and `eff_lr_ratio`: the penalised runs' mean
+    effective learning rate over the unpenalised ones' (`effective_lr`)."""
     picked = chosen_runs(runs, metric)
     wide = picked.pivot_table(index=["label_noise", "seed"], columns=ARM, values=metric)
     rows = []
@@ -174,12 +175,18 @@ def under_normalisation(runs: pd.DataFrame, hist: pd.DataFrame, metric: str = HE
             if arm not in wide or base not in wide:
                 continue
             for noise in sorted(wide.index.get_level_values("label_noise").unique()):
-                ci = interval((wide[arm] - wide[base]).xs(noise, level="label_noise").tolist(), level)
+                tested = test((wide[arm] - wide[base]).xs(noise, level="label_noise").tolist(), level)
                 at = picked[np.isclose(picked["label_noise"], noise)]
                 keys = {a: at.loc[at[ARM] == a, "key"] for a in (arm, base)}
                 ratio = rates.reindex(keys[arm]).mean() / rates.reindex(keys[base]).mean()
                 lam = at.loc[at[ARM] == arm, SETTING]
                 rows.append({NETWORK: network, "penalty": PENALTY_NAMES[penalty], "label_noise": noise,
-                             "lam": lam.iloc[0] if len(lam) else np.nan, **ci,
-                             "verdict": VERDICTS.get(outcome(ci), outcome(ci)), "eff_lr_ratio": ratio})
-    return pd.DataFrame(rows)
+                             "lam": lam.iloc[0] if len(lam) else np.nan, **tested, "eff_lr_ratio": ratio})
+    if not rows:
+        return pd.DataFrame()
+    table = decide(pd.DataFrame(rows), alpha)
+    return table.assign(verdict=table["outcome"].map(lambda o: VERDICTS.get(o, o)))
+
+
+VERDICTS = {"holds": "regularises", "reversed": "hurts"}  # otherwise: the outcome as it is
+MOVES = 0.10  # an effective-learning-rate ratio further than this from 1 counts as moving it (docs/PROFILES.md)

@@ -1,38 +1,49 @@
-"""Fig. 1's claims tested run against run: differences paired by seed, with t intervals.
+"""Fig. 1's claims tested run against run, as pre-registered (docs/PREREGISTRATION.md).
 
-For each epoch rule (`mulreg.epochs.RULES`) the paper's selection rule picks each group's λ
-(penalty × label noise) on that rule's test accuracy; the chosen runs of two penalties are then
-paired by seed (same init, data order and flipped labels) and their differences summarised as a
-mean with a two-sided t confidence interval. Three claims (paper, Fig. 1):
+For each epoch rule (`mulreg.epochs.RULES`) each penalty has one accuracy per seed: in a selection
+stage, that of the λ `mulreg.selection` chose (on validation, or as the paper selects for the
+rules that read the test set); in a confirmation stage, that of the one λ per penalty its runs were
+trained with, no run discarded (`confirmed=True`). Two penalties are paired by seed (same init,
+data order and flipped labels). The claims (paper, Fig. 1):
 
 - mul beats add, and mul beats none, at each noise level: d_s = acc(mul, s) − acc(other, s);
 - the gap grows with noise: d_s(highest noise) − d_s(lowest noise), per seed.
 
-A claim *holds* when the interval lies above 0, is *reversed* when it lies below 0, and is *not
-resolved* otherwise (or with fewer than two pairs).
+Each claim gets its 95 % t interval, a two-sided paired t-test, the exact paired sign-flip
+permutation test, Holm's adjustment over the claims of its rule (one family per rule), an outcome
+and the smallest gap the test could resolve at its n (`resolvable_gap`). The outcome is decided
+by the Holm-adjusted t p (the permutation p where every difference is equal and t is undefined):
+*holds* below `ALPHA` with a positive mean, *reversed* with a negative one, otherwise *not
+resolved*; fewer than `MIN_PAIRS` pairs are *not resolved* whatever they show.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
-from .epochs import RULES
+from .epochs import CHANCE, RULES
 from .paper import PENALTY_NAMES
 from .protocols import EXCLUDED, Penalty
-from .sweep import chosen, select_best
+from .selection import chosen_runs, select
 
-LEVEL = 0.95
+LEVEL = 0.95  # of every t interval
+ALPHA = 0.05  # family-wise, per rule (Holm)
+MIN_PAIRS = 3  # fewer pairs resolve nothing
+POWER = 0.80  # of `resolvable_gap`
 COMPARED = ((Penalty.MUL, Penalty.SUM), (Penalty.MUL, Penalty.NONE))  # (penalty, the one it is claimed to beat)
 
 
+# ---- one set of paired differences
 def interval(diffs: Sequence[float], level: float = LEVEL) -> dict:
-    """Mean of paired differences with its two-sided t interval: n, mean, sd, low, high."""
-    d = np.asarray([x for x in diffs if not math.isnan(x)], dtype=float)
+    """Mean of paired differences with its two-sided t interval: n, mean, sd, low, high (NaN
+    bounds below 2 pairs; equal bounds when every difference is equal)."""
+    d = _finite(diffs)
     n = len(d)
     mean = d.mean() if n else math.nan
     if n < 2:
@@ -42,66 +53,161 @@ def interval(diffs: Sequence[float], level: float = LEVEL) -> dict:
     return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
 
 
-def outcome(ci: dict) -> str:
-    """holds / reversed / not resolved at n seeds, from an `interval`."""
-    if ci["n"] < 2 or math.isnan(ci["low"]):
-        return f"not resolved ({ci['n']} pair{'s' * (ci['n'] != 1)})"
-    if ci["low"] > 0:
-        return "holds"
-    if ci["high"] < 0:
-        return "reversed"
-    return f"not resolved at {ci['n']} seeds"
+def t_pvalue(diffs: Sequence[float]) -> float:
+    """Two-sided paired t-test of mean 0; NaN below 2 pairs or when every difference is equal."""
+    d = _finite(diffs)
+    if len(d) < 2 or np.ptp(d) == 0:
+        return math.nan
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
 
 
-def per_seed(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """`metric` of each group's chosen λ (selected on `metric`), one column per penalty, indexed by
-    (label_noise, seed); excluded runs are missing."""
-    picked = chosen(runs, select_best(runs, metric=metric), metric=metric)
-    return picked.pivot_table(index=["label_noise", "seed"], columns="penalty", values=metric)
+def permutation_pvalue(diffs: Sequence[float]) -> float:
+    """Exact two-sided sign-flip test: the share of the 2ⁿ sign assignments whose |mean| is at least
+    the observed one (under no difference each d_s is as likely to have either sign)."""
+    d = _finite(diffs)
+    if not len(d):
+        return math.nan
+    observed = abs(d.mean())
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
+    flipped = np.abs((signs * d).mean(axis=1))
+    return float(np.mean(flipped >= observed - 1e-12))
 
 
-def learned_on_every_seed(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs of the λ values none of whose runs was excluded (at chance level or diverged): the
-    paper discards such runs one by one, which lets a λ that keeps some seeds at chance be judged on
-    the seeds that learned; this keeps only settings that learned every time."""
-    settings = runs.assign(_bad=runs["stop_reason"].isin(EXCLUDED)).groupby(["penalty", "label_noise", "lam"])
-    bad = settings["_bad"].transform("any")
-    return runs[~bad.to_numpy()]
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of the finite p values among `pvalues` (NaN stays NaN):
+    sorted ascending, p_(i) × (m − i + 1), made monotone, capped at 1."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), math.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    m = len(tested)
+    running = 0.0
+    for rank, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
 
 
-def claims(runs: pd.DataFrame, metrics: Sequence[str] | None = None, level: float = LEVEL) -> pd.DataFrame:
-    """One row per (claim, rule): claim, noise, rule, n, mean, sd, low, high, outcome (accuracy
-    differences as fractions). `metrics`: the rule columns of `runs` to use (default: every rule
-    of `mulreg.epochs.RULES` present)."""
-    metrics = [m for m in (metrics or RULES) if m in runs]
-    rows = []
-    for metric in metrics:
-        wide = per_seed(runs, metric)
+def resolvable_gap(sd: float, n: int, alpha: float, power: float = POWER) -> float:
+    """The smallest true mean difference a two-sided paired t-test at level `alpha` detects with
+    probability `power`, given the differences' sd and n (non-central t); NaN when undefined."""
+    if n < 2 or not sd > 0:
+        return math.nan
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(nc: float) -> float:  # nc: the gap in standard errors, sd/√n
+        wrong_side = np.nan_to_num(stats.nct.cdf(-crit, df, nc))  # ≈ 0, NaN where it underflows
+        return stats.nct.sf(crit, df, nc) + wrong_side - power
+
+    top = 4 * crit + 10
+    if not shortfall(top) > 0:
+        return math.nan
+    return float(optimize.brentq(shortfall, 0.0, top)) * sd / math.sqrt(n)
+
+
+def mcnemar(right_a: np.ndarray, right_b: np.ndarray) -> dict:
+    """Exact McNemar test of two classifiers on the same images: `only_a` / `only_b` images only one
+    of them classifies right, and the two-sided binomial p of that split (0.5 under no difference)."""
+    a, b = np.asarray(right_a, bool), np.asarray(right_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    p = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p": float(p)}
+
+
+def test(diffs: Sequence[float], level: float = LEVEL) -> dict:
+    """`interval`, the t and permutation p values, and `p`: the one the decision uses (t; the exact
+    permutation p when every difference is equal), with the differences themselves."""
+    d = _finite(diffs)
+    ci = interval(d, level)
+    p_t, p_perm = t_pvalue(d), permutation_pvalue(d)
+    zero_sd = len(d) >= 2 and np.ptp(d) == 0
+    p = math.nan if len(d) < MIN_PAIRS else (p_perm if zero_sd else p_t)
+    return {**ci, "p_t": p_t, "p_perm": p_perm, "p": p, "zero_sd": zero_sd, "diffs": tuple(d.tolist())}
+
+
+def decide(rows: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """One family of `test` rows: Holm-adjusted p (`p_holm`, over the rows with a p), `outcome`,
+    and `resolvable`: the smallest gap resolvable at Holm's first-step level α/m."""
+    rows = rows.copy()
+    rows["p_holm"] = holm(rows["p"].to_numpy())
+    m = int(rows["p"].notna().sum())
+    rows["family"] = m
+    rows["resolvable"] = [resolvable_gap(sd, n, alpha / max(m, 1)) for sd, n in zip(rows["sd"], rows["n"])]
+    rows["outcome"] = [_outcome(r, alpha) for r in rows.to_dict("records")]
+    return rows
+
+
+def _outcome(r: dict, alpha: float) -> str:
+    if r["n"] < MIN_PAIRS:
+        listed = ", ".join(f"{100 * d:+.2f}" for d in r["diffs"]) or "none"
+        return f"not resolved ({r['n']} pair{'s' * (r['n'] != 1)}: {listed} pp)"
+    if r["p_holm"] < alpha:
+        return "holds" if r["mean"] > 0 else "reversed"
+    return "not resolved"
+
+
+def _finite(diffs: Iterable[float]) -> np.ndarray:
+    d = np.asarray(list(diffs), dtype=float)
+    return d[~np.isnan(d)]
+
+
+# ---- the claims of Fig. 1
+def per_seed(runs: pd.DataFrame, rule: str, confirmed: bool = False) -> pd.DataFrame:
+    """`rule`'s accuracy of each penalty, one column per penalty, indexed by (label_noise, seed):
+    the selected λ's usable runs, or with `confirmed` every run as trained (`as_trained`)."""
+    picked = as_trained(runs, rule) if confirmed else chosen_runs(runs, select(runs, rule))
+    return picked.pivot_table(index=["label_noise", "seed"], columns="penalty", values=rule)
+
+
+def as_trained(runs: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """Confirmation runs as they are (docs/PREREGISTRATION.md, "Runs that fail"): none discarded,
+    a failed run's undefined accuracy read as chance."""
+    chance = runs["task"].map(CHANCE) if "task" in runs else CHANCE["binary"]
+    failed = runs["stop_reason"].isin(EXCLUDED) & runs[rule].isna()
+    return runs.assign(**{rule: runs[rule].where(~failed, chance)})
+
+
+def claims(runs: pd.DataFrame, rules: Sequence[str] | None = None, confirmed: bool = False,
+           level: float = LEVEL, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per (rule, claim): claim, noise, rule, the columns of `test` and `decide`
+    (accuracy differences as fractions). `rules`: the rule columns of `runs` to use (default:
+    every rule of `mulreg.epochs.RULES` present); each rule is its own Holm family."""
+    out = []
+    for rule in [r for r in (rules or RULES) if r in runs]:
+        wide = per_seed(runs, rule, confirmed)
         levels = sorted(wide.index.get_level_values("label_noise").unique())
+        rows = []
         for a, b in COMPARED:
             if not {a, b} <= set(wide.columns):
                 continue
-            gap = (wide[a] - wide[b]).rename("d")
+            gap = wide[a] - wide[b]
             for noise in levels:
-                ci = interval(gap.xs(noise, level="label_noise").tolist(), level)
                 rows.append({"claim": f"{PENALTY_NAMES[a]} beats {PENALTY_NAMES[b]}", "noise": f"{noise:g}",
-                             "rule": metric, **ci, "outcome": outcome(ci)})
-            growth = {"claim": f"gap to {PENALTY_NAMES[b]} grows with noise", "rule": metric}
+                             "rule": rule, **test(gap.xs(noise, level="label_noise").tolist(), level)})
+            growth = {"claim": f"gap to {PENALTY_NAMES[b]} grows with noise", "rule": rule}
             if len(levels) > 1:
                 lo, hi = gap.xs(levels[0], level="label_noise"), gap.xs(levels[-1], level="label_noise")
-                ci = interval((hi - lo).dropna().tolist(), level)
-                rows.append(growth | {"noise": f"{levels[-1]:g} vs {levels[0]:g}", **ci, "outcome": outcome(ci)})
+                rows.append(growth | {"noise": f"{levels[-1]:g} vs {levels[0]:g}", **test((hi - lo).tolist(), level)})
             else:
-                rows.append(growth | {"noise": "—", **interval([]), "outcome": "not tested (one noise level)"})
-    return pd.DataFrame(rows)
+                rows.append(growth | {"noise": "—", **test([], level), "untested": True})
+        if rows:
+            family = decide(pd.DataFrame(rows), alpha)
+            if "untested" in family:
+                family.loc[family["untested"].fillna(False).astype(bool), "outcome"] = "not tested (one noise level)"
+                family = family.drop(columns="untested")
+            out.append(family)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def cell(r) -> str:
-    """One tested difference for reading: 'mean [low, high]: outcome' in points."""
+    """One tested difference for reading: 'mean [low, high]: outcome (Holm p)' in points."""
+    if r["outcome"].startswith("not tested"):
+        return r["outcome"]
     if r["n"] == 0:
-        return r["outcome"] if r["outcome"].startswith("not tested") else "no pairs"
+        return "no pairs"
     span = "" if math.isnan(r["low"]) else f" [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
-    return f"{100 * r['mean']:+.1f}{span}: {r['outcome']}"
+    p = "" if math.isnan(r["p_holm"]) else f" (Holm p {r['p_holm']:.2g})"
+    return f"{100 * r['mean']:+.1f}{span}: {r['outcome']}{p}"
 
 
 def claims_wide(table: pd.DataFrame, paper: dict[tuple[str, str], float] | None = None) -> pd.DataFrame:
@@ -128,3 +234,22 @@ def paper_gaps(published: pd.DataFrame) -> dict[tuple[str, str], float]:
         grows = (f"gap to {PENALTY_NAMES[b]} grows with noise", f"{gap.index[-1]:g} vs {gap.index[0]:g}")
         out[grows] = gap.iloc[-1] - gap.iloc[0]
     return out
+
+
+def mcnemar_table(runs: pd.DataFrame, right: dict[str, np.ndarray], epochs: dict[str, int]) -> pd.DataFrame:
+    """Per seed, noise level and comparison of `COMPARED`: the exact McNemar test of the two runs'
+    test images at their reported epochs. `right[key]`: epochs × images (bool, `Store.test_correct`);
+    `epochs[key]`: the 1-based epoch the rule reads. Runs without stored images are left out."""
+    rows = []
+    by_cell = runs.set_index(["label_noise", "seed", "penalty"])["key"]
+    for (noise, seed), keys in by_cell.groupby(level=["label_noise", "seed"]):
+        keys = keys.droplevel(["label_noise", "seed"])
+        for a, b in COMPARED:
+            if not {a, b} <= set(keys.index) or right.get(keys[a]) is None or right.get(keys[b]) is None:
+                continue
+            ka, kb = keys[a], keys[b]
+            test_ = mcnemar(right[ka][epochs[ka] - 1], right[kb][epochs[kb] - 1])
+            rows.append({"comparison": f"{PENALTY_NAMES[a]} vs {PENALTY_NAMES[b]}", "label_noise": noise,
+                         "seed": seed, "only the first right": test_["only_a"],
+                         "only the second right": test_["only_b"], "McNemar p": test_["p"]})
+    return pd.DataFrame(rows)

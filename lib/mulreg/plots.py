@@ -198,6 +198,31 @@ def verdict_forest(claims: pd.DataFrame, paper: dict[tuple[str, str], float] | N
     return fig
 
 
+def paired_gap_over_epochs(gaps: pd.DataFrame) -> Figure:
+    """The paired difference in test accuracy (points) between the multiplicative penalty and each
+    other penalty at every epoch (`mulreg.stats.paired_over_epochs`, one row per comparison
+    `other`, label noise and epoch): the mean over seeds as a line, its 95 % t interval as a band,
+    one panel per label noise; the dotted line is no difference."""
+    levels = sorted(gaps["label_noise"].unique()) if len(gaps) else [None]
+    fig = Figure(figsize=(5.2 * len(levels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(levels), squeeze=False, sharey=True)[0]
+    for ax, noise in zip(axes, levels):
+        if noise is None:
+            _empty(ax, "no pairs of runs")
+            continue
+        part = gaps[np.isclose(gaps["label_noise"], noise)]
+        for other, g in part.groupby("other", sort=False):
+            color = penalty_color(other)
+            n = int(g["n"].max())
+            ax.plot(g["epoch"], 100 * g["mean"], color=color,
+                    label=f"multiplicative − {penalty_label(other)} ({n} seed pairs)")
+            ax.fill_between(g["epoch"], 100 * g["low"], 100 * g["high"], color=color, alpha=0.2, lw=0)
+        ax.axhline(0, color="black", lw=0.8, ls=":")
+        ax.set(xlabel="epoch", ylabel="difference in test accuracy (points)", title=f"label noise {noise:g}")
+        ax.legend(loc="best", frameon=False, fontsize="small")
+    return fig
+
+
 # ---- notebook 06: the arms
 def arm_accuracy(chosen: pd.DataFrame, metric: str = "test_acc_best_val", reference: str | None = None) -> Figure:
     """Test accuracy (%) of each arm's chosen setting (`mulreg.arms.chosen_runs`), one panel per

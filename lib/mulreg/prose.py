@@ -14,8 +14,9 @@ from . import arms, claims
 from .epochs import RULES
 from .paper import PENALTY_NAMES, PROTOCOL
 from .protocols import Penalty
+from .selection import AS_THE_PAPER, SELECTED_ON, failed, reads_test
 from .stats import GROUP, in_paper_order
-from .sweep import SweepSpec, excluded
+from .sweep import SweepSpec
 
 
 def provenance_note(runs: pd.DataFrame) -> str:
@@ -39,18 +40,32 @@ def provenance_note(runs: pd.DataFrame) -> str:
     return text
 
 
+def preregistration_note() -> str:
+    """Which pre-registration the verdict below is judged under: the commit of docs/PREREGISTRATION.md."""
+    from .provenance import PREREGISTRATION, prereg_commit
+
+    found = prereg_commit()
+    if found is None:
+        return f"Pre-registration: {PREREGISTRATION} (its commit cannot be read: not a git checkout)."
+    commit, date = found.split()
+    return f"Pre-registration: {PREREGISTRATION} as of commit {commit[:10]} ({date}); the verdict follows its rules."
+
+
 def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
-    """`select`'s table for reading: chosen λ, mean ± std, runs used / excluded."""
+    """`mulreg.selection.select`'s table for reading: chosen λ, the mean it was selected on, the
+    reported rule's mean ± std, runs used / excluded; the column names say what was read."""
     out = best.copy()
     scale = 100 if percent else 1
+    on, reported = best["selected_on"].iloc[0], best["reported"].iloc[0]
     out["penalty"] = out["penalty"].map(lambda p: PENALTY_NAMES[Penalty(p)])
-    out["mean ± std"] = [
+    out[f"selected on: {on}"] = ["—" if pd.isna(m) else f"{scale * m:.2f}" for m in best["selection_mean"]]
+    out[f"reported: {reported}"] = [
         "—" if pd.isna(m) else f"{scale * m:.2f} ± {scale * s:.2f}" if pd.notna(s) else f"{scale * m:.2f}"
         for m, s in zip(best["mean"], best["std"])]
     out["λ"] = ["—" if pd.isna(v) else ("0" if v == 0 else f"{v:.0e}") for v in best["lam"]]
     out["runs used"] = best["n_used"].fillna(0).astype(int)
     cols = [c for c in ("penalty", "label_noise") if c in out]
-    cols += ["λ", "mean ± std", "runs used", "n_runs", "n_excluded"]
+    cols += ["λ", f"selected on: {on}", f"reported: {reported}", "runs used", "n_runs", "n_excluded"]
     return out[cols].rename(columns={"n_runs": "runs in group", "n_excluded": "excluded"})
 
 
@@ -70,14 +85,19 @@ def thin_choices(runs: pd.DataFrame, rules: pd.DataFrame, by: Sequence[str] = GR
     return out
 
 
-def epoch_rules_wide(rules: pd.DataFrame, by: Sequence[str] = GROUP, percent: bool = True) -> pd.DataFrame:
-    """`epoch_rules` as one column per rule (mean ± std, chosen λ in brackets)."""
+def epoch_rules_wide(rules: pd.DataFrame, by: Sequence[str] = GROUP, percent: bool = True,
+                     patience: int | None = None) -> pd.DataFrame:
+    """`epoch_rules` as one column per rule (mean ± std, chosen λ in brackets); each column says
+    what its λ was selected on (validation, or as the paper selects: on test)."""
     scale = 100 if percent else 1
     cell = [("—" if pd.isna(m) else f"{scale * m:.2f} ± {0 if pd.isna(s) else scale * s:.2f} (λ={lam:.0e})"
              if lam else f"{scale * m:.2f} ± {0 if pd.isna(s) else scale * s:.2f}")
             for m, s, lam in zip(rules["mean"], rules["std"], rules["lam"].fillna(0))]
-    wide = rules.assign(cell=cell).pivot(index=list(by), columns="rule", values="cell")
-    wide = in_paper_order(wide[[r for r in RULES.values() if r in wide.columns]].reset_index())
+    wide = rules.assign(cell=cell).pivot(index=list(by), columns="metric", values="cell")
+    names = rule_names(patience)
+    label = {m: f"{names[m]} · λ " + (f"{AS_THE_PAPER.split(':')[0]} (on test)" if reads_test(m)
+                                       else f"on {SELECTED_ON[m]}") for m in wide.columns}
+    wide = in_paper_order(wide[[r for r in RULES if r in wide.columns]].rename(columns=label).reset_index())
     wide["penalty"] = wide["penalty"].map(lambda p: PENALTY_NAMES[Penalty(p)])
     wide.columns.name = None
     return wide
@@ -86,7 +106,7 @@ def epoch_rules_wide(rules: pd.DataFrame, by: Sequence[str] = GROUP, percent: bo
 def paper_rule_note(runs: pd.DataFrame, patience: int) -> str:
     """A sentence on where the paper's literal rule stopped: how many runs it stopped while still at
     chance level (before their escape epoch), which a patience shorter than the plateau does."""
-    kept = runs[~excluded(runs)]
+    kept = runs[~failed(runs, "test_acc_paper")]
     early = kept[kept["paper_stop_epoch"] < kept["escape_epoch"]]
     stops = kept["paper_stop_epoch"]
     return (f"The paper's rule with patience {patience} stopped the {len(kept)} runs that left chance level at "
@@ -160,44 +180,91 @@ def flatness_sentences(verdicts: pd.DataFrame) -> list[str]:
             f"The additive model is flatter by: {names('additive')}."]
 
 
-def verdict(stats: pd.DataFrame, quantity: str = "test_acc", source: str = "fig1",
-            by: str = "label_noise") -> list[str]:
-    """Sentences comparing the multiplicative with the additive and unregularised groups for
-    `quantity` (from `group_stats`), next to the paper's gaps; a gap within one std over seeds
-    (or measured on one seed) is called out as not resolved."""
-    from .paper import published
+def conclusion(table: pd.DataFrame, stage: str, patience: int | None = None) -> list[str]:
+    """What the verdict says, written from its outcomes: the primary rule's claims grouped by
+    outcome, then, per claim, the rules under which it holds or is reversed."""
+    from .epochs import HEADLINE
 
-    pub = published(source)
-    pub = pub[pub["quantity"] == quantity]
-    d = stats[stats["quantity"] == quantity]
-    pct = quantity.endswith("acc")
-    unit, scale = (" pp", 100) if pct else ("", 1)
-    out = []
-    for level in sorted(d[by].unique()) if len(d) else []:
-        here = d[np.isclose(d[by], level)].set_index("penalty")
-        there = pub[np.isclose(pub[by], level)].set_index("penalty") if by in pub else pub.set_index("penalty")
-        if Penalty.MUL not in here.index:
-            out.append(f"{by} {level:g}: no multiplicative run survived; nothing to compare.")
-            continue
-        parts = []
-        for other in (Penalty.SUM, Penalty.NONE):
-            if other not in here.index:
-                continue
-            gap = scale * (here.loc[Penalty.MUL, "value"] - here.loc[other, "value"])
-            spread = scale * np.nanmax([here.loc[Penalty.MUL, "std"], here.loc[other, "std"], 0])
-            n = int(min(here.loc[Penalty.MUL, "n"], here.loc[other, "n"]))
-            paper_gap = (scale * (there.loc[Penalty.MUL, "value"] - there.loc[other, "value"])
-                         if {Penalty.MUL, other} <= set(there.index) else np.nan)
-            resolved = ("one seed only, so the gap's spread is unknown" if n < 2 else
-                        "larger than one std over seeds" if abs(gap) > spread else
-                        f"within one std over seeds ({spread:.2f}{unit}): not resolved")
-            paper_txt = "" if np.isnan(paper_gap) else f"; paper {paper_gap:+.2f}{unit}"
-            parts.append(f"vs {PENALTY_NAMES[other]} {gap:+.2f}{unit} ({resolved}{paper_txt})")
-        others = [o for o in (Penalty.SUM, Penalty.NONE) if o in here.index]
-        better = all(here.loc[Penalty.MUL, "value"] > here.loc[o, "value"] for o in others)
-        head = "multiplicative is best" if better else "multiplicative is NOT best"
-        out.append(f"{by} {level:g}: {head}; " + "; ".join(parts) + ".")
+    if table.empty:
+        return [f"{stage}: no claim could be tested."]
+    names = rule_names(patience)
+    primary = table[table["rule"] == HEADLINE]
+    out = [f"{stage}, primary rule ({names[HEADLINE]}), Holm-corrected over {int(primary['family'].max())} claims:"]
+    for label in ("holds", "reversed", "not resolved", "not tested"):
+        hit = primary[primary["outcome"].str.startswith(label)]
+        if len(hit):
+            items = "; ".join(f"{c} ({n}, {_pp(m)} points)" for c, n, m in zip(hit["claim"], hit["noise"], hit["mean"]))
+            out.append(f"  {label}: {items}.")
+    decisive = table["outcome"].isin(["holds", "reversed"])
+    if not decisive.any():
+        out.append("No claim holds or is reversed under any epoch rule.")
+    for (claim, noise), g in table[table.groupby(["claim", "noise"])["outcome"].transform(
+            lambda o: o.isin(["holds", "reversed"]).any())].groupby(["claim", "noise"], sort=False):
+        decided = {o: [names[r].split(" (")[0] for r, oc in zip(g["rule"], g["outcome"]) if oc == o]
+                   for o in ("holds", "reversed")}
+        said = [f"{o} under {', '.join(rs)}" for o, rs in decided.items() if rs]
+        out.append(f"'{claim}' ({noise}): " + "; ".join(said) + f"; not resolved under the other "
+                   f"{len(g) - sum(map(len, decided.values()))} rules.")
     return out
+
+
+def rule_names(patience: int | None = None) -> dict[str, str]:
+    """`mulreg.epochs.RULES` for reading, with the paper's rule's patience written in."""
+    if patience is None:
+        return dict(RULES)
+    return {k: v.replace("`patience`", str(patience)) for k, v in RULES.items()}
+
+
+def _pp(x: float) -> str:
+    return "—" if pd.isna(x) else f"{100 * x:+.1f}"
+
+
+def _p(x: float) -> str:
+    return "—" if pd.isna(x) else f"{x:.2g}"
+
+
+def verdict_table(table: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """One rule's family of `claims.claims` for reading: per claim its pairs, the per-seed
+    differences, mean and 95 % t interval (points), t, permutation and Holm-adjusted p, outcome,
+    and the smallest gap resolvable at this n (80 % power at Holm's first-step level)."""
+    part = table[table["rule"] == rule]
+    return pd.DataFrame({
+        "claim": part["claim"], "noise": part["noise"], "pairs (n)": part["n"],
+        "per-seed differences (pp)": [", ".join(f"{100 * d:+.2f}" for d in ds) or "—" for ds in part["diffs"]],
+        "mean (pp)": [_pp(m) for m in part["mean"]],
+        "95 % t interval (pp)": ["—" if pd.isna(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                                 for lo, hi in zip(part["low"], part["high"])],
+        "t p": [_p(x) for x in part["p_t"]], "permutation p (exact)": [_p(x) for x in part["p_perm"]],
+        f"Holm p (of {part['family'].max() if len(part) else 0})": [_p(x) for x in part["p_holm"]],
+        "outcome": part["outcome"],
+        "resolvable gap (pp)": ["—" if pd.isna(g) else f"{100 * g:.1f}" for g in part["resolvable"]],
+    }).reset_index(drop=True)
+
+
+def verdict_sentences(table: pd.DataFrame, rule: str, stage: str, patience: int | None = None) -> list[str]:
+    """One sentence per claim of `rule`'s family, written from its computed outcome, and one on
+    what the test could resolve at its n."""
+    part = table[table["rule"] == rule]
+    if part.empty:
+        return [f"{rule_names(patience)[rule]}: no claim could be tested."]
+    out = []
+    for r in part.to_dict("records"):
+        if r["outcome"].startswith("not tested") or r["n"] == 0:
+            out.append(f"'{r['claim']}' ({r['noise']}): {r['outcome'] if r['n'] else 'no pairs'}.")
+            continue
+        span = "" if pd.isna(r["low"]) else f", 95 % interval {_pp(r['low'])} to {_pp(r['high'])}"
+        test = ("every difference equal, so the exact permutation p decides" if r["zero_sd"]
+                else f"t p {_p(r['p_t'])}, exact permutation p {_p(r['p_perm'])}")
+        out.append(f"'{r['claim']}' (noise {r['noise']}): {_pp(r['mean'])} points over {r['n']} seed pair"
+                   f"{'s' * (r['n'] != 1)}{span} ({test}; Holm-adjusted p {_p(r['p_holm'])} of "
+                   f"{r['family']}): {r['outcome']}.")
+    counts = part["outcome"].map(lambda o: o.split(" (")[0]).value_counts()
+    gaps = part["resolvable"].dropna()
+    reach = (f" At n = {int(part['n'].max())} a true gap had to be at least {100 * gaps.min():.1f}-"
+             f"{100 * gaps.max():.1f} points (by claim) to be resolved with 80 % power." if len(gaps) else "")
+    head = (f"{stage}, {rule_names(patience)[rule]}: " + ", ".join(f"{n} {o}" for o, n in counts.items())
+            + f" of {len(part)} claims." + reach)
+    return [head] + out
 
 
 def norm_ratios(stats: pd.DataFrame) -> list[str]:
@@ -297,10 +364,11 @@ def normalisation_sentences(table: pd.DataFrame) -> list[str]:
             continue
         span = "" if pd.isna(r["low"]) else f" (95 % interval {100 * r['low']:+.1f} to {100 * r['high']:+.1f})"
         moves = abs(r["eff_lr_ratio"] - 1) > arms.MOVES
-        rate = ("so here it only moves the effective learning rate" if moves
-                else f"and the effective learning rate stays within {arms.MOVES:.0%} of the unpenalised one")
+        rate = ("it moves the effective learning rate by more than " if moves else "its effective learning rate "
+                "stays within ") + f"{arms.MOVES:.0%} of the unpenalised one"
         answer = {"regularises": "it regularises here", "hurts": "it hurts here"}.get(
-            r["verdict"], f"no resolved effect on accuracy ({r['verdict']}), {rate}")
+            r["verdict"], f"its effect on accuracy is {r['verdict']} at this n, so whether it regularises is open; "
+                          f"{rate}")
         out.append(f"{r['network'].capitalize()}, {r['penalty']} penalty (λ {r['lam']:.0e}, noise "
                    f"{r['label_noise']:g}): {100 * r['mean']:+.1f} points against the same network without it"
                    f"{span}, over {r['n']} seed pair{'s' * (r['n'] != 1)}; effective learning rate of its "

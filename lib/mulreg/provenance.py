@@ -72,3 +72,22 @@ def caption(profile: str) -> str:
     commit, dirty = git_state()
     code = "no git checkout" if commit is None else f"commit {commit[:10]}{'+' if dirty else ''}"
     return f"mulreg {__version__} · profile {profile} · {code} · {time.strftime('%Y-%m-%d')}"
+
+
+PREREGISTRATION = "docs/PREREGISTRATION.md"
+
+
+def git_commit() -> str | None:
+    return git_state()[0]
+
+
+@functools.lru_cache(maxsize=1)
+def prereg_commit() -> str | None:
+    """The commit that last changed docs/PREREGISTRATION.md (None outside a git checkout), which
+    every report prints: the pre-registration a verdict was judged under."""
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "-1", "--format=%H %cI", "--", PREREGISTRATION],
+                             capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None

@@ -35,6 +35,7 @@ class RunResult:
     state_dict: dict[str, torch.Tensor]
     test_margins: np.ndarray
     provenance: dict = field(default_factory=dict)  # code, versions, device, times (`mulreg.provenance`)
+    test_correct: np.ndarray | None = None  # epochs × test images, bool: classified right at that epoch
 
     def model(self, device: str | torch.device = "cpu"):
         """The trained network (the reported weights), in eval mode on `device` (default the CPU)."""

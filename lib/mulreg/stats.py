@@ -1,9 +1,10 @@
 """Numbers from runs tables and histories, as tables: no store, no data, no sentences.
 
-- `select` applies the paper's selection rule (docs/PAPER.md, "Selection rule"), `chosen_runs`
-  keeps the runs behind each chosen λ, `group_stats` / `headline_stats` summarise them;
+- `group_stats` / `headline_stats` summarise the runs of each chosen λ (the selection rule is
+  `mulreg.selection`);
 - `epoch_rules` reads test accuracy under every epoch rule of `mulreg.epochs` (docs/PAPER.md, "A
-  protocol question"), `with_paper_rule` adds the paper's literal one;
+  protocol question"), each with its own selection (`mulreg.selection.select`);
+- `paired_over_epochs`: the paired difference between two penalties at every epoch, with its band;
 - `memorisation` and `escape_table`: how much of the flipped labels each run fits, and when it
   left chance level;
 - `rank_table`, `rank_tidy`, `rank_ranges`, `norm_loss_correlation`, `dynamics_summary`: Table 1
@@ -17,24 +18,21 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .epochs import HEADLINE, RULES, paper_rule
+from .claims import interval
+from .epochs import HEADLINE, RULES
 from .paper import PENALTY_ORDER
 from .protocols import NORM, RANK, StopReason
-from .sweep import chosen, excluded, select_best
-
-GROUP = ("penalty", "label_noise")
+from .selection import GROUP, SELECTED_ON, chosen_runs, failed, select
 
 
-def select(runs: pd.DataFrame, metric: str = HEADLINE, by: Sequence[str] = GROUP) -> pd.DataFrame:
-    """The paper's selection rule (`mulreg.sweep.select_best`), penalties in the paper's order."""
-    best = select_best(runs, metric=metric, by=tuple(by))
-    return in_paper_order(best)
+def chosen_for_headline(runs: pd.DataFrame) -> pd.DataFrame:
+    """The usable runs of each group's λ chosen for the headline rule (`mulreg.selection`)."""
+    return in_paper_order(chosen_runs(runs, select(runs, HEADLINE)))
 
 
-def chosen_runs(runs: pd.DataFrame, best: pd.DataFrame, by: Sequence[str] = GROUP,
-                metric: str = HEADLINE) -> pd.DataFrame:
-    """The runs (not excluded) of the λ chosen for each group."""
-    return in_paper_order(chosen(runs, best, by, metric))
+def lambdas_of(runs: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
+    """The λ of each group of `runs` (one per group after a selection or in a confirmation)."""
+    return runs.groupby(list(by), as_index=False)["lam"].first()
 
 
 def group_stats(runs: pd.DataFrame, quantities: Iterable[str], by: Sequence[str] = GROUP) -> pd.DataFrame:
@@ -56,21 +54,27 @@ def headline_stats(chosen: pd.DataFrame, quantities: Iterable[str] = ()) -> pd.D
 
 
 def epoch_rules(runs: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
-    """Test accuracy per group under each epoch rule (`mulreg.epochs.RULES`), the paper's selection
-    rule applied to each: columns rule, <by>, lam, mean, std, n_used."""
+    """Test accuracy per group under each epoch rule (`mulreg.epochs.RULES`), each with its own
+    selection (`mulreg.selection.select`): columns rule, <by>, lam, selected_on, mean, std, n_used."""
     parts = []
     for metric, label in RULES.items():
-        if metric in runs:
-            parts.append(select(runs, metric=metric, by=by).assign(rule=label, metric=metric))
+        if metric in runs and SELECTED_ON[metric] in runs:
+            parts.append(in_paper_order(select(runs, metric, by=by)).assign(rule=label, metric=metric))
     return pd.concat(parts, ignore_index=True)
 
 
-def with_paper_rule(runs: pd.DataFrame, hist: pd.DataFrame, patience: int) -> pd.DataFrame:
-    """`runs` with the paper's literal epoch rule (`mulreg.epochs.paper_rule`) read off each run's
-    history: `test_acc_paper` and the epoch it stops at, `paper_stop_epoch`."""
-    picked = {key: paper_rule(h.sort_values("epoch"), patience) for key, h in hist.groupby("key")}
-    return runs.assign(test_acc_paper=runs["key"].map(lambda k: picked.get(k, (np.nan, np.nan))[0]),
-                       paper_stop_epoch=runs["key"].map(lambda k: picked.get(k, (np.nan, np.nan))[1]))
+def paired_over_epochs(hist: pd.DataFrame, a: str, b: str, column: str = "test_acc",
+                       level: float = 0.95) -> pd.DataFrame:
+    """The paired difference `column`(a) − `column`(b) at every epoch, per noise level, from the
+    histories of runs with one setting per penalty (a confirmation stage): epoch, label_noise,
+    n (pairs), mean, low, high (the t interval over seeds)."""
+    wide = hist.pivot_table(index=["label_noise", "epoch", "seed"], columns="penalty", values=column)
+    if a not in wide or b not in wide:
+        return pd.DataFrame(columns=["label_noise", "epoch", "n", "mean", "low", "high"])
+    gap = (wide[a] - wide[b]).dropna()
+    rows = [{"label_noise": noise, "epoch": epoch, **interval(g.to_numpy(), level)}
+            for (noise, epoch), g in gap.groupby(level=["label_noise", "epoch"])]
+    return pd.DataFrame(rows).drop(columns="sd")
 
 
 def memorisation(runs: pd.DataFrame, noise: float | None = None) -> pd.DataFrame:
@@ -80,7 +84,7 @@ def memorisation(runs: pd.DataFrame, noise: float | None = None) -> pd.DataFrame
     noise = runs["label_noise"].max() if noise is None else noise
     part = runs[np.isclose(runs["label_noise"], noise)]
     # a run at chance level "fits" about half of any labels by guessing: it is counted, not averaged
-    learned = part[~excluded(part, "train_acc_flipped")]
+    learned = part[~failed(part, "train_acc_flipped")]
     fit = learned.groupby(["penalty", "lam"]).agg(
         flipped_fit=("train_acc_flipped", "mean"), flipped_fit_min=("train_acc_flipped", "min"),
         flipped_fit_max=("train_acc_flipped", "max"), clean_fit=("train_acc_clean", "mean"))
@@ -152,7 +156,7 @@ def norm_loss_correlation(runs: pd.DataFrame, by: str | None = "label_noise",
                           loss: str = "test_loss") -> pd.DataFrame:
     """Correlation across runs of the final `loss` with log Π‖W‖ and with log Σ‖W‖² (Pearson on
     the logs, and Spearman), overall and per `by` value. Excluded runs are left out."""
-    keep = runs[~excluded(runs)].copy()
+    keep = runs[~failed(runs, loss)].copy()
     keep["log10 Π‖W‖"] = np.log10(keep["norm_product"])
     keep["log10 Σ‖W‖²"] = np.log10(keep["norm_sq_sum"])
     groups = [("all", keep)] + ([(v, g) for v, g in keep.groupby(by)] if by else [])

@@ -6,6 +6,7 @@
                        weights.pt      the reported weights
                        margins.npy     test-set margins of the reported model
                        provenance.json commit, versions, device, times (`mulreg.provenance`)
+                       test_correct.npz which test images each epoch classified right (bits)
     results/checkpoints/<key>.pt       training state of an unfinished run
     results/claims/<key>.lock          held (flock) while a process trains the run
 
@@ -40,6 +41,7 @@ from .config import PROJECT_ROOT, MulregError, RunConfig
 from .result import RunResult
 
 PROVENANCE = "provenance.json"
+TEST_CORRECT = "test_correct.npz"
 RUN_FILES = ("config.json", "history.parquet", "weights.pt", "margins.npy", "metrics.json")
 
 
@@ -108,6 +110,9 @@ class Store:
         metrics = {"stop_reason": result.stop_reason, **_plain(result.metrics)}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (tmp / PROVENANCE).write_text(json.dumps(result.provenance, indent=1))
+        if result.test_correct is not None:
+            right = np.asarray(result.test_correct, dtype=bool)
+            np.savez_compressed(tmp / TEST_CORRECT, bits=np.packbits(right, axis=1), n=right.shape[1])
         _fsync_folder(tmp)
         target = self.run_dir(key)
         if target.exists() and _broken(target):  # an unreadable earlier copy: keep it aside, store this one
@@ -130,7 +135,17 @@ class Store:
             torch.load(d / "weights.pt", weights_only=True),
             np.load(d / "margins.npy"),
             _provenance(d),
+            self.test_correct(key),
         )
+
+    def test_correct(self, key: str) -> np.ndarray | None:
+        """Epochs × test images, bool: which images the run classified right at each epoch (None
+        for runs stored before this was recorded)."""
+        path = self.run_dir(key) / TEST_CORRECT
+        if not path.exists():
+            return None
+        with np.load(path) as f:
+            return np.unpackbits(f["bits"], axis=1, count=int(f["n"])).astype(bool)
 
     def keys(self) -> list[str]:
         return sorted(p.name for p in (self.root / "runs").iterdir() if not p.name.startswith("."))

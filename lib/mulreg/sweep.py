@@ -1,5 +1,5 @@
-"""Sweeps: expand a grid into run configs, train what the store lacks, and apply the paper's
-selection rule (docs/PAPER.md, "Selection rule").
+"""Sweeps: expand a grid into run configs and train what the store lacks (the selection rule that
+reads them is `mulreg.selection`; a sweep file's confirmation stage, `mulreg.stages`).
 
 A sweep file (YAML) holds `base` (RunConfig fields shared by all runs) and `grid` (lists of values;
 dotted names reach nested fields, and `lam` may be a dict of lists per penalty). The unregularised
@@ -25,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm import tqdm
 
 from .config import PROJECT_ROOT, ConfigError, RunConfig, deep_merge, describe, load_yaml, nest
+from .confirm import Confirmation
 from .data import load_cifar10
 from .devices import resolve_device
 from .progress import bar as progress_bar
 from .progress import say
-from .protocols import EXCLUDED, Penalty
+from .protocols import Penalty
 from .store import Store
 from .train import group_key, stack_size, train_group, vectorizable
 
@@ -50,6 +51,7 @@ class SweepSpec(BaseModel):
     group_size: int | None = Field(None, ge=1)
     gpus_per_task: float = Field(1.0, gt=0, le=1)  # ray executor: a fraction lets several stacks share a GPU
     checkpoint_every: int = Field(10, ge=1)
+    confirmation: Confirmation | None = None  # a second stage on fresh seeds (`mulreg.confirm`)
 
     @field_validator("store")
     @classmethod
@@ -302,33 +304,3 @@ def _report_new(store: Store, keys: list[str], reported: set[str], bar: tqdm) ->
         say(bar, summary(row))
     reported.update(new)
     bar.update(len(new))
-
-
-# ---- the paper's selection rule
-def excluded(runs: pd.DataFrame, metric: str = "test_acc") -> pd.Series:
-    """Runs left out of every mean: diverged, never left chance level, or without `metric`."""
-    return runs["stop_reason"].isin(EXCLUDED) | runs[metric].isna()
-
-
-def select_best(runs: pd.DataFrame, metric: str = "test_acc", by=("penalty", "label_noise"),
-                higher_is_better: bool = True, setting: str = "lam") -> pd.DataFrame:
-    """Per group in `by`: mean of `metric` over seeds for each λ (or other `setting` column, such as
-    a dropout rate), keep the one with the best mean, report its mean, std and number of runs used
-    (docs/PAPER.md, "Selection rule").
-
-    Diverged and chance-level runs are left out of every mean and counted in `n_excluded` (of
-    `n_runs` in the group); a group whose runs were all excluded has no λ and a NaN mean."""
-    by = list(by)
-    runs = runs.assign(excluded=excluded(runs, metric))
-    per_lam = (runs[~runs["excluded"]].groupby(by + [setting])[metric].agg(["mean", "std", "count"])
-               .rename(columns={"count": "n_used"}).reset_index())
-    best = per_lam.sort_values("mean", ascending=not higher_is_better).groupby(by).head(1)
-    counts = runs.groupby(by).agg(n_runs=("excluded", "size"), n_excluded=("excluded", "sum")).reset_index()
-    return counts.merge(best, on=by, how="left").sort_values(by).reset_index(drop=True)
-
-
-def chosen(runs: pd.DataFrame, best: pd.DataFrame, by=("penalty", "label_noise"),
-           metric: str = "test_acc", setting: str = "lam") -> pd.DataFrame:
-    """The runs behind `select_best`'s numbers: those (not excluded) of each group's chosen `setting`."""
-    keep = runs[~excluded(runs, metric)]
-    return keep.merge(best.dropna(subset=[setting])[list(by) + [setting]], on=list(by) + [setting])

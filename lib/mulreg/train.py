@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.func import functional_call, grad, vmap
@@ -181,6 +182,7 @@ class _Run:
     best: float | None = None
     best_epoch: int = 0
     best_state: dict | None = None
+    test_correct: list[torch.Tensor] = field(default_factory=list)  # per epoch: test images right, bits packed
     stop_reason: str | None = None
     started: float = field(default_factory=time.time)  # when this process began (or resumed) the run
     start_epoch: int = 0
@@ -193,14 +195,15 @@ class _Run:
 
     def checkpoint(self, stack: _Stack) -> dict:
         self.capture(stack)
-        fields = ("epoch", "history", "best", "best_epoch", "best_state", "state")
+        fields = ("epoch", "history", "best", "best_epoch", "best_state", "state", "test_correct")
         return tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t,
                         {f: getattr(self, f) for f in fields})
 
-    def observe(self, row: dict, weights_k: dict) -> None:
+    def observe(self, row: dict, weights_k: dict, test_correct: torch.Tensor) -> None:
         """Record one epoch and apply divergence, early stopping and the epoch limit."""
         self.epoch += 1
         self.history.append(row)
+        self.test_correct.append(test_correct)
         es = self.config.early_stopping
         if not all(math.isfinite(row[c]) for c in ("train_loss", "val_loss", "test_loss") if c in row):
             self.stop_reason = StopReason.DIVERGED
@@ -332,15 +335,16 @@ class _Engine:
     def epoch(self, stack: _Stack) -> None:
         train, eff_lr = self._train(stack)
         self.model.eval()  # until the next training steps: batch-norm statistics and dropout left alone
-        val = self._evaluate(stack, self.pool.x_train, [r.val_idx for r in stack.runs])
-        test = self._evaluate(stack, self.pool.x_test, None)
+        val, _ = self._evaluate(stack, self.pool.x_train, [r.val_idx for r in stack.runs])
+        test, test_ok = self._evaluate(stack, self.pool.x_test, None)
         weights = _over_runs(self._weights, (0, 0), stack.batched)(stack.params, stack.buffers)
         norms = torch.stack([w.flatten(1).norm(dim=1) for w in weights], 1)  # ‖W_i‖_F per run and layer
         per_run = torch.cat([train, val, test, norms, eff_lr], 1).cpu()  # one device sync per epoch
+        test_ok = torch.from_numpy(np.packbits(test_ok.cpu().numpy(), axis=1))  # 1 bit per test image
         for k, run in enumerate(stack.runs):
             if stack.live[k]:
                 row = self._row(run, per_run[k])
-                run.observe(row, {n: t[k] for n, t in (stack.params | stack.buffers).items()})
+                run.observe(row, {n: t[k] for n, t in (stack.params | stack.buffers).items()}, test_ok[k])
 
     def _train(self, stack: _Stack) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over each run's training split in its own seeded order, B samples per step
@@ -458,20 +462,22 @@ class _Engine:
         return row | metrics.norm_summaries(layer_norms)
 
     @torch.no_grad()
-    def _evaluate(self, stack: _Stack, x_all: torch.Tensor, idx: list[torch.Tensor] | None) -> torch.Tensor:
+    def _evaluate(self, stack: _Stack, x_all: torch.Tensor,
+                  idx: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per run: (mean loss, accuracy) on its own indices into `x_all`, or on all of it (the
-        model in eval mode). Chunks of equal size, the last padded and its padding masked, so that a
-        compiled evaluator sees one shape."""
+        model in eval mode), and which images it classified right (runs × images, bool). Chunks of
+        equal size, the last padded and its padding masked, so that a compiled evaluator sees one shape."""
         K = len(stack.runs)
         n = len(x_all) if idx is None else len(idx[0])
         if n == 0:
-            return torch.full((K, 2), float("nan"), device=self.device)
+            return torch.full((K, 2), float("nan"), device=self.device), torch.zeros(K, 0, dtype=torch.bool)
         chunk = _chunk_size(n, max(1, EVAL_IMAGES // K))
         pick = torch.arange(n + (-n) % chunk, device=self.device).clamp(max=n - 1)  # padded: repeats the last image
         fn = self._evaluator(stack.batched, idx is None)
         rows = torch.arange(K, device=self.device)[:, None]
         y_all = self.pool.targets(self.pool.y_test) if idx is None else None
         sums = torch.zeros(K, 2, device=self.device)
+        right = []
         for s in range(0, n, chunk):
             sel, real = pick[s:s + chunk], torch.arange(s, s + chunk, device=self.device) < n
             if idx is None:
@@ -481,7 +487,8 @@ class _Engine:
                 x, y = x_all[sel], stack.targets[rows, sel]
             loss, ok = fn(stack.params, stack.buffers, x, y)
             sums += torch.stack([torch.where(real, loss, 0).sum(-1), torch.where(real, ok.float(), 0).sum(-1)], 1)
-        return sums / n
+            right.append(ok.bool().reshape(K, -1))
+        return sums / n, torch.cat(right, 1)[:, :n]
 
     def _evaluator(self, batched: bool, shared_images: bool) -> Callable:
         """(loss, correct) per run and image, compiled once per kind: one image set for all runs
@@ -517,7 +524,9 @@ class _Engine:
             reason = StopReason.CHANCE_LEVEL
         margins = final.pop("_margins")
         return RunResult(run.config, history, final, reason,
-                         {n: t.cpu() for n, t in model.state_dict().items()}, margins, self._provenance(run))
+                         {n: t.cpu() for n, t in model.state_dict().items()}, margins, self._provenance(run),
+                         _unpacked(run.test_correct, len(self.pool.x_test)) if len(run.test_correct) == run.epoch
+                         else None)  # None: resumed from a checkpoint written before test images were recorded
 
     def _provenance(self, run: _Run) -> dict:
         """Code, versions and device, and this process's share of the run: times and throughput."""
@@ -538,6 +547,11 @@ def _over_runs(fn, in_dims: tuple, batched: bool):
         return tree_map(lambda t: t.unsqueeze(0), fn(*first))
 
     return single
+
+
+def _unpacked(packed: list[torch.Tensor], n: int) -> np.ndarray:
+    """Epochs × `n` bool from one packed row of bits per epoch."""
+    return np.unpackbits(torch.stack(packed).numpy(), axis=1, count=n).astype(bool)
 
 
 def _chunk_size(n: int, most: int) -> int:

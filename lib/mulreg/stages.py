@@ -1,0 +1,67 @@
+"""A sweep file's two stages (docs/PREREGISTRATION.md): the selection grid, then, where the file has
+a `confirmation` section, the chosen λ of each penalty retrained on fresh seeds.
+
+`run(spec)` trains what the store lacks of the selection stage, derives and stores the confirmation
+plan from it (`mulreg.confirm.plan`), and trains what the store lacks of the confirmation. Both
+stages share the sweep file's `base` and store; a killed call resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from . import confirm
+from .epochs import with_rules
+from .store import Store
+from .sweep import SweepSpec
+from .sweep import run as run_sweep
+
+
+@dataclass
+class Stages:
+    """What `run` returns: the runs table of each stage (confirmation None without one) and the plan."""
+
+    selection: pd.DataFrame
+    confirmation: pd.DataFrame | None = None
+    plan: dict | None = None
+
+
+def selection_spec(spec: SweepSpec) -> SweepSpec:
+    """The selection stage alone: the sweep file without its confirmation section."""
+    return spec.model_copy(update={"confirmation": None})
+
+
+def confirmation_spec(spec: SweepSpec, plan: dict) -> SweepSpec:
+    """The confirmation stage as a sweep of its own: the same base and store, one arm per penalty
+    and noise level of `plan`."""
+    return spec.model_copy(update={"grid": {}, "arms": confirm.arms(plan), "confirmation": None})
+
+
+def read_rules(spec: SweepSpec, runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with every epoch rule's columns read off the histories in `spec`'s store."""
+    if not len(runs):
+        return runs
+    hist = Store(spec.store).load_histories(list(runs["key"]))
+    return with_rules(runs, hist)
+
+
+def run(spec: SweepSpec, *, progress: bool = True, train_confirmation: bool = True) -> Stages:
+    """Train the selection stage, plan the confirmation and (with `train_confirmation`) train it."""
+    if spec.confirmation is not None:
+        confirm.check_seeds(set(selection_spec(spec).grid.get("seed", [])) | _arm_seeds(spec), spec.confirmation)
+    selection = run_sweep(selection_spec(spec), progress=progress)
+    if spec.confirmation is None:
+        return Stages(selection)
+    plan = confirm.plan(read_rules(spec, selection), spec.confirmation, spec.open_store().root)
+    second = confirmation_spec(spec, plan)
+    if not train_confirmation:
+        store = second.open_store()
+        keys = [c.key() for c in second.configs() if store.is_complete(c.key())]
+        return Stages(selection, store.load_runs(keys) if keys else None, plan)
+    return Stages(selection, run_sweep(second, progress=progress), plan)
+
+
+def _arm_seeds(spec: SweepSpec) -> set[int]:
+    return {s for arm in spec.arms for s in arm.get("seed", [])}
