@@ -63,7 +63,8 @@ def test_the_selection_rule_picks_within_each_arm_and_says_where_the_grid_ends()
     assert best.loc["plain · multiplicative", "grid_end"] == "strongest"
     assert best.loc["plain · dropout", "setting"] == 0.5 and best.loc["plain · dropout", "mean"] == pytest.approx(0.75)
     # λ 5e-4 learned on one seed only (0.88): validation selection takes a setting whose every run learned
-    assert best.loc["batch norm · additive", "setting"] == 5e-5 and best.loc["batch norm · additive", "grid_end"] == "weakest"
+    bn_add = best.loc["batch norm · additive"]
+    assert bn_add["setting"] == 5e-5 and bn_add["grid_end"] == "weakest"
     assert best.loc["batch norm · additive", "n_used"] == 2 and best.loc["batch norm · additive", "n_excluded"] == 1
     assert best.loc["plain · none", "grid_end"] == ""  # one setting: no grid to end
     assert list(best.index[:3]) == ["plain · multiplicative", "plain · none", "plain · early stopping"]

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from mulreg.config import ConfigError
-from mulreg.store import Store
 from mulreg.selection import failed
+from mulreg.store import Store
 from mulreg.sweep import SweepSpec, expand, plan_groups, run
 
 LAMS = [5e-1, 5e-3, 5e-5]
