@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import confirm
+from .config import ConfigError
 from .epochs import with_rules
 from .store import Store
 from .sweep import SweepSpec
@@ -54,6 +55,11 @@ def run(spec: SweepSpec, *, progress: bool = True, train_confirmation: bool = Tr
     selection = run_sweep(selection_spec(spec), progress=progress)
     if spec.confirmation is None:
         return Stages(selection)
+    expected = len(selection_spec(spec).configs())
+    if len(selection) < expected:  # claimed by another process, or unreadable: never plan from part of it
+        raise ConfigError(f"the selection stage has {len(selection)} of its {expected} runs stored in {spec.store} "
+                          "(another process may still be training the rest); the confirmation is planned only "
+                          "from a complete selection stage: run this again when it is")
     plan = confirm.plan(read_rules(spec, selection), spec.confirmation, spec.open_store().root)
     second = confirmation_spec(spec, plan)
     if not train_confirmation:
