@@ -139,7 +139,7 @@ def _runs(args) -> int:
 def _figures(args) -> int:
     import yaml
 
-    from .reports import checked_parameters, notebooks, run_notebooks
+    from .reports import checked_parameters, cost_lines, notebooks, run_notebooks
 
     overrides = load_yaml(args.params) if args.params else {}
     if not isinstance(overrides, dict):
@@ -149,15 +149,19 @@ def _figures(args) -> int:
             overrides[name] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"-p {name}: {value!r} is not a YAML value") from None
+    from .estimate import estimate, report
+
     checked_parameters(args.profile, notebooks(args.nb), overrides)  # bad input fails before the estimate trains
-    print(_estimate_text(args.profile, args.nb), flush=True)
-    return run_notebooks(args.profile, args.nb, overrides)
+    table = estimate(args.profile, every=True)  # every notebook: the index gives the cost of those not run
+    chosen = {nb.stem for nb in notebooks(args.nb)}
+    print(report(table[table["notebook"].isin(chosen)], args.profile), flush=True)
+    return run_notebooks(args.profile, args.nb, overrides, costs=cost_lines(table))
 
 
 def _estimate_text(profile: str, prefix: str | None, fresh: bool = False) -> str:
     from .estimate import estimate, report
 
-    return report(estimate(profile, prefix, fresh), profile, fresh)
+    return report(estimate(profile, prefix, fresh, every=prefix is None), profile, fresh)
 
 
 def _estimate(args) -> int:

@@ -72,6 +72,18 @@ def run_stages(spec: SweepSpec, progress: bool = True, patience: int | None = No
     return stages.Stages(rules["selection"], rules.get("confirmation"), done.plan)
 
 
+def reported_runs(done: stages.Stages) -> pd.DataFrame:
+    """The runs a notebook reports: the confirmation runs (fresh seeds, one λ per penalty) where
+    there are any, else the selection stage's runs of each λ chosen for the headline rule; says which."""
+    from .stats import chosen_for_headline
+
+    if done.confirmation is not None and len(done.confirmation):
+        print(f"Reported: the {len(done.confirmation)} confirmation runs (fresh seeds).")
+        return in_paper_order(done.confirmation)
+    print("Reported: the selection stage's runs of each chosen λ (no confirmation stage: exploratory).")
+    return chosen_for_headline(done.selection)
+
+
 def histories(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch histories of `runs`, long, with penalty, λ, label noise and seed attached."""
     store = Store(store) if isinstance(store, str) else store
@@ -156,7 +168,7 @@ def landscape_pair(runs: pd.DataFrame, best: pd.DataFrame, label_noise: float, s
                 raise LookupError(f"no {PENALTY_NAMES[pen]} run survived at label noise {label_noise}; "
                                   "give its λ explicitly")
             value = float(row["lam"].iloc[0])
-        match = runs[(runs["penalty"] == pen) & np.isclose(runs["lam"], value)
+        match = runs[(runs["penalty"] == pen) & np.isclose(runs["lam"], value, rtol=1e-9, atol=0)
                      & np.isclose(runs["label_noise"], label_noise) & (runs["seed"] == seed)]
         if not match.empty:
             out[pen] = match.iloc[0]

@@ -28,6 +28,7 @@ from .config import RunConfig
 from .devices import on_this_machine, resolve_device
 from .paper import PROTOCOL
 from .reports import NOTEBOOKS, notebooks, parameters
+from .stages import all_configs
 from .sweep import SweepSpec, execution_strategy
 from .train import train_group
 
@@ -103,17 +104,19 @@ def workers(spec: SweepSpec, pending: list[RunConfig]) -> int:
     return max(1, min(spec.workers or os.cpu_count() or 1, len(pending)))
 
 
-def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=None) -> pd.DataFrame:
-    """One row per notebook: runs to train (and in its sweep), run-epochs, images trained and
-    evaluated, TFLOP, and the estimated hours on this device (NaN where nothing is trained). With
-    `fresh`, as on a fresh clone: the runs already in the stores count too."""
+def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=None,
+             every: bool = False) -> pd.DataFrame:
+    """One row per notebook (`mulreg.reports.notebooks(prefix, every)`): runs to train (and in its
+    sweep, both stages: `mulreg.stages.all_configs`), run-epochs, images trained and evaluated,
+    TFLOP, and the estimated hours on this device (NaN where nothing is trained). With `fresh`, as
+    on a fresh clone: the runs already in the stores count too."""
     counted: set[str] = set()
     rates: dict[tuple, Rate] = {}
     flops: dict[tuple, int] = {}  # training FLOPs per image of each shape
     rows = []
-    for nb in notebooks(prefix):
+    for nb in notebooks(prefix, every):
         spec = sweep_of(profile, nb.stem)
-        configs = spec.configs() if spec else []
+        configs = all_configs(spec) if spec else []
         store = spec.open_store() if spec else None
         pending = [c for c in configs if c.key() not in counted and (fresh or not store.is_complete(c.key()))]
         counted |= {c.key() for c in configs}

@@ -75,8 +75,8 @@ def thin_choices(runs: pd.DataFrame, rules: pd.DataFrame, by: Sequence[str] = GR
     on the seeds that did, which flatters it."""
     out = []
     for r in rules.dropna(subset=["lam"]).itertuples():
-        same = np.all([np.isclose(runs[k], getattr(r, k)) if runs[k].dtype.kind == "f" else runs[k] == getattr(r, k)
-                       for k in (*by, "lam")], axis=0)
+        same = np.all([np.isclose(runs[k], getattr(r, k), rtol=1e-9, atol=0) if runs[k].dtype.kind == "f"
+                       else runs[k] == getattr(r, k) for k in (*by, "lam")], axis=0)
         total = int(same.sum())
         if r.n_used < total:
             out.append(f"{r.rule}: {PENALTY_NAMES[r.penalty]} at label noise {r.label_noise:g} is λ={r.lam:.0e} on "
@@ -315,6 +315,25 @@ def reduction_notes(profile: str, spec: SweepSpec) -> str:
 
 
 # ---- notebook 06: the arms
+def exploratory_note(spec: SweepSpec) -> str:
+    """Notebook 06's first words: how many seeds, and how many comparisons per epoch rule it makes."""
+    from .claims import MIN_PAIRS
+
+    table = pd.json_normalize([c.model_dump() for c in spec.configs()])
+    named = table.assign(arm=[arms.arm_of(r) for r in table.to_dict("records")])
+    n_arms = named["arm"].nunique() + 1  # + early stopping, read from the unregularised runs
+    noise = named["label_noise"].nunique()
+    seeds = named["seed"].nunique()
+    comparisons = (n_arms - 1) * noise
+    power = (f"below the {MIN_PAIRS} pairs the verdict rules need to resolve anything, so every comparison "
+             "is reported as not resolved with its per-seed differences" if seeds < MIN_PAIRS
+             else "each comparison is tested as in notebook 01")
+    return (f"Exploratory: {seeds} seed{'s' * (seeds != 1)} per setting, {power}. It compares the multiplicative "
+            f"penalty with {n_arms - 1} other arms at {noise} noise level{'s' * (noise != 1)}: {comparisons} "
+            f"comparisons per epoch rule, Holm-corrected per rule, under {len(RULES)} rules.")
+
+
+
 SUMMARY_RULES = ("test_acc_best_val", "test_acc_last")  # the two readings of notebook 06's summary table
 
 

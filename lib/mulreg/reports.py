@@ -1,18 +1,22 @@
 """Batch execution of the paper notebooks: papermill on the `mulreg` kernel, nbconvert to HTML.
 
-`run_notebooks(profile)` executes every `notebooks/NN_*.ipynb` with `params/<profile>/<stem>.yaml`,
-writes the executed copy and two HTML exports (full, and code hidden) to `reports/<profile>/`, and
-an `index.html` linking them with each notebook's status, run time and figures. A failing notebook
-is reported with its failing cell and error; the others still run; the return code is non-zero if
-any failed.
+`run_notebooks(profile)` executes the paper's notebooks (`PAPER`, 01-05; another one by its
+number) with `params/<profile>/<stem>.yaml`, writes the executed copy, two HTML exports (full, and
+code hidden) and its outcome (`<stem>.outcome.json`) to `reports/<profile>/`, and rebuilds
+`index.html` from every outcome there, so notebooks run one at a time still make one index. A
+notebook without a report is listed with its estimated cost and the command that runs it. A failing
+notebook is reported with its failing cell and error; the others still run; the return code is
+non-zero if any failed.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import jinja2
@@ -27,6 +31,8 @@ from .progress import REPORT_ENV
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 KERNEL = "mulreg"
+PAPER = ("01", "02", "03", "04", "05")  # the paper's figures and tables: what `make figures` runs
+OUTCOME = ".outcome.json"
 
 
 class IPCKernelManager(AsyncKernelManager):
@@ -46,9 +52,11 @@ class Outcome:
     figures: list[Path]
 
 
-def notebooks(prefix: str | None = None) -> list[Path]:
+def notebooks(prefix: str | None = None, every: bool = False) -> list[Path]:
+    """The notebooks whose name starts with `prefix`; without one the paper's (`PAPER`), or with
+    `every` all of them."""
     found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    chosen = [nb for nb in found if prefix is None or nb.stem.startswith(prefix)]
+    chosen = [nb for nb in found if (nb.stem.startswith(prefix) if prefix else every or nb.stem[:2] in PAPER)]
     if not chosen:
         raise ConfigError(f"--nb: no notebook in {NOTEBOOKS} starts with {prefix!r}; have: {[n.stem for n in found]}")
     return chosen
@@ -83,9 +91,11 @@ def checked_parameters(profile: str, chosen: list[Path], overrides: dict | None 
     return out
 
 
-def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | None = None) -> int:
-    """Execute the chosen notebooks with their profile's parameters (and `overrides`), export HTML
-    and write the index; 1 if any notebook failed."""
+def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | None = None,
+                  costs: dict[str, str] | None = None) -> int:
+    """Execute the chosen notebooks with their profile's parameters (and `overrides`), export HTML,
+    record each outcome and rebuild the index (`costs`: a line per notebook, shown for those without
+    a report); 1 if any notebook failed."""
     chosen = notebooks(prefix)
     params = checked_parameters(profile, chosen, overrides)
     out_dir = PROJECT_ROOT / "reports" / profile
@@ -96,9 +106,10 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
         print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", end=" ", flush=True)
         outcome = execute(nb, params[nb.stem], out_dir)
         outcomes.append(outcome)
+        (out_dir / f"{nb.stem}{OUTCOME}").write_text(json.dumps(asdict(outcome), default=str))
         status = "ok" if outcome.error is None else f"FAILED\n{outcome.error}"
         print(f"{status} in {outcome.seconds:.0f} s", flush=True)
-    write_index(out_dir, profile, outcomes)
+    write_index(out_dir, profile, recorded(out_dir), costs or {})
     failed = [o.stem for o in outcomes if o.error]
     print(f"reports in {out_dir / 'index.html'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
@@ -146,10 +157,26 @@ VERDICT = "_verdict"  # tables named *_verdict*.html beside the figures (`plots.
 THUMBNAIL_PX = 260
 
 
-def write_index(out_dir: Path, profile: str, outcomes: list[Outcome]) -> None:
+def recorded(out_dir: Path) -> list[Outcome]:
+    """Every notebook's last outcome recorded in `out_dir`, in notebook order."""
+    out = []
+    for path in sorted(out_dir.glob(f"*{OUTCOME}")):
+        o = json.loads(path.read_text())
+        out.append(Outcome(o["stem"], o["seconds"], o["error"], [Path(f) for f in o["figures"]]))
+    return out
+
+
+def write_index(out_dir: Path, profile: str, outcomes: list[Outcome], costs: dict[str, str] | None = None) -> None:
     """index.html: the verdict table first (what a reader opens the reports for), then one row per
-    notebook with its status, run time, reports and figure thumbnails."""
+    notebook with its status, run time, reports and figure thumbnails, and one per notebook not run
+    with its cost (`costs`) and command."""
     rows = []
+    done = {o.stem for o in outcomes}
+    for nb in notebooks(every=True):
+        if nb.stem not in done:
+            cost = html.escape((costs or {}).get(nb.stem, "cost: python -m mulreg estimate " + profile))
+            rows.append(f"<tr><td>{nb.stem}</td><td>not run</td><td>—</td><td><code>make figures PROFILE={profile} "
+                        f"NB={nb.stem[:2]}</code></td><td>{cost}</td></tr>")
     for o in outcomes:
         status = "ok" if o.error is None else f"<b>failed</b><pre>{html.escape(o.error)}</pre>"
         figs = " ".join(_thumbnail(f, out_dir) for f in o.figures if f.suffix == ".png")
@@ -171,6 +198,21 @@ def write_index(out_dir: Path, profile: str, outcomes: list[Outcome]) -> None:
     )
 
 
+def _prereg() -> str:
+    found = provenance.prereg_commit()
+    return (f"Pre-registration ({provenance.PREREGISTRATION}): commit {found.split()[0][:10]} of "
+            f"{found.split()[1]}" if found else f"Pre-registration: {provenance.PREREGISTRATION}")
+
+
+def cost_lines(table) -> dict[str, str]:
+    """Per notebook, from `mulreg.estimate.estimate`: its runs to train and hours here, in words."""
+    out = {}
+    for r in table.to_dict("records"):
+        hours = "" if math.isnan(r["hours here"]) else f", about {60 * r['hours here']:.0f} min here"
+        out[r["notebook"]] = f"{r['runs to train']} runs to train ({r['run-epochs']:,} run-epochs){hours}"
+    return out
+
+
 def _thumbnail(png: Path, out_dir: Path, width: int = THUMBNAIL_PX) -> str:
     href = html.escape(os.path.relpath(png, out_dir))
     name = html.escape(png.stem)
@@ -179,7 +221,7 @@ def _thumbnail(png: Path, out_dir: Path, width: int = THUMBNAIL_PX) -> str:
 
 def _verdict_section(outcomes: list[Outcome], out_dir: Path) -> str:
     """The verdict tables notebooks saved (`plots.save_table`), each with its figure when there is one."""
-    tables = [f for o in outcomes for f in o.figures if VERDICT in f.stem and f.suffix == ".html"]
+    tables = [f for o in outcomes for f in o.figures if VERDICT in f.stem and f.suffix == ".html" and f.exists()]
     if not tables:
         return "<p>No verdict table: notebook 01 did not run, or failed (see below).</p>"
     parts = []
@@ -187,6 +229,7 @@ def _verdict_section(outcomes: list[Outcome], out_dir: Path) -> str:
         png = t.with_suffix(".png")
         figure = f"<p>{_thumbnail(png, out_dir, width=900)}</p>" if png.exists() else ""
         parts.append(f"<h3>{html.escape(t.stem)}</h3>" + t.read_text() + figure)
-    return ("<h2>Does the paper's Fig. 1 hold here?</h2><p>Paired-by-seed differences in test accuracy "
-            "(points) with 95 % t intervals, for each claim under each epoch rule (notebook 01).</p>"
+    return ("<h2>Does the paper's Fig. 1 hold here?</h2><p>Notebook 01's verdict on the confirmation runs "
+            "(fresh seeds; docs/PREREGISTRATION.md): paired-by-seed differences in test accuracy (points) "
+            "with 95 % t intervals, Holm-adjusted outcomes, for each claim under each epoch rule.</p>"
             + "".join(parts))

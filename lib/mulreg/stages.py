@@ -71,3 +71,18 @@ def run(spec: SweepSpec, *, progress: bool = True, train_confirmation: bool = Tr
 
 def _arm_seeds(spec: SweepSpec) -> set[int]:
     return {s for arm in spec.arms for s in arm.get("seed", [])}
+
+
+def all_configs(spec: SweepSpec) -> list:
+    """Every run of both stages: the selection grid, and the confirmation as planned in the store,
+    or, before its plan exists, with each penalty at its grid's first λ (right in number and shape,
+    for counting and timing only)."""
+    first = selection_spec(spec).configs()
+    if spec.confirmation is None:
+        return first
+    plan = confirm.load(spec.open_store().root)
+    if plan is None:
+        lams = {str(c.penalty): c.lam for c in reversed(first) if c.penalty != "none"}
+        plan = {"label_noise": spec.confirmation.label_noise, "seeds": spec.confirmation.seeds,
+                "lam": {p: {f"{v:g}": lam for v in spec.confirmation.label_noise} for p, lam in lams.items()}}
+    return first + confirmation_spec(spec, plan).configs()
