@@ -176,7 +176,7 @@ def smoke_run():
     try:
         from mulreg.reports import run_notebooks
 
-        code = run_notebooks("smoke")
+        code = run_notebooks("smoke") + run_notebooks("smoke", "06")  # `make figures`, then `NB=06`
     finally:
         if saved is not None:
             os.environ["MULREG_CACHE"] = saved
@@ -264,3 +264,32 @@ def test_no_notebook_rebinds_a_module_it_imports(stem):
                 for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
                 for t in ast.walk(target) if isinstance(t, ast.Name)}
     assert modules and not modules & assigned, f"{stem} rebinds {sorted(modules & assigned)}"
+
+
+def test_the_index_is_built_from_every_recorded_report_and_lists_the_others_with_their_cost(tmp_path):
+    """Notebooks run one at a time (`make figures NB=01`, then `NB=02`) make one index; a notebook
+    without a report is listed with its cost and the command that runs it."""
+    import json
+
+    from mulreg.reports import OUTCOME, recorded, write_index
+
+    table = tmp_path / "01_verdict.html"
+    table.write_text("<table><tr><td>the verdict</td></tr></table>")
+    for stem, figures in (("01_noise_robustness", [str(table)]), ("02_training_dynamics", [])):
+        (tmp_path / f"{stem}{OUTCOME}").write_text(json.dumps({"stem": stem, "seconds": 3.0, "error": None,
+                                                               "figures": figures}))
+    write_index(tmp_path, "quick", recorded(tmp_path), {"06_beyond_the_paper": "40 runs to train, about 150 min here"})
+    index = (tmp_path / "index.html").read_text()
+    assert "the verdict" in index and "No verdict table" not in index
+    assert "01_noise_robustness" in index and "02_training_dynamics" in index
+    assert "make figures PROFILE=quick NB=06" in index and "40 runs to train, about 150 min here" in index
+    assert "make figures PROFILE=quick NB=03" in index  # not run either: listed, not silently left out
+    assert "PREREGISTRATION.md" in index
+
+
+def test_make_figures_runs_the_papers_notebooks_and_another_by_its_number():
+    from mulreg.reports import notebooks
+
+    assert [nb.stem for nb in notebooks()] == list(STEMS[:5])
+    assert [nb.stem for nb in notebooks("06")] == ["06_beyond_the_paper"]
+    assert [nb.stem for nb in notebooks(every=True)] == list(STEMS)

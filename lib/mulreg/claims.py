@@ -210,11 +210,13 @@ def cell(r) -> str:
     return f"{100 * r['mean']:+.1f}{span}: {r['outcome']}{p}"
 
 
-def claims_wide(table: pd.DataFrame, paper: dict[tuple[str, str], float] | None = None) -> pd.DataFrame:
-    """`claims` as one row per claim and one column per rule: 'mean [low, high] pp: outcome', and
-    the paper's difference beside it when given as {(claim, noise): difference in points}."""
+def claims_wide(table: pd.DataFrame, paper: dict[tuple[str, str], float] | None = None,
+                names: dict[str, str] | None = None) -> pd.DataFrame:
+    """`claims` as one row per claim and one column per rule (named by `names`, default
+    `mulreg.epochs.RULES`): 'mean [low, high] pp: outcome', and the paper's difference beside it
+    when given as {(claim, noise): difference in points}."""
     wide = table.assign(cell=table.apply(cell, axis=1)).pivot(index=["claim", "noise"], columns="rule", values="cell")
-    wide = wide[[m for m in RULES if m in wide.columns]].rename(columns=RULES)
+    wide = wide[[m for m in RULES if m in wide.columns]].rename(columns=names or RULES)
     if paper:
         wide.insert(0, "paper (pp)", [f"{paper[k]:+.1f}" if k in paper else "—" for k in wide.index])
     order = {c: i for i, c in enumerate(dict.fromkeys(table["claim"]))}
