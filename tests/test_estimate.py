@@ -27,10 +27,11 @@ def test_the_work_of_a_run_follows_its_pool_split_and_test_set():
 def test_each_run_is_counted_once_for_the_first_notebook_that_trains_it():
     if not os.environ.get("MULREG_DATA"):
         pytest.skip("MULREG_DATA is not set")
-    table = estimate.estimate("smoke", fresh=True).set_index("notebook")
+    table = estimate.estimate("smoke", fresh=True, every=True).set_index("notebook")
     runs = table["runs to train"].to_dict()
-    # 01 trains the binary sweep; 02-04 read it; 06 shares its noise-0.2 runs (10 of its 38)
-    assert runs == {"01_noise_robustness": 20, "02_training_dynamics": 0, "03_rank_table": 0, "04_loss_landscape": 0,
+    # 01 trains the binary sweep's two stages (20 selection + 18 confirmation runs); 02-04 read it;
+    # 06 shares the selection stage's noise-0.2 runs (10 of its 38)
+    assert runs == {"01_noise_robustness": 38, "02_training_dynamics": 0, "03_rank_table": 0, "04_loss_landscape": 0,
                     "05_multiclass": 3, "06_beyond_the_paper": 28}
     assert table["runs in sweep"]["06_beyond_the_paper"] == 38
     assert all(table["hours here"][nb] > 0 for nb in ("01_noise_robustness", "05_multiclass", "06_beyond_the_paper"))
@@ -47,7 +48,7 @@ def test_the_command_refuses_an_unknown_profile_in_one_line():
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="on a GPU machine the paper profile is timed")
 def test_the_paper_profile_is_counted_but_not_timed_on_a_machine_without_its_gpu():
-    table = estimate.estimate("paper", fresh=True)
+    table = estimate.estimate("paper", fresh=True, every=True)
     trained = table[table["runs to train"] > 0]
     assert set(trained["notebook"]) == {"01_noise_robustness", "05_multiclass", "06_beyond_the_paper"}
     assert (trained["TFLOP"] > 0).all() and trained["hours here"].isna().all()

@@ -39,16 +39,20 @@ def load_sweep(path: str, classes: Sequence[int | str] | None = None,
     """The sweep file a notebook takes as its one `sweep` parameter (`params/<profile>/*_sweep.yaml`,
     the format `python -m mulreg sweep` runs; a relative path is relative to the working
     directory), with another binary class pair when `classes` is given (names or indices 0-9) and
-    other seeds when `seeds` is given (one or a list; every run config validates its own)."""
+    other seeds when `seeds` is given (one or a list; every run config validates its own); with
+    either, the sweep is read without its confirmation stage, as an exploratory look."""
     spec = SweepSpec.from_yaml(path)
     base, grid, arms = dict(spec.base), dict(spec.grid), list(spec.arms)
-    if classes is not None:
+    confirmation = spec.confirmation
+    if classes is not None:  # another pair is exploratory: the pre-registered confirmation is cats/deer's
         base["classes"] = list(classes)
-    if seeds is not None:
+        confirmation = None
+    if seeds is not None:  # a look at other seeds is exploratory too
         seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [seeds]
         grid["seed"] = seeds
         arms = [{**arm, "seed": seeds} if "seed" in arm else arm for arm in arms]
-    return spec.model_copy(update={"base": base, "grid": grid, "arms": arms})
+        confirmation = None
+    return spec.model_copy(update={"base": base, "grid": grid, "arms": arms, "confirmation": confirmation})
 
 
 def run_stages(spec: SweepSpec, progress: bool = True, patience: int | None = None) -> stages.Stages:
