@@ -69,7 +69,8 @@ def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
     return out[cols].rename(columns={"n_runs": "runs in group", "n_excluded": "excluded"})
 
 
-def thin_choices(runs: pd.DataFrame, rules: pd.DataFrame, by: Sequence[str] = GROUP) -> list[str]:
+def thin_choices(runs: pd.DataFrame, rules: pd.DataFrame, by: Sequence[str] = GROUP,
+                 patience: int | None = None) -> list[str]:
     """Sentences for every choice of `epoch_rules` whose λ stands on fewer runs than it has: the
     paper discards runs that stay at chance level, so a λ where some seeds never learn is judged
     on the seeds that did, which flatters it."""
@@ -79,8 +80,9 @@ def thin_choices(runs: pd.DataFrame, rules: pd.DataFrame, by: Sequence[str] = GR
                        else runs[k] == getattr(r, k) for k in (*by, "lam")], axis=0)
         total = int(same.sum())
         if r.n_used < total:
-            out.append(f"{r.rule}: {PENALTY_NAMES[r.penalty]} at label noise {r.label_noise:g} is λ={r.lam:.0e} on "
-                       f"{r.n_used:.0f} of its {total} runs; the other {total - r.n_used:.0f} stayed at chance level "
+            out.append(f"{rule_names(patience)[r.metric]}: {PENALTY_NAMES[r.penalty]} at label noise "
+                       f"{r.label_noise:g} is λ={r.lam:.0e} on {r.n_used:.0f} of its {total} runs; the other "
+                       f"{total - r.n_used:.0f} stayed at chance level "
                        "(or diverged) and, as in the paper, are left out, so this mean is over the runs that learned.")
     return out
 
