@@ -146,3 +146,56 @@ def test_a_seeds_override_reaches_every_sweep_notebook_and_narrows_its_sweep():
     full = analysis.load_sweep(reports.NOTEBOOKS / params["01_noise_robustness"]["sweep"])
     assert {c.seed for c in spec.configs()} == {1} and {c.seed for c in full.configs()} == {1, 2}
     assert len(spec.configs()) * 2 == len(full.configs())
+
+
+# ---- issue 23: paths, degenerate sweeps and notebook parameters, refused at the edge
+def sweep_file(tmp_path: Path, grid: str, store: Path | None = None) -> Path:
+    path = tmp_path / "sweep.yaml"
+    base = "{device: cpu, n_train: 8, n_test: 4, max_epochs: 1}"
+    path.write_text(f"store: {store or tmp_path / 'store'}\nbase: {base}\ngrid: {grid}\n")
+    return path
+
+
+@pytest.mark.parametrize("where", ["a file", "a folder under a file"])
+def test_a_store_that_is_a_file_is_refused_naming_it(tmp_path, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    store = blocker if where == "a file" else blocker / "store"
+    out = mulreg("sweep", str(sweep_file(tmp_path, "{seed: [1]}")), "--store", str(store))
+    assert_one_message(out, str(blocker), "is a file, not a folder")
+
+
+def test_runs_on_a_missing_store_names_it_and_an_empty_one_says_no_runs(tmp_path):
+    assert_one_message(mulreg("runs", "--store", str(tmp_path / "nowhere")), "--store", "nowhere", "no such folder")
+    (tmp_path / "empty").mkdir()
+    empty = mulreg("runs", "--store", str(tmp_path / "empty"))
+    assert empty.returncode == 0 and "no runs" in empty.stdout
+
+
+def test_train_refuses_an_output_path_it_could_not_write_before_training(tmp_path):
+    out = mulreg(*train_args(tmp_path)[:-1], str(tmp_path / "missing" / "r.json"))
+    assert_one_message(out, "--out", "missing")
+
+
+@pytest.mark.parametrize("grid, named", [
+    ("{seed: []}", "grid.seed: an empty list"),
+    ("{seed: [1, 1]}", "grid.seed: repeats 1"),
+    ("{penalty: [none, sum], lam: {sum: [1.0e-3], mul: [1.0e-7]}}", "grid.lam: λ values for mul"),
+    ("{penalty: [sum], lam: {sum: []}}", "grid.lam.sum: an empty list"),
+])
+def test_a_degenerate_sweep_file_is_refused_naming_the_key(tmp_path, grid, named):
+    out = mulreg("sweep", str(sweep_file(tmp_path, grid)))
+    assert_one_message(out, "sweep.yaml", named)
+    assert not (tmp_path / "store" / "runs").exists() or not any((tmp_path / "store" / "runs").iterdir())
+
+
+@pytest.mark.parametrize("name, value, shown", [
+    ("seeds", "abc", "seeds='abc'"),
+    ("classes", "[3, 3]", "classes=[3, 3]"),
+    ("paper_patience", "abc", "paper_patience: 'abc' is a str"),
+    ("progress", "7", "progress: 7 is a int"),
+])
+def test_a_notebook_parameter_of_the_wrong_type_or_value_is_refused_before_any_notebook_starts(name, value, shown):
+    out = mulreg("figures", "--profile", "smoke", "--nb", "01", "-p", name, value)
+    assert_one_message(out, shown, "01_noise_robustness")
+    assert "[1/" not in out.stdout and "Estimate" not in out.stdout

@@ -83,6 +83,10 @@ def _train(args) -> int:
     flags = {FIELD.get(k, k): v for k, v in vars(args).items()
              if (k in TRAIN_FLAGS or k in SWITCHES or k == "classes") and v is not None}
     config = RunConfig.parse(deep_merge(values, nest(flags)))
+    out = Path(args.out)
+    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()) or not out.parent.exists():
+        problem = "is a folder" if out.is_dir() else f"its folder {out.parent} does not exist or is a file"
+        raise ConfigError(f"--out {args.out}: {problem}; give a file path in an existing folder")
     if args.no_early_stopping:
         config = config.replace(early_stopping=None)
     result = train(config)
@@ -122,7 +126,13 @@ def _runs(args) -> int:
     from .listing import runs_listing
     from .store import Store
 
+    if args.store is not None and not Path(args.store).is_dir():
+        problem = "is a file, not a folder" if Path(args.store).exists() else "no such folder"
+        raise ConfigError(f"--store {args.store}: {problem}")
     store = Store(args.store)
+    if not store.keys():
+        print(f"no runs in {store.root}")
+        return 0
     if args.check:
         broken = store.unreadable()
         for key, problem in broken.items():

@@ -11,6 +11,7 @@ non-zero if any failed.
 
 from __future__ import annotations
 
+import ast
 import html
 import json
 import math
@@ -75,20 +76,58 @@ def checked_parameters(profile: str, chosen: list[Path], overrides: dict | None 
     override that no chosen notebook defines: papermill would only warn, and run the wrong thing."""
     out, used = {}, set()
     for nb in chosen:
-        known = set(papermill.inspect_notebook(nb))
+        known = papermill.inspect_notebook(nb)  # name → its default (source text) and help
         values = parameters(profile, nb.stem)
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(f"params/{profile}/{nb.stem}.yaml: {', '.join(unknown)} is not a parameter of "
                               f"{nb.stem}; its parameters: {', '.join(sorted(known))}")
         mine = {k: v for k, v in (overrides or {}).items() if k in known}
+        for name, value in mine.items():
+            _check_type(name, value, known[name].get("default"), nb.stem)
         used |= set(mine)
         out[nb.stem] = values | mine
+        _check_sweep(nb.stem, out[nb.stem], set(mine))
     unused = sorted(set(overrides or {}) - used)
     if unused:
         raise ConfigError(f"-p/--params: {', '.join(unused)} is not a parameter of "
                           f"{', '.join(nb.stem for nb in chosen)}")
     return out
+
+
+def _check_type(name: str, value, default_source: str | None, stem: str) -> None:
+    """An override of the type of the notebook's default (any type where the default is None)."""
+    try:
+        default = ast.literal_eval(default_source or "None")
+    except (ValueError, SyntaxError):
+        return
+    if default is None or value is None:
+        return
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"-p/--params {name}: {value!r} is a {type(value).__name__}; {stem} takes a "
+                          f"{type(default).__name__} (its default: {default!r})")
+
+
+def _check_sweep(stem: str, params: dict, overridden: set[str]) -> None:
+    """The notebook's sweep with its class pair and seeds overridden, expanded into run configs: a
+    value no run accepts is refused here, naming the parameter, before any kernel starts."""
+    changed = sorted({"classes", "seeds"} & overridden)
+    if not changed or "sweep" not in params:
+        return
+    from .analysis import load_sweep
+
+    try:
+        load_sweep(str((NOTEBOOKS / params["sweep"]).resolve()), classes=params.get("classes"),
+                   seeds=params.get("seeds")).configs()
+    except (ConfigError, TypeError, ValueError) as err:
+        shown = ", ".join(f"{k}={params[k]!r}" for k in changed)
+        raise ConfigError(f"-p/--params {shown}: not accepted by {stem}: {err}") from None
 
 
 def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | None = None,

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import PROJECT_ROOT, MulregError, RunConfig
+from .config import PROJECT_ROOT, ConfigError, MulregError, RunConfig
 from .result import RunResult
 
 PROVENANCE = "provenance.json"
@@ -49,13 +49,28 @@ class CheckpointError(MulregError, RuntimeError):
     """A checkpoint file could not be loaded safely (corrupt, or holding arbitrary objects)."""
 
 
+def writable_folder(path: Path, what: str) -> Path:
+    """`path` as a writable folder (made if missing), or a ConfigError naming `what` and the path in
+    the way: a file where a folder must be, or a folder that cannot be created or written."""
+    for part in [*reversed(path.parents), path]:
+        if part.exists() and not part.is_dir():
+            raise ConfigError(f"{what}: {part} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot create {path} ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{what}: {path} is not writable")
+    return path
+
+
 class Store:
     def __init__(self, root: str | os.PathLike | None = None, checkpoint_every: int = 10):
         self.root = Path(root or os.environ.get("MULREG_RESULTS") or PROJECT_ROOT / "results")
         self.every = checkpoint_every
         self._readable: set[str] = set()  # keys whose folder was read successfully
         for sub in ("runs", "checkpoints", "claims"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            writable_folder(self.root / sub, f"store {self.root}")
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"

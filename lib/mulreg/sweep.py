@@ -67,9 +67,14 @@ class SweepSpec(BaseModel):
                               f"got {type(values).__name__}")
         values = _extended(Path(path), values)
         try:
-            return cls.model_validate(values)
+            spec = cls.model_validate(values)
         except ValidationError as err:
             raise ConfigError(f"{path}: " + describe(err)) from None
+        for where, grid in [("grid", spec.grid)] + [(f"arms[{i}]", arm) for i, arm in enumerate(spec.arms)]:
+            check_axes(grid, f"{path}: {where}")
+        if not spec.configs():
+            raise ConfigError(f"{path}: the sweep expands to no runs (grid {spec.grid}, {len(spec.arms)} arms)")
+        return spec
 
     def configs(self) -> list[RunConfig]:
         configs: dict[str, RunConfig] = {}
@@ -99,6 +104,28 @@ def _extended(path: Path, values: dict[str, Any], seen: tuple[Path, ...] = ()) -
     for k in ("base", "grid"):
         merged[k] = deep_merge(merged.get(k) or {}, values.pop(k, None) or {})
     return {**merged, **values}
+
+
+def check_axes(grid: dict[str, Any], where: str) -> None:
+    """Refuse a grid axis that is empty or repeats a value, and a λ list for a penalty the grid does
+    not train, naming the key."""
+    for axis, values in grid.items():
+        lists = values.items() if axis == "lam" and isinstance(values, dict) else [(None, values)]
+        for penalty, v in lists:
+            name = f"{axis}.{penalty}" if penalty else axis
+            if not isinstance(v, list):
+                raise ConfigError(f"{where}.{name}: a grid axis is a list of values, got {v!r}")
+            if not v:
+                raise ConfigError(f"{where}.{name}: an empty list makes a sweep of no runs; give at least one value")
+            repeated = sorted({repr(x) for x in v if v.count(x) > 1})
+            if repeated:
+                raise ConfigError(f"{where}.{name}: repeats {', '.join(repeated)}; list each value once")
+    lam, penalties = grid.get("lam"), grid.get("penalty")
+    if isinstance(lam, dict) and isinstance(penalties, list):
+        stray = sorted(set(lam) - set(penalties))
+        if stray:
+            raise ConfigError(f"{where}.lam: λ values for {', '.join(stray)}, which is not in {where}.penalty "
+                              f"{penalties}; add it there or remove its λ list")
 
 
 def expand(base: dict[str, Any], grid: dict[str, Any]) -> list[RunConfig]:
