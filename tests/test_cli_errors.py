@@ -165,6 +165,12 @@ def test_a_store_that_is_a_file_is_refused_naming_it(tmp_path, where):
     assert_one_message(out, str(blocker), "is a file, not a folder")
 
 
+def test_a_sweep_file_extending_a_missing_file_names_the_key(tmp_path):
+    path = tmp_path / "child.yaml"
+    path.write_text("extends: parent.yaml\ngrid: {seed: [1]}\n")
+    assert_one_message(mulreg("sweep", str(path)), "child.yaml: extends 'parent.yaml'", "no such file")
+
+
 def test_runs_on_a_missing_store_names_it_and_an_empty_one_says_no_runs(tmp_path):
     assert_one_message(mulreg("runs", "--store", str(tmp_path / "nowhere")), "--store", "nowhere", "no such folder")
     (tmp_path / "empty").mkdir()

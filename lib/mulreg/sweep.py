@@ -96,7 +96,10 @@ def _extended(path: Path, values: dict[str, Any], seen: tuple[Path, ...] = ()) -
     parent_path = (path.parent / str(parent)).resolve()
     if parent_path in seen:
         raise ConfigError(f"{path}: extends {parent!r}, which extends it back (a cycle)")
-    inherited = load_yaml(parent_path) or {}
+    try:
+        inherited = load_yaml(parent_path) or {}
+    except ConfigError as err:
+        raise ConfigError(f"{path}: extends {parent!r}: {err}") from None
     if not isinstance(inherited, dict):
         raise ConfigError(f"{parent_path}: a sweep file is a mapping (base, grid, store, ...)")
     inherited = _extended(parent_path, inherited, (*seen, path.resolve()))
