@@ -305,6 +305,7 @@ class _Engine:
         self.steps: dict[tuple[bool, ...], Callable] = {}  # (batched, heavy_ball, effective_lr) → compiled step
         self.evaluators: dict[tuple[bool, bool], Callable] = {}  # (batched, shared images) → compiled evaluator
         self.backend = backend_settings(device, config.deterministic)  # recorded with each run's provenance
+        provenance.git_state()  # the commit is read (and cached) when training starts, not when a run ends
 
     def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> _Run:
         data = split_run(self.pool, config.seed, config.label_noise, config.val_fraction)
