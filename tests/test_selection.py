@@ -160,3 +160,18 @@ def test_confirmed_claims_keep_failed_runs_and_test_growth_across_noise():
     assert none_noisy["n"] == 3 and none_noisy["diffs"][0] == pytest.approx(0.86 - 0.5)  # the diverged run at chance
     grow = table.loc[("gap to additive grows with noise", "0.2 vs 0")]
     assert grow["mean"] == pytest.approx(0.05) and grow["family"] == 6
+
+
+def test_verdict_sentences_are_written_from_the_outcomes():
+    from mulreg import prose
+
+    rows = [{"claim": "multiplicative beats none", "noise": "0.2", "rule": "test_acc_last", **claims.test(d)}
+            for d in ([0.05, 0.051, 0.049, 0.05], [0.01, 0.02])]
+    rows.append({"claim": "gap to none grows with noise", "noise": "—", "rule": "test_acc_last", **claims.test([])})
+    table = claims.decide(pd.DataFrame(rows))
+    table.loc[2, "outcome"] = "not tested (one noise level)"
+    head, steady, thin, untested = prose.verdict_sentences(table, "test_acc_last", "Confirmation")
+    assert head.startswith("Confirmation, last epoch: 1 holds, 1 not resolved, 1 not tested of 3 claims")
+    assert "+5.0 points over 4 seed pairs" in steady and steady.endswith(": holds.")
+    assert "too few pairs for the decision rule" in thin and "not resolved (2 pairs: +1.00, +2.00 pp)" in thin
+    assert untested.endswith("not tested (one noise level).")

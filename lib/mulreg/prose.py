@@ -252,14 +252,16 @@ def verdict_sentences(table: pd.DataFrame, rule: str, stage: str, patience: int 
     out = []
     for r in part.to_dict("records"):
         if r["outcome"].startswith("not tested") or r["n"] == 0:
-            out.append(f"'{r['claim']}' ({r['noise']}): {r['outcome'] if r['n'] else 'no pairs'}.")
+            said = r["outcome"] if r["outcome"].startswith("not tested") else "no pairs"
+            out.append(f"'{r['claim']}' ({r['noise']}): {said}.")
             continue
         span = "" if pd.isna(r["low"]) else f", 95 % interval {_pp(r['low'])} to {_pp(r['high'])}"
         test = ("every difference equal, so the exact permutation p decides" if r["zero_sd"]
                 else f"t p {_p(r['p_t'])}, exact permutation p {_p(r['p_perm'])}")
+        holm = (f"Holm-adjusted p {_p(r['p_holm'])} of {r['family']}" if pd.notna(r["p_holm"])
+                else "too few pairs for the decision rule")
         out.append(f"'{r['claim']}' (noise {r['noise']}): {_pp(r['mean'])} points over {r['n']} seed pair"
-                   f"{'s' * (r['n'] != 1)}{span} ({test}; Holm-adjusted p {_p(r['p_holm'])} of "
-                   f"{r['family']}): {r['outcome']}.")
+                   f"{'s' * (r['n'] != 1)}{span} ({test}; {holm}): {r['outcome']}.")
     counts = part["outcome"].map(lambda o: o.split(" (")[0]).value_counts()
     gaps = part["resolvable"].dropna()
     reach = (f" At n = {int(part['n'].max())} a true gap had to be at least {100 * gaps.min():.1f}-"
@@ -310,10 +312,17 @@ def reduction_notes(profile: str, spec: SweepSpec) -> str:
                      f"patience {paper['patience']}")
     elif es.patience != paper["patience"]:
         diffs.append(f"{es.patience} instead of {paper['patience']} epochs of early-stopping patience")
+    stages = ""
+    if spec.confirmation is not None:  # the counts above are the selection stage's
+        cf = spec.confirmation
+        stages = (f" Two stages (docs/PREREGISTRATION.md): the sizes above are the selection stage's (seeds "
+                  f"{sorted({x.seed for x in configs})}); the confirmation retrains the chosen λ on fresh seeds "
+                  f"{cf.seeds} at label noise {cf.label_noise}.")
     if not diffs:
-        return f"Profile '{profile}' follows the paper's {c.task} protocol in every size checked here."
+        return f"Profile '{profile}' follows the paper's {c.task} protocol in every size checked here." + stages
     return (f"Profile '{profile}' is a REDUCED version of the paper's {c.task} protocol: " + "; ".join(diffs)
-            + ". Numbers below are therefore not expected to match the paper's digits; docs/PROFILES.md says why.")
+            + ". Numbers below are therefore not expected to match the paper's digits; docs/PROFILES.md says why."
+            + stages)
 
 
 # ---- notebook 06: the arms
