@@ -37,6 +37,14 @@ def test_data_folder_that_does_not_exist(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_data_folder_that_is_a_file(tmp_path):
+    data = tmp_path / "cifar.tar"
+    data.write_text("not a folder")
+    out = mulreg(*train_args(tmp_path), env={"MULREG_DATA": str(data), "MULREG_CACHE": str(tmp_path / "c")})
+    assert_one_message(out, str(data), "is a file, not a folder")
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_data_folder_with_missing_class_folders(tmp_path, tiny_cifar_image_folder):
     import shutil
 

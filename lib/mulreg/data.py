@@ -75,6 +75,8 @@ def _layout(folder: Path) -> str | None:
 
 
 def _download(folder: Path, allowed: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise DataNotFoundError(f"CIFAR-10 folder {folder} (MULREG_DATA, or root=) is a file, not a folder")
     missing = [f"{split}/{name}" for split in ("train", "test") for name in CLASSES
                if not (folder / split / name).is_dir()]
     found = ("the folder does not exist" if not folder.exists() else
