@@ -247,7 +247,7 @@ def test_smoke_reports_hold_no_warning_box_and_no_escape_codes(smoke_run):
                     f"{stem}: stderr output in a report: {text[:200]!r}"
                 assert "\x1b[" not in text and "\r" not in text, f"{stem}: escape codes in {text[:200]!r}"
     log = "".join(o.get("text", "") for c in nbformat.read(out / f"{STEMS[0]}.ipynb", as_version=4).cells
-                  if "run_sweep" in c.source for o in c.get("outputs", []))
+                  if "run_stages" in c.source for o in c.get("outputs", []))
     trained = re.search(r"(\d+) trained now", log)
     assert trained, log[:500]
     assert log.count("seed=") == int(trained.group(1)), log[:500]  # one line per run trained here

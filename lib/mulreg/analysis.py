@@ -60,14 +60,15 @@ def run_stages(spec: SweepSpec, progress: bool = True, patience: int | None = No
     and return each stage's runs with every epoch rule read off its histories (the paper's literal
     rule too, given its `patience`)."""
     store = spec.open_store()
-    configs = stages.selection_spec(spec).configs()
-    pending = sum(not store.is_complete(c.key()) for c in configs)
+    before = set(store.keys())
     start = time.perf_counter()
     done = stages.run(spec, progress=progress)
     seconds = time.perf_counter() - start
     parts = [("selection", done.selection)] + ([("confirmation", done.confirmation)] if done.plan else [])
-    print(f"{len(configs)} selection runs: {len(configs) - pending} found in {store.root}, {pending} trained; "
-          f"{len(done.confirmation) if done.plan else 0} confirmation runs; {seconds:.0f} s in all.")
+    keys = [k for _, runs in parts for k in runs["key"]]
+    trained = sum(k not in before for k in keys)
+    print(f"{len(keys)} runs ({', '.join(f'{len(runs)} {name}' for name, runs in parts)}): "
+          f"{len(keys) - trained} found in {store.root}, {trained} trained now in {seconds:.0f} s.")
     for name, runs in parts:
         n_failed = runs["stop_reason"].isin(EXCLUDED).sum() if len(runs) else 0
         print(f"{name}: {n_failed} of {len(runs)} runs diverged or never left chance level. {provenance_note(runs)}")
