@@ -15,7 +15,6 @@ import torch
 from . import metrics as M
 from . import stages
 from .devices import on_this_machine, resolve_device
-from .epochs import with_rules
 from .models import layer_names
 from .paper import PENALTY_NAMES
 from .prose import provenance_note
@@ -72,8 +71,7 @@ def run_stages(spec: SweepSpec, progress: bool = True, patience: int | None = No
     for name, runs in parts:
         n_failed = runs["stop_reason"].isin(EXCLUDED).sum() if len(runs) else 0
         print(f"{name}: {n_failed} of {len(runs)} runs diverged or never left chance level. {provenance_note(runs)}")
-    rules = {name: with_rules(runs, store.load_histories(list(runs["key"])), patience) if len(runs) else runs
-             for name, runs in parts}
+    rules = {name: stages.read_rules(spec, runs, patience) for name, runs in parts}
     return stages.Stages(rules["selection"], rules.get("confirmation"), done.plan)
 
 

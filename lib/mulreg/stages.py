@@ -40,12 +40,13 @@ def confirmation_spec(spec: SweepSpec, plan: dict) -> SweepSpec:
     return spec.model_copy(update={"grid": {}, "arms": confirm.arms(plan), "confirmation": None})
 
 
-def read_rules(spec: SweepSpec, runs: pd.DataFrame) -> pd.DataFrame:
-    """`runs` with every epoch rule's columns read off the histories in `spec`'s store."""
+def read_rules(spec: SweepSpec, runs: pd.DataFrame, patience: int | None = None) -> pd.DataFrame:
+    """`runs` with every epoch rule's columns read off the histories in `spec`'s store (the paper's
+    literal rule too, given its `patience`)."""
     if not len(runs):
         return runs
     hist = Store(spec.store).load_histories(list(runs["key"]))
-    return with_rules(runs, hist)
+    return with_rules(runs, hist, patience)
 
 
 def run(spec: SweepSpec, *, progress: bool = True, train_confirmation: bool = True) -> Stages:
