@@ -354,10 +354,15 @@ def test_backend_settings_are_set_in_one_place_and_recorded_with_the_run(tiny_ci
         on = backend_settings(torch.device("cpu"), deterministic=True)
         assert on["deterministic_algorithms"] is True and torch.are_deterministic_algorithms_enabled()
         assert on["cudnn_benchmark"] is False and on["float32_matmul_precision"] == "highest"
+        torch.backends.cudnn.allow_tf32 = True  # cuDNN's default: TF32 convolutions on Ampere and later
         result = run(config(deterministic=False), tiny_cifar_image_folder)
         assert not torch.are_deterministic_algorithms_enabled()  # the run set what its config asks
+        assert torch.backends.cudnn.allow_tf32 is False and torch.get_float32_matmul_precision() == "highest"
         assert result.provenance["deterministic_algorithms"] is False
         assert result.provenance["float32_matmul_precision"] == "highest"
+        assert result.provenance["float32_conv_precision"] == "highest"
+        assert result.provenance["device_used"] == "cpu"
+        assert result.provenance["matmul_gflops"] > 0 and result.provenance["cpu_model"]
         assert config(deterministic=True).key() == config().key()  # how, not what
     finally:
         backend_settings(torch.device("cpu"), deterministic=False)

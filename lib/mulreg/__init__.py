@@ -7,4 +7,12 @@ ranks, norms), `train` (the training engine), `store` (the run store), `sweep` (
 selection rule), `landscape` (loss surfaces, flatness), `plots`, `paper` (published numbers).
 """
 
+import os
+
 __version__ = "0.1.0"
+CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS workspaces that make its results deterministic
+
+# cuBLAS reads its workspace configuration once, when CUDA starts (after this import in any script
+# or notebook that imports mulreg first): this value makes its results deterministic, which a run
+# with `deterministic: true` needs; a value set before Python started is kept
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import provenance
 from .config import PROJECT_ROOT, RunConfig
 from .data import MEAN, STD, load_cifar10
 from .devices import resolve_device
@@ -132,18 +132,6 @@ def kernel_floor(config: RunConfig, device: torch.device, steps: int = 100) -> f
     return workers * config.batch_size / seconds
 
 
-def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    times = []
-    for _ in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times[1:])
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -202,7 +190,8 @@ def main(argv=None) -> int:
     for config in (base, compiled):
         train(config.replace(max_epochs=1), progress=False)
     flops = training_flops_per_image(base)
-    ceiling = matmul_flops(device) / flops
+    environment = provenance.environment(device)  # host, CPU model and its matmul probe
+    ceiling = environment["matmul_gflops"] * 1e9 / flops
     floor = kernel_floor(base, device)
     rows = []
     for name, (runs, fn) in variants.items():
@@ -218,8 +207,7 @@ def main(argv=None) -> int:
         print(line)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": str(device), "machine": platform.processor() or platform.machine(),
-                               "threads": torch.get_num_threads(), "args": vars(args),
+    out.write_text(json.dumps({"device": str(device), "environment": environment, "args": vars(args),
                                "training_flops_per_image": flops,
                                "ceiling_images_per_s": ceiling, "kernel_floor_images_per_s": floor,
                                "rows": rows}, indent=1))

@@ -35,7 +35,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
 # fields added after stores existed: left out of the run key at their default, so old keys stay valid
 KEY_OMITS_DEFAULT = ("classes", "augment", "effective_lr")
-HOW = ("device", "compile", "compile_mode", "deterministic")  # where and how a run is computed: not part of its key
+# where and how a run is computed: not part of its key
+HOW = ("device", "compile", "compile_mode", "deterministic", "memory_format")
 
 
 class MulregError(Exception):
@@ -98,6 +99,9 @@ class RunConfig(_Strict):
     # torch.compile's mode: "reduce-overhead" replays CUDA graphs on a GPU (a stack keeps one shape, so one graph)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     deterministic: bool = False  # deterministic kernels on CUDA, at some speed (`devices.backend_settings`)
+    # images' memory layout: "auto" is channels-last for one run and NCHW for a stack under vmap
+    # (docs/PERFORMANCE.md, "Memory layout"); the others force one layout for both
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     augment: bool = False  # random 4-pixel-padded crops and horizontal flips of training images (`data.augment`)
     effective_lr: bool = False  # record eff_lr_<layer> every epoch; costs time per step (docs/PERFORMANCE.md)
 
@@ -140,8 +144,8 @@ class RunConfig(_Strict):
         return RunConfig.parse(deep_merge(self.model_dump(), changes))
 
     def key(self) -> str:
-        """Stable 16-hex-digit hash of the resolved config; `device`, `compile` and `deterministic`
-        are left out (they say where and how, not what)."""
+        """Stable 16-hex-digit hash of the resolved config; the fields of `HOW` (device, compilation,
+        determinism, memory layout) are left out: they say where and how, not what."""
         values = self.model_dump(exclude=set(HOW))
         for name in KEY_OMITS_DEFAULT:
             if values[name] == RunConfig.model_fields[name].default:

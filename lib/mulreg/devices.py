@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from . import CUBLAS_WORKSPACE
 from .config import MulregError
 
 
@@ -40,16 +41,21 @@ def backend_settings(device: torch.device, deterministic: bool = False) -> dict:
 
     - cuDNN autotuning (`cudnn.benchmark`) on CUDA, unless `deterministic`: it picks the fastest
       convolution kernels, which may differ from run to run;
-    - float32 matrix products at full precision ("highest", no TF32), so numbers on a GPU stay
-      comparable with the CPU's and across GPU generations;
+    - float32 matrix products and cuDNN convolutions at full precision ("highest", no TF32: cuDNN
+      would otherwise run this network's convolutions, ≈ 97 % of its FLOPs, in TF32 on Ampere and
+      later), so numbers on a GPU stay comparable with the CPU's and across GPU generations;
     - with `deterministic`, deterministic algorithms (`torch.use_deterministic_algorithms`) and
       deterministic cuDNN, for bit-identical results on one GPU at some cost in speed."""
-    if deterministic and device.type == "cuda":  # deterministic cuBLAS needs it before its first call
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if deterministic and device.type == "cuda" and os.environ.get("CUBLAS_WORKSPACE_CONFIG") is None:
+        raise DeviceError("deterministic: true on CUDA needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts; "
+                          "importing mulreg first sets it (mulreg/__init__.py), or export "
+                          f"CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} before starting Python")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False  # the flag torch 2.11 and later read alike (one API: mixing raises)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     return {"cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": deterministic,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "float32_conv_precision": "tf32" if torch.backends.cudnn.allow_tf32 else "highest",
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}

@@ -13,7 +13,7 @@ COLUMNS = {  # runs-table column → short heading, in the order shown
     "key": "key", "task": "task", "penalty": "penalty", "lam": "λ", "label_noise": "noise", "seed": "seed",
     "stop_reason": "stop", "epochs": "epochs", "escape_epoch": "escape",
     "test_acc_best_val": "acc@val", "test_acc_last": "acc@last", "test_acc_best_test": "acc@test",
-    "git_commit": "commit", "device_name": "device",
+    "git_commit": "commit", "device": "asked", "device_used": "device", "device_name": "device name",
 }
 
 

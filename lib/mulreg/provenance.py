@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from . import __version__
 from .config import PROJECT_ROOT
 
 TIMES = ("started", "finished", "wall_seconds", "train_images_per_second")  # differ between two trainings of a run
+PROBE_SIZE = 1024  # n of the n×n float32 matrix product that probes the host's speed
+PROBE_REPEATS = 5  # timed products after one warm-up; their median counts
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,30 +39,61 @@ def git_state() -> tuple[str | None, bool | None]:
     return commit, dirty
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The host CPU's model name (this workplace's hosts vary between Intel and AMD)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device | str) -> str:
     """The GPU's name, or the CPU's model name (and core count)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({os.cpu_count()} cores)"
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
+
+
+@functools.lru_cache(maxsize=8)
+def matmul_gflops(device: torch.device | str, threads: int | None = None) -> float:
+    """GFLOP/s of an n×n float32 matrix product on `device` (on a CPU with this process's threads,
+    which `threads` names only to key the cache): a probe of the host's speed recorded beside every
+    timing, so numbers from hosts that differ (≈ 1.7× here) can be compared as fractions of it."""
+    device = torch.device(device)
+    a = torch.randn(PROBE_SIZE, PROBE_SIZE, device=device)
+    b = torch.randn(PROBE_SIZE, PROBE_SIZE, device=device)
+    times = []
+    for _ in range(PROBE_REPEATS + 1):
+        _synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * PROBE_SIZE**3 / statistics.median(times[1:]) / 1e9
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def environment(device: torch.device | str) -> dict:
     """Versions and device of this process: mulreg, git commit and dirty flag, Python, torch,
-    CUDA and cuDNN (None without them), and the device's name."""
+    CUDA and cuDNN (None without them), the device a run got and its name, the host's CPU model,
+    and the host's matrix-product speed on that device with this process's threads."""
+    device = torch.device(device)
     commit, dirty = git_state()
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    threads = torch.get_num_threads()
     return {"mulreg_version": __version__, "git_commit": commit, "git_dirty": dirty,
             "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": cudnn, "device_name": device_name(device)}
+            "cudnn": cudnn, "device_used": device.type, "device_name": device_name(device), "cpu_model": cpu_model(),
+            "threads": threads, "matmul_gflops": round(matmul_gflops(device, threads), 1)}
 
 
 def timestamp(seconds: float | None = None) -> str:

@@ -22,6 +22,7 @@ import functools
 import logging
 import math
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,6 +44,7 @@ from .protocols import EFF_LR, NORM, PENALIZED, Penalty, StopReason
 from .result import Checkpoints, RunResult
 
 EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
+MIN_EVAL_CHUNK = 256  # images per run per evaluation pass at least, however many runs a stack holds
 
 
 MAX_STACK = 128  # runs in one stack at most
@@ -54,7 +56,7 @@ def group_key(config: RunConfig) -> tuple:
     return (config.task, config.classes, config.batch_size, config.n_train, config.n_test, config.val_fraction,
             config.model, config.optimizer, config.depth_normalization,
             config.features_normalization, config.device, config.compile, config.compile_mode, config.deterministic,
-            config.effective_lr)
+            config.memory_format, config.effective_lr)
 
 
 def stack_size(config: RunConfig) -> int:
@@ -239,6 +241,7 @@ class _Stack:
         self.targets = torch.stack([r.targets for r in runs])
         self.flipped = torch.stack([r.flipped for r in runs])
         self.n_flipped = torch.stack([r.flipped[r.train_idx].sum() for r in runs])  # in each training split
+        self.val_idx = torch.stack([r.val_idx for r in runs]).to(device)  # equal lengths: one group_key
         # the penalty kinds with a λ (L1 only where a run uses it)
         self.kinds = [k for k in PENALIZED if k != Penalty.L1 or any(r.config.penalty == k for r in group)]
         per_slot = [self._hyper(r) for r in runs]
@@ -260,6 +263,11 @@ class _Stack:
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"params": self.params, "buffers": self.buffers, "slots": self.slots}
 
+    def static_tensors(self) -> list[torch.Tensor]:
+        """Every stacked tensor a step or evaluation reads, each updated only in place."""
+        per_part = [t for tensors in self.tensors().values() for t in tensors.values()]
+        return [*per_part, *self.hyper.values(), self.targets, self.flipped, self.n_flipped, self.val_idx]
+
     def slot_of(self, run: _Run) -> int:
         return next(k for k, r in enumerate(self.runs) if r is run)
 
@@ -279,6 +287,7 @@ class _Stack:
             for n, t in tensors.items():
                 t[k] = new.state[part][n]
         self.targets[k], self.flipped[k] = new.targets, new.flipped
+        self.val_idx[k] = new.val_idx
         self.n_flipped[k] = new.flipped[new.train_idx].sum()
         self.runs[k] = new
 
@@ -298,6 +307,8 @@ class _Engine:
         self.layers = layer_names(self.model)
         self.directions = direction_parameters(self.model)  # the parameters whose relative update is recorded
         self.compile, self.compile_mode = config.compile, config.compile_mode
+        self.memory_format = config.memory_format
+        self.rng_devices = [device.index or 0] if device.type == "cuda" else []  # generators fork_rng restores
         if self.compile:
             # inductor warns in every process of a CPU-only machine that it found no CUDA runtime,
             # which says nothing about compiling for the CPU and would litter every notebook report
@@ -315,28 +326,34 @@ class _Engine:
         saved = checkpoints.load(config.key()) if checkpoints else None
         if saved:
             for name, value in saved.items():
-                setattr(run, name, tree_map(lambda t: t.to(self.device) if isinstance(t, torch.Tensor) else t, value))
+                setattr(run, name, value)  # on the CPU until a stack takes it
             run.start_epoch = run.epoch
             return run
-        model = build_model(config)
-        params = {n: p.detach().to(self.device) for n, p in model.named_parameters()}
+        model = build_model(config)  # on the CPU: a run's state reaches the device when a stack takes it
+        params = {n: p.detach() for n, p in model.named_parameters()}
         run.state = {
             "params": params,
-            "buffers": {n: b.to(self.device) for n, b in model.named_buffers()},
+            "buffers": dict(model.named_buffers()),
             "slots": {f"{slot}.{n}": torch.zeros_like(p) for n, p in params.items()
                       for slot in (("m", "v") if self.optimizer == "adam" else ("momentum",))}
-            | ({"step": torch.zeros((), device=self.device)} if self.optimizer == "adam" else {}),
+            | ({"step": torch.zeros(())} if self.optimizer == "adam" else {}),
         }
         return run
 
     def stack(self, runs: list[_Run], group: list[_Run]) -> _Stack:
-        return _Stack(runs, self.device, self.vectorize, group)
+        stack = _Stack(runs, self.device, self.vectorize, group)
+        if self.compile and self.compile_mode == "reduce-overhead":
+            # CUDA graphs replay fixed addresses: the step updates these in place and `_Stack.replace`
+            # copies a new run into them, so their addresses hold for the stack's life
+            for tensor in stack.static_tensors():
+                torch._dynamo.mark_static_address(tensor)
+        return stack
 
     # ---- one epoch: training steps, then evaluation
     def epoch(self, stack: _Stack) -> None:
         train, eff_lr = self._train(stack)
         self.model.eval()  # until the next training steps: batch-norm statistics and dropout left alone
-        val, _ = self._evaluate(stack, self.pool.x_train, [r.val_idx for r in stack.runs])
+        val, _ = self._evaluate(stack, self.pool.x_train, stack.val_idx)
         test, test_ok = self._evaluate(stack, self.pool.x_test, None)
         weights = _over_runs(self._weights, (0, 0), stack.batched)(stack.params, stack.buffers)
         norms = torch.stack([w.flatten(1).norm(dim=1) for w in weights], 1)  # ‖W_i‖_F per run and layer
@@ -363,7 +380,7 @@ class _Engine:
             per_run = [augment_draws(r.config.seed, r.epoch, n, r.config.augment) for r in runs]
             draws = tuple(torch.stack(d).to(self.device) for d in zip(*per_run))
         self.model.train()
-        with torch.random.fork_rng(devices=[]):  # dropout draws from a per-epoch seed; the caller's RNG is untouched
+        with torch.random.fork_rng(devices=self.rng_devices):  # dropout: a per-epoch seed; the caller's RNG untouched
             torch.manual_seed(int(generator(runs[0].config.seed, f"dropout-{runs[0].epoch}").initial_seed()))
             for start in range(0, n, B):
                 idx = order[:, start:start + B]
@@ -390,7 +407,8 @@ class _Engine:
         (Σ data loss, Σ λR, #correct, #correct among flipped labels) over the batch, then, with
         `effective_lr`, each layer's relative update ‖ΔP‖/‖P‖. A pure function of tensors, so that
         `torch.compile` makes one graph of forward, backward and update."""
-        objective = _over_runs(functools.partial(self._objective, channels_last=not batched), (0,) * 6, batched)
+        objective = _over_runs(self._objective, (0,) * 6, batched)
+        x = _layout(x, self._channels_last(batched))
 
         def summed(params, buffers):  # Σ_k L_k: the runs share no parameters, so its gradient holds each run's own
             loss, aux = objective(params, buffers, x, y, flipped, hyper)
@@ -403,11 +421,10 @@ class _Engine:
         moved = [metrics.relative_update(b, params[name])[:, None] for b, name in zip(before, directions)]
         return torch.cat([torch.stack([data * y.shape[1], reg * y.shape[1]], 1), counts, *moved], 1)
 
-    def _objective(self, params, buffers, x, y, flipped, hyper, channels_last: bool):
+    def _objective(self, params, buffers, x, y, flipped, hyper):
         """L = MSE(f(x), y) + λ·R(W) for one run (paper, Sec. 4, Eq. 5-6), with (data loss, λR,
         (#correct, #correct among flipped labels))."""
-        out, weights = functional_call(self.model, (params, buffers), (_layout(x, channels_last),),
-                                       {"with_weights": True})
+        out, weights = functional_call(self.model, (params, buffers), (x,), {"with_weights": True})
         data = (out - y).square().mean()
         reg = mixed_penalty(weights, hyper["lam_sum"], hyper["lam_mul"], hyper["lam_mul_log"], hyper.get("lam_l1"),
                             **self.norm_kwargs)
@@ -435,8 +452,8 @@ class _Engine:
                 c1, c2 = (1 - 0.9 ** t).view(shape), (1 - 0.999 ** t).view(shape)
                 p.sub_(lr.view(shape) / c1 * m / (v.sqrt() / c2.sqrt() + 1e-8))
 
-    def _loss_and_correct(self, params, buffers, x, y, channels_last: bool):
-        out = functional_call(self.model, (params, buffers), (_layout(x, channels_last),))
+    def _loss_and_correct(self, params, buffers, x, y):
+        out = functional_call(self.model, (params, buffers), (x,))
         return metrics.squared_error(out, y), metrics.correct(out, y, self.binary)
 
     def _weights(self, params, buffers):
@@ -445,10 +462,24 @@ class _Engine:
 
     def _compiled(self, fn):
         """`torch.compile(fn)` when config.compile: fused kernels, faster training steps after a
-        one-off compilation (docs/PERFORMANCE.md)."""
+        one-off compilation (docs/PERFORMANCE.md). One whole graph (`fullgraph`) behind an entry
+        point of its own (`_own_entry`), and a recompilation beyond dynamo's limit raises instead of
+        falling back to eager, so a run's numbers never depend on what its process compiled before."""
         if not self.compile:
             return fn
-        return torch.compile(fn, dynamic=False, mode=None if self.compile_mode == "default" else self.compile_mode)
+        mode = None if self.compile_mode == "default" else self.compile_mode
+        compiled = torch.compile(_own_entry(fn), fullgraph=True, dynamic=False, mode=mode)
+
+        def call(*args):
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                return compiled(*args)
+
+        return call
+
+    def _channels_last(self, batched: bool) -> bool:
+        """Whether images go in channels-last: config.memory_format, where "auto" is channels-last for
+        one run (faster convolutions on a CPU) and NCHW under vmap (docs/PERFORMANCE.md, "Memory layout")."""
+        return not batched if self.memory_format == "auto" else self.memory_format == "channels_last"
 
     def _row(self, run: _Run, values: torch.Tensor) -> dict:
         v = values.tolist()
@@ -464,15 +495,15 @@ class _Engine:
 
     @torch.no_grad()
     def _evaluate(self, stack: _Stack, x_all: torch.Tensor,
-                  idx: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per run: (mean loss, accuracy) on its own indices into `x_all`, or on all of it (the
         model in eval mode), and which images it classified right (runs × images, bool). Chunks of
         equal size, the last padded and its padding masked, so that a compiled evaluator sees one shape."""
         K = len(stack.runs)
-        n = len(x_all) if idx is None else len(idx[0])
+        n = len(x_all) if idx is None else idx.shape[1]
         if n == 0:
             return torch.full((K, 2), float("nan"), device=self.device), torch.zeros(K, 0, dtype=torch.bool)
-        chunk = _chunk_size(n, max(1, EVAL_IMAGES // K))
+        chunk = _chunk_size(n, max(MIN_EVAL_CHUNK, EVAL_IMAGES // K))
         pick = torch.arange(n + (-n) % chunk, device=self.device).clamp(max=n - 1)  # padded: repeats the last image
         fn = self._evaluator(stack.batched, idx is None)
         rows = torch.arange(K, device=self.device)[:, None]
@@ -484,9 +515,9 @@ class _Engine:
             if idx is None:
                 x, y = x_all[sel], y_all[sel]
             else:
-                sel = torch.stack([i[sel] for i in idx])
+                sel = idx[:, sel]
                 x, y = x_all[sel], stack.targets[rows, sel]
-            loss, ok = fn(stack.params, stack.buffers, x, y)
+            loss, ok = fn(stack.params, stack.buffers, _layout(x, self._channels_last(stack.batched)), y)
             sums += torch.stack([torch.where(real, loss, 0).sum(-1), torch.where(real, ok.float(), 0).sum(-1)], 1)
             right.append(ok.bool().reshape(K, -1))
         return sums / n, torch.cat(right, 1)[:, :n]
@@ -496,9 +527,8 @@ class _Engine:
         (the test set) or each run's own (its validation split)."""
         kind = (batched, shared_images)
         if kind not in self.evaluators:
-            fn = functools.partial(self._loss_and_correct, channels_last=not batched)
             in_dims = (0, 0, None, None) if shared_images else (0, 0, 0, 0)
-            self.evaluators[kind] = self._compiled(_over_runs(fn, in_dims, batched))
+            self.evaluators[kind] = self._compiled(_over_runs(self._loss_and_correct, in_dims, batched))
         return self.evaluators[kind]
 
     def postfix(self, runs: list[_Run]) -> dict:
@@ -561,6 +591,22 @@ def _chunk_size(n: int, most: int) -> int:
 
 
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """Channels-last images for unbatched calls: faster convolutions on a CPU (docs/PERFORMANCE.md);
-    under vmap the run axis makes it moot."""
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    """Images (N, C, H, W) shared by the runs, or stacked per run (K, N, C, H, W), in channels-last
+    memory when asked: a stack is stored as (N, H, W, K, C), so that vmap's grouped convolution, which
+    views it as (N, K·C, H, W), and each single run, which takes its row, both see channels-last."""
+    if not channels_last:
+        return x
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.permute(1, 3, 4, 0, 2).contiguous().permute(3, 0, 4, 1, 2)
+
+
+def _own_entry(fn: Callable) -> Callable:
+    """`fn` behind a function whose code object is new. Dynamo keeps compiled graphs per code
+    object for the whole process, and counts them against its recompile limit (8): every engine's
+    steps and evaluators would otherwise share a few code objects (`_step`, `_over_runs.single`,
+    vmap's wrapper), so a long-lived worker training many kinds of run would pass the limit."""
+    def entry(*args):
+        return fn(*args)
+
+    return types.FunctionType(entry.__code__.replace(), entry.__globals__, "entry", None, entry.__closure__)
