@@ -58,3 +58,21 @@ def test_the_paper_profile_is_counted_but_not_timed_on_a_machine_without_its_gpu
     assert set(trained["device"]) == {"cuda"}
     text = estimate.report(table, "paper", fresh=True)
     assert "no time: the runs' device is not on this machine" in text and "05_multiclass" in text
+
+
+def test_on_a_gpu_the_estimate_times_runs_stacked_as_the_sweep_stacks_them(tiny_cifar_image_folder, monkeypatch):
+    """A GPU sweep trains `stack_size` runs per stack, so the rate is measured on such a stack and
+    given per run; at most as many runs as are pending of that shape."""
+    monkeypatch.setattr(estimate, "stack_size", lambda config: 64)
+    config = RunConfig(device="cpu", batch_size=4, early_stopping=None)
+    assert estimate.stacked(config, [config.replace(seed=s) for s in range(1, 4)] + [config.replace(batch_size=2)]) == 3
+    trained = []
+    real = estimate.train_group
+
+    def counted(configs, **kw):
+        trained.append(len(configs))
+        return real(configs, **kw)
+
+    monkeypatch.setattr(estimate, "train_group", counted)
+    rate = estimate.measure(config, tiny_cifar_image_folder, runs=3)
+    assert trained == [3] and rate.per_unit > 0 and rate.start >= 0

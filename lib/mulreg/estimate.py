@@ -7,10 +7,11 @@ them), the images they train on and evaluate, the floating-point work, and the t
 from a short measured step: each distinct network shape among the pending runs trains a few
 epochs on a small slice of the data; the steady epochs give seconds per training-image equivalent
 (an evaluated image counts a third: forward pass only), the first epoch's excess each run's start
-cost (model, compilation). On a
-CPU the sweep runs one single-threaded worker per core, so the measurement uses one thread and the
-time is divided by the workers. Notebooks that train nothing of their own (02-04 read 01's runs)
-show no time; notebook 04's landscape grids are not estimated.
+cost (model, compilation). On a CPU the sweep runs one single-threaded worker per core, so the
+measurement uses one thread and the time is divided by the workers; on a GPU it stacks runs, so the
+measurement trains as many runs in one stack as the sweep would (`train.stack_size`, at most the
+pending runs of that shape). Notebooks that train nothing of their own (02-04 read 01's runs) show
+no time; notebook 04's landscape grids are not estimated.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .paper import PROTOCOL
 from .reports import NOTEBOOKS, notebooks, parameters
 from .stages import all_configs
 from .sweep import SweepSpec, execution_strategy
-from .train import train_group
+from .train import stack_size, train_group
 
 SLICE = {"binary": (400, 200), "multiclass": (500, 200)}  # (n_train, n_test) of the measurement
 MEASURED_EPOCHS = 3  # the first compiles; the others are timed
@@ -73,9 +74,10 @@ class Rate:
     start: float
 
 
-def measure(config: RunConfig, root=None) -> Rate:
-    """A few epochs of `config`'s shape on a small slice, on one thread on a CPU (as each sweep
-    worker): the steady epochs give the rate, the first one's excess the start cost."""
+def measure(config: RunConfig, root=None, runs: int = 1) -> Rate:
+    """A few epochs of `runs` runs of `config`'s shape, stacked as a sweep stacks them, on a small
+    slice, on one thread on a CPU (as each sweep worker): the steady epochs give the rate per run,
+    the first one's excess the start cost."""
     n_train, n_test = (min(cap, n or cap) for cap, n in zip(SLICE[config.task], (config.n_train, config.n_test)))
     probe = config.replace(n_train=n_train, n_test=n_test, max_epochs=MEASURED_EPOCHS, early_stopping=None,
                            lam=0.0, penalty="none")
@@ -83,18 +85,24 @@ def measure(config: RunConfig, root=None) -> Rate:
     if resolve_device(config.device).type == "cpu":
         torch.set_num_threads(1)
     stamps = [time.perf_counter()]
+    probes = [probe.replace(seed=seed) for seed in range(1, runs + 1)]
     try:
-        train_group([probe], root=root, progress=False, on_epochs=lambda n: stamps.append(time.perf_counter()))
+        train_group(probes, root=root, progress=False, on_epochs=lambda n: stamps.append(time.perf_counter()))
     finally:
         torch.set_num_threads(threads)
-    steady = (stamps[-1] - stamps[1]) / (len(stamps) - 2)
-    return Rate(per_unit=steady / Work.of(probe).units, start=max(0.0, stamps[1] - stamps[0] - steady))
+    steady = (stamps[-1] - stamps[1]) / (len(stamps) - 2)  # one stamp per epoch of the stack
+    return Rate(per_unit=steady / (runs * Work.of(probe).units), start=max(0.0, stamps[1] - stamps[0] - steady) / runs)
 
 
 def sweep_of(profile: str, stem: str) -> SweepSpec | None:
     """The sweep file a notebook's profile parameters name (None: the notebook has none)."""
     path = parameters(profile, stem).get("sweep")
     return None if path is None else SweepSpec.from_yaml((NOTEBOOKS / path).resolve())
+
+
+def stacked(config: RunConfig, pending: list[RunConfig]) -> int:
+    """Runs of `config`'s shape the sweep trains in one stack: as many as fit on a GPU, 1 on a CPU."""
+    return min(stack_size(config), sum(shape(c) == shape(config) for c in pending))
 
 
 def workers(spec: SweepSpec, pending: list[RunConfig]) -> int:
@@ -124,7 +132,8 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
         for c in pending:
             work = Work.of(c)
             if shape(c) not in rates:  # a device this machine lacks (the paper profile's GPU) cannot be timed here
-                rates[shape(c)] = measure(c, root) if on_this_machine(c.device) else Rate(math.nan, math.nan)
+                rates[shape(c)] = (measure(c, root, stacked(c, pending)) if on_this_machine(c.device)
+                                   else Rate(math.nan, math.nan))
             seconds += rates[shape(c)].start + c.max_epochs * work.units * rates[shape(c)].per_unit
             if shape(c) not in flops:
                 flops[shape(c)] = training_flops_per_image(c)
