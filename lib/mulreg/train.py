@@ -519,7 +519,7 @@ class _Engine:
                 x, y = x_all[sel], stack.targets[rows, sel]
             loss, ok = fn(stack.params, stack.buffers, _layout(x, self._channels_last(stack.batched)), y)
             sums += torch.stack([torch.where(real, loss, 0).sum(-1), torch.where(real, ok.float(), 0).sum(-1)], 1)
-            right.append(ok.bool().reshape(K, -1))
+            right.append(ok.reshape(K, -1).clone())  # a CUDA graph's replay would overwrite its outputs
         return sums / n, torch.cat(right, 1)[:, :n]
 
     def _evaluator(self, batched: bool, shared_images: bool) -> Callable:
