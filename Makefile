@@ -6,16 +6,31 @@ PROFILE ?= quick
 NB ?=
 export MULREG_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data/cifar10),)
 
-.PHONY: setup test figures bench lab clean
+.PHONY: setup lock test figures bench lab clean gpu-wheels
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the locked set (requirements.lock: every package pinned and hashed, the dev extras included),
+# then mulreg itself, without resolving anything.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name mulreg --display-name "Python (mulreg)"
 	touch $@
+
+# requirements.lock from pyproject.toml's ranges (and its dev extras), for Linux x86-64 and $(PYTHON),
+# with uv's pip-tools-compatible compiler (`uv pip compile`: hashes from the index, no downloads).
+# Existing pins are kept; `make lock LOCK_ARGS=--upgrade` moves all, `LOCK_ARGS='-P torch'` one.
+LOCK_TOOLS := .cache/lock-tools
+LOCK_ARGS ?=
+lock:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python -m pip install --quiet uv==0.13.9
+	$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --quiet \
+		--python $(PYTHON) --python-platform x86_64-manylinux_2_28 \
+		--custom-compile-command 'make lock' $(LOCK_ARGS) --output-file requirements.lock
 
 test: setup
 	$(PY) -m ruff check lib tests
@@ -26,6 +41,17 @@ figures: setup
 
 bench: setup
 	$(PY) -m mulreg.bench
+
+# The wheels the GPU machine's image lacks for mulreg's imports (it has torch, numpy, pandas, PyYAML,
+# tqdm, ...; not pydantic and what pydantic needs), at this venv's versions, for its CPython 3.12 on
+# x86-64 Linux; tools/gpu_check.sh installs them there (docs/PERFORMANCE.md, "Offline GPU check").
+WHEELS ?= .whl
+GPU_WHEELS := pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions
+gpu-wheels: setup
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d $(WHEELS) $$($(PY) -m pip freeze | grep -iE '^($(GPU_WHEELS))==')
+	@du -ch $(WHEELS)/*.whl | tail -1
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
