@@ -33,7 +33,7 @@ lock:
 		--custom-compile-command 'make lock' $(LOCK_ARGS) --output-file requirements.lock
 
 test: setup
-	$(PY) -m ruff check lib tests
+	$(PY) -m ruff check lib tests tools
 	$(PY) -m pytest
 
 figures: setup
