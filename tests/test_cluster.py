@@ -71,9 +71,9 @@ def spec(store: Path, **fields) -> SweepSpec:
 
 def assert_same_runs(a: pd.DataFrame, b: pd.DataFrame) -> None:
     """Same configs, metrics and provenance, but for when and how fast each was trained."""
-    from mulreg.provenance import TIMES
+    from mulreg.provenance import MEASURED
 
-    a, b = (t.drop(columns=[c for c in TIMES if c in t]).sort_values("key").reset_index(drop=True) for t in (a, b))
+    a, b = (t.drop(columns=[c for c in MEASURED if c in t]).sort_values("key").reset_index(drop=True) for t in (a, b))
     assert set(a.columns) == set(b.columns) and list(a["key"]) == list(b["key"])
     for col in a.columns:
         if pd.api.types.is_numeric_dtype(a[col]) and not pd.api.types.is_bool_dtype(a[col]):

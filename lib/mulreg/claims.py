@@ -193,7 +193,7 @@ def claims(runs: pd.DataFrame, rules: Sequence[str] | None = None, confirmed: bo
         if rows:
             family = decide(pd.DataFrame(rows), alpha)
             if "untested" in family:
-                family.loc[family["untested"].fillna(False).astype(bool), "outcome"] = "not tested (one noise level)"
+                family.loc[family["untested"].eq(True), "outcome"] = "not tested (one noise level)"
                 family = family.drop(columns="untested")
             out.append(family)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

@@ -19,7 +19,8 @@ import torch
 from . import __version__
 from .config import PROJECT_ROOT
 
-TIMES = ("started", "finished", "wall_seconds", "train_images_per_second")  # differ between two trainings of a run
+TIMES = ("started", "finished", "wall_seconds", "train_images_per_second")  # of this process's share of a run
+MEASURED = (*TIMES, "matmul_gflops")  # measured, not set: they differ between two trainings of one run
 PROBE_SIZE = 1024  # n of the n×n float32 matrix product that probes the host's speed
 PROBE_REPEATS = 5  # timed products after one warm-up; their median counts
 
