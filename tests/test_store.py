@@ -118,7 +118,7 @@ def test_every_run_records_its_provenance(tmp_path, tiny_cifar_image_folder):
 
     from mulreg import __version__
     from mulreg.config import RunConfig
-    from mulreg.prose import provenance_note
+    from mulreg.provenance import provenance_note
     from mulreg.train import train
 
     cfg = RunConfig(device="cpu", init_scale=1.0, lr=0.01, batch_size=4, max_epochs=1, n_train=8,

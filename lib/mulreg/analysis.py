@@ -16,9 +16,8 @@ from . import metrics as M
 from . import stages
 from .devices import on_this_machine, resolve_device
 from .models import layer_names
-from .paper import PENALTY_NAMES
-from .prose import provenance_note
-from .protocols import EXCLUDED, Penalty, Split
+from .protocols import EXCLUDED, PENALTY_NAMES, Penalty, Split
+from .provenance import provenance_note
 from .stats import in_paper_order
 from .store import Store
 from .sweep import SweepSpec, run

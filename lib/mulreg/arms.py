@@ -18,8 +18,7 @@ import pandas as pd
 from . import selection
 from .claims import ALPHA, LEVEL, decide, test
 from .epochs import HEADLINE, RULES, val_twin
-from .paper import PENALTY_NAMES
-from .protocols import EFF_LR, Penalty
+from .protocols import EFF_LR, PENALTY_NAMES, Penalty
 
 ARM, SETTING, NETWORK = "arm", "setting", "network"
 BY = (ARM, "label_noise")

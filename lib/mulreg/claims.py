@@ -28,8 +28,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from .epochs import CHANCE, RULES
-from .paper import PENALTY_NAMES
-from .protocols import EXCLUDED, Penalty
+from .protocols import EXCLUDED, PENALTY_NAMES, Penalty
 from .selection import chosen_runs, select
 
 LEVEL = 0.95  # of every t interval

@@ -27,8 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from . import provenance
 from .config import ConfigError
 from .epochs import HEADLINE, RULES
-from .paper import PENALTY_NAMES
-from .protocols import Penalty
+from .protocols import PENALTY_NAMES, Penalty
 from .selection import SELECTED_ON, reads_test, select
 
 STAGE = "confirmation"

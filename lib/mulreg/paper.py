@@ -13,11 +13,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .protocols import Penalty
+from .protocols import PENALTY_NAMES, PENALTY_ORDER, Penalty
 
-PENALTY_NAMES = {Penalty.MUL: "multiplicative", Penalty.SUM: "additive", Penalty.NONE: "none",
-                 Penalty.MUL_LOG: "log-multiplicative", Penalty.L1: "L1"}
-PENALTY_ORDER = (Penalty.MUL, Penalty.SUM, Penalty.NONE, Penalty.MUL_LOG, Penalty.L1)  # the paper's three first
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")
 
 # ---- the protocol (docs/PAPER.md, "Binary task", "Multiclass task")

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import numpy as np
@@ -12,32 +11,11 @@ import pandas as pd
 
 from . import arms, claims
 from .epochs import RULES
-from .paper import PENALTY_NAMES, PROTOCOL
-from .protocols import Penalty
+from .paper import PROTOCOL
+from .protocols import PENALTY_NAMES, Penalty
 from .selection import AS_THE_PAPER, SELECTED_ON, failed, reads_test
 from .stats import GROUP, in_paper_order
 from .sweep import SweepSpec
-
-
-def provenance_note(runs: pd.DataFrame) -> str:
-    """Which commit(s) and device(s) produced `runs`; a warning when there is more than one."""
-    missing = pd.Series(np.nan, index=runs.index, dtype=object)
-    dirty = runs.get("git_dirty", missing).fillna(False).astype(bool)
-    commits = sorted({"not recorded" if pd.isna(c) else c[:10] + "+" * d
-                      for c, d in zip(runs.get("git_commit", missing), dirty)})
-    devices = sorted({"not recorded" if pd.isna(v) else v for v in runs.get("device_name", missing)})
-    legend = " (+: uncommitted changes)" if any(c.endswith("+") for c in commits) else ""
-    finished = runs.get("finished", missing).dropna().astype(str).str[:10]
-    dates = "dates not recorded" if finished.empty else (
-        f"trained {finished.min()}" if finished.min() == finished.max()
-        else f"trained {finished.min()} to {finished.max()}")
-    n = f"{len(runs)} run{'s' * (len(runs) != 1)}"
-    text = (f"{n}, produced by commit {', '.join(commits)} on {', '.join(devices)}{legend}, {dates}; "
-            f"this report executed {time.strftime('%Y-%m-%d %H:%M %Z')}.")
-    if len(commits) > 1 or len(devices) > 1:
-        return ("WARNING: these runs come from more than one commit or device; numbers may not be comparable. "
-                + text)
-    return text
 
 
 def preregistration_note() -> str:
@@ -342,7 +320,6 @@ def exploratory_note(spec: SweepSpec) -> str:
     return (f"Exploratory: {seeds} seed{'s' * (seeds != 1)} per setting, {power}. It compares the multiplicative "
             f"penalty with {n_arms - 1} other arms at {noise} noise level{'s' * (noise != 1)}: {comparisons} "
             f"comparisons per epoch rule, Holm-corrected per rule, under {len(RULES)} rules.")
-
 
 
 SUMMARY_RULES = ("test_acc_best_val", "test_acc_last")  # the two readings of notebook 06's summary table

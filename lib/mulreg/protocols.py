@@ -1,4 +1,5 @@
-"""The names modules agree on, each defined once: penalty kinds, stop reasons, data splits, and the
+"""The names modules agree on, each defined once: penalty kinds (and their names in words), stop
+reasons, data splits, and the
 families of per-layer columns in histories and runs tables (`norm_<layer>`, `rank_<layer>`).
 
 The enums are `StrEnum`s: a member equals its string ("mul" == Penalty.MUL), so stored files and
@@ -24,6 +25,9 @@ class Penalty(StrEnum):
 
 
 PENALIZED = (Penalty.SUM, Penalty.MUL, Penalty.MUL_LOG, Penalty.L1)  # the kinds with a λ
+PENALTY_NAMES = {Penalty.MUL: "multiplicative", Penalty.SUM: "additive", Penalty.NONE: "none",
+                 Penalty.MUL_LOG: "log-multiplicative", Penalty.L1: "L1"}  # in words, in every table and figure
+PENALTY_ORDER = (Penalty.MUL, Penalty.SUM, Penalty.NONE, Penalty.MUL_LOG, Penalty.L1)  # the paper's three first
 
 
 class StopReason(StrEnum):

@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from . import __version__
@@ -126,3 +128,24 @@ def prereg_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out or None
+
+
+def provenance_note(runs: pd.DataFrame) -> str:
+    """Which commit(s) and device(s) produced `runs`; a warning when there is more than one."""
+    missing = pd.Series(np.nan, index=runs.index, dtype=object)
+    dirty = runs.get("git_dirty", missing).fillna(False).astype(bool)
+    commits = sorted({"not recorded" if pd.isna(c) else c[:10] + "+" * d
+                      for c, d in zip(runs.get("git_commit", missing), dirty)})
+    devices = sorted({"not recorded" if pd.isna(v) else v for v in runs.get("device_name", missing)})
+    legend = " (+: uncommitted changes)" if any(c.endswith("+") for c in commits) else ""
+    finished = runs.get("finished", missing).dropna().astype(str).str[:10]
+    dates = "dates not recorded" if finished.empty else (
+        f"trained {finished.min()}" if finished.min() == finished.max()
+        else f"trained {finished.min()} to {finished.max()}")
+    n = f"{len(runs)} run{'s' * (len(runs) != 1)}"
+    text = (f"{n}, produced by commit {', '.join(commits)} on {', '.join(devices)}{legend}, {dates}; "
+            f"this report executed {time.strftime('%Y-%m-%d %H:%M %Z')}.")
+    if len(commits) > 1 or len(devices) > 1:
+        return ("WARNING: these runs come from more than one commit or device; numbers may not be comparable. "
+                + text)
+    return text

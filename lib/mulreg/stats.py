@@ -20,8 +20,7 @@ import pandas as pd
 
 from .claims import interval
 from .epochs import HEADLINE, RULES
-from .paper import PENALTY_ORDER
-from .protocols import NORM, RANK, StopReason
+from .protocols import NORM, PENALTY_ORDER, RANK, StopReason
 from .selection import GROUP, SELECTED_ON, chosen_runs, failed, select
 
 

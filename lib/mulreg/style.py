@@ -10,8 +10,7 @@ import pandas as pd
 import plotly.io as pio
 from plotly.io._base_renderers import MimetypeRenderer
 
-from .paper import PENALTY_NAMES, PENALTY_ORDER
-from .protocols import EFF_LR, NORM, Penalty
+from .protocols import EFF_LR, NORM, PENALTY_NAMES, PENALTY_ORDER, Penalty
 
 COLORS = {Penalty.MUL: "#0072B2", Penalty.SUM: "#E69F00", Penalty.NONE: "#7F7F7F", Penalty.MUL_LOG: "#009E73",
           Penalty.L1: "#CC79A7"}
