@@ -40,7 +40,7 @@ figures: setup
 	$(PY) -m mulreg figures --profile $(PROFILE) $(if $(NB),--nb $(NB),)
 
 bench: setup
-	$(PY) -m mulreg.bench
+	$(PY) -m mulreg.tools.bench
 
 # The wheels the GPU machine's image lacks for mulreg's imports (it has torch, numpy, pandas, PyYAML,
 # tqdm, ...; not pydantic and what pydantic needs), at this venv's versions, for its CPython 3.12 on

@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 
 torch.set_num_threads(1)
 
-# Written out here, independent of mulreg.data.CLASSES: CIFAR-10's class names by label index.
+# Written out here, independent of mulreg.core.data.CLASSES: CIFAR-10's class names by label index.
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TINY_TRAIN_PER_CLASS = 6
 TINY_TEST_PER_CLASS = 3

@@ -1,5 +1,5 @@
-"""Ready-to-use tensors of one run, for tests that check the data pipeline (`mulreg.data`) without the
-engine: the same pool, split and label noise a run of `mulreg.train` sees."""
+"""Ready-to-use tensors of one run, for tests that check the data pipeline (`mulreg.core.data`) without the
+engine: the same pool, split and label noise a run of `mulreg.engine.train` sees."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from mulreg.config import PAPER_CLASSES
-from mulreg.data import load_pool, split_run
+from mulreg.core.data import load_pool, split_run
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mulreg import arms
+from mulreg.results import arms
 
 BEST_VAL, LAST = "test_acc_best_val", "test_acc_last"
 
@@ -125,7 +125,7 @@ def test_a_resolved_gain_under_normalisation_is_called_regularising():
     ("not resolved", 1.05, "its effective learning rate stays within 10% of the unpenalised one"),
 ])
 def test_one_sentence_per_penalty_says_what_it_does_under_normalisation(verdict, ratio, says):
-    from mulreg import prose
+    from mulreg.report import prose
 
     row = {"network": "batch norm", "penalty": "additive", "label_noise": 0.2, "lam": 5e-4, "n": 2, "mean": 0.01,
            "low": -0.02, "high": 0.04, "verdict": verdict, "eff_lr_ratio": ratio}
@@ -134,7 +134,7 @@ def test_one_sentence_per_penalty_says_what_it_does_under_normalisation(verdict,
 
 
 def test_the_summary_counts_the_chosen_settings_runs_and_the_arms_exclusions():
-    from mulreg import prose
+    from mulreg.report import prose
 
     runs = arms.annotate(runs_table())
     summary = prose.arm_summary(runs, arms.against(runs, metrics=[BEST_VAL])).set_index("arm")

@@ -1,9 +1,9 @@
-"""mulreg.bench: the FLOP count behind the ceiling, against a count by hand."""
+"""mulreg.tools.bench: the FLOP count behind the ceiling, against a count by hand."""
 
 from __future__ import annotations
 
-from mulreg.bench import training_flops_per_image
 from mulreg.config import RunConfig
+from mulreg.tools.bench import training_flops_per_image
 
 
 def test_training_flops_of_the_binary_network():

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy import stats
 
-from mulreg import claims
-from mulreg.epochs import escape_epoch, paper_rule, rule_metrics
-from mulreg.metrics import label_fit
+from mulreg.core.epochs import escape_epoch, paper_rule, rule_metrics
+from mulreg.core.metrics import label_fit
+from mulreg.results import claims
 
 
 # ---- memorisation: fit of flipped and clean training labels
@@ -137,8 +137,8 @@ def test_a_failed_run_removes_its_setting_from_selection_but_stays_in_a_confirma
 
 
 def test_thin_choices_name_a_lambda_judged_on_the_runs_that_learned():
-    from mulreg.prose import thin_choices
-    from mulreg.stats import epoch_rules
+    from mulreg.report.prose import thin_choices
+    from mulreg.results.stats import epoch_rules
 
     acc = {("mul", 1e-7, 0.2, 1): 0.80, ("mul", 1e-7, 0.2, 2): 0.78, ("sum", 1e-4, 0.2, 1): 0.5,
            ("sum", 1e-4, 0.2, 2): 0.79, ("sum", 1e-5, 0.2, 1): 0.74, ("sum", 1e-5, 0.2, 2): 0.73,
@@ -150,7 +150,7 @@ def test_thin_choices_name_a_lambda_judged_on_the_runs_that_learned():
 
 
 def test_memorisation_counts_chance_level_runs_without_averaging_them():
-    from mulreg.stats import memorisation
+    from mulreg.results.stats import memorisation
 
     runs = pd.DataFrame({"key": list("abcd"), "penalty": ["sum", "sum", "none", "none"], "lam": [1e-4, 1e-4, 0, 0],
                          "label_noise": 0.2, "seed": [1, 2, 1, 2], "stop_reason": ["chance_level"] + ["max_epochs"] * 3,

@@ -102,8 +102,8 @@ def test_figures_refuses_an_unknown_override_before_any_notebook_runs(tmp_path):
 
 
 def test_figures_refuses_a_params_file_key_the_notebook_lacks(monkeypatch):
-    from mulreg import reports
     from mulreg.config import ConfigError
+    from mulreg.report import reports
 
     real = reports.parameters
     monkeypatch.setattr(reports, "parameters", lambda profile, stem: {**real(profile, stem), "tabel_noise": 0.2})
@@ -112,7 +112,7 @@ def test_figures_refuses_a_params_file_key_the_notebook_lacks(monkeypatch):
 
 
 def test_figures_overrides_reach_the_notebooks_that_define_them():
-    from mulreg import reports
+    from mulreg.report import reports
 
     params = reports.checked_parameters("smoke", reports.notebooks("0"), {"table_noise": 0.2, "progress": True})
     assert params["03_rank_table"]["table_noise"] == 0.2 and "table_noise" not in params["01_noise_robustness"]
@@ -121,8 +121,8 @@ def test_figures_overrides_reach_the_notebooks_that_define_them():
 
 def test_runs_lists_a_store_and_check_names_an_unreadable_run(tmp_path, tiny_cifar_image_folder):
     from mulreg.config import RunConfig
-    from mulreg.store import Store
-    from mulreg.train import train
+    from mulreg.engine.store import Store
+    from mulreg.engine.train import train
 
     store = Store(tmp_path / "store")
     configs = [RunConfig(device="cpu", init_scale=1.0, lr=0.01, batch_size=4, max_epochs=1, n_train=8,
@@ -146,7 +146,8 @@ def test_runs_lists_a_store_and_check_names_an_unreadable_run(tmp_path, tiny_cif
 
 
 def test_a_seeds_override_reaches_every_sweep_notebook_and_narrows_its_sweep():
-    from mulreg import analysis, reports
+    from mulreg.report import reports
+    from mulreg.results import analysis
 
     params = reports.checked_parameters("smoke", reports.notebooks("0"), {"seeds": [1]})
     assert all(p["seeds"] == [1] for p in params.values())

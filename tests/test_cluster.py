@@ -10,10 +10,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from mulreg.cluster import resources_for, run_groups_on_ray  # noqa: E402
 from mulreg.config import ConfigError, RunConfig  # noqa: E402
-from mulreg.store import Store  # noqa: E402
-from mulreg.sweep import SweepSpec, plan_groups, run  # noqa: E402
+from mulreg.engine.cluster import resources_for, run_groups_on_ray  # noqa: E402
+from mulreg.engine.store import Store  # noqa: E402
+from mulreg.engine.sweep import SweepSpec, plan_groups, run  # noqa: E402
 
 BASE = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, max_epochs=2, init_scale=0.5, lr=0.01,
             device="cpu", early_stopping={"patience": 5})
@@ -26,9 +26,9 @@ def kill_once_when_armed() -> None:
     import os
     import signal
 
-    import mulreg.train
+    import mulreg.engine.train
 
-    train_group = mulreg.train.train_group
+    train_group = mulreg.engine.train.train_group
 
     def killed_once(*args, **kwargs):
         try:
@@ -37,7 +37,7 @@ def kill_once_when_armed() -> None:
             return train_group(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    mulreg.train.train_group = killed_once  # the task imports it from mulreg.train when it runs
+    mulreg.engine.train.train_group = killed_once  # the task imports it from mulreg.engine.train when it runs
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_a_fraction_of_a_gpu_per_task_lets_stacks_share_one(tmp_path):
 
 def test_a_gpu_less_driver_plans_gpu_tasks_and_each_worker_sizes_its_own_stacks(monkeypatch):
     """group_key and the driver's planning never touch CUDA; the task splits into its worker's stacks."""
-    from mulreg import cluster, train
+    from mulreg.engine import cluster, train
 
     configs = [RunConfig.parse(BASE).replace(device="cuda", seed=s) for s in range(1, 201)]
     groups = plan_groups(configs, size=cluster.task_size)  # this machine has no GPU: no DeviceError
@@ -117,7 +117,7 @@ def test_a_gpu_less_driver_plans_gpu_tasks_and_each_worker_sizes_its_own_stacks(
 
     import torch
 
-    from mulreg import devices
+    from mulreg.core import devices
 
     calls = []  # the task body on a worker that has a GPU holding 3 runs per stack
     monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device(name))
@@ -163,7 +163,7 @@ def test_gpu_sweep_on_cpu_only_cluster_is_refused(ray_instance, tiny, tmp_path):
 
 
 def test_executor_from_env_fills_only_what_the_sweep_leaves_unset(monkeypatch):
-    from mulreg.sweep import executor_from_env
+    from mulreg.engine.sweep import executor_from_env
 
     monkeypatch.setenv("MULREG_EXECUTOR", "ray")
     monkeypatch.setenv("MULREG_RAY_ADDRESS", "auto")
@@ -176,7 +176,7 @@ def test_executor_from_env_fills_only_what_the_sweep_leaves_unset(monkeypatch):
 
 
 def test_task_checkpoints_into_the_store_only_where_the_driver_token_is_visible(tiny, tmp_path):
-    from mulreg.cluster import _train_task  # the task body, run here without Ray
+    from mulreg.engine.cluster import _train_task  # the task body, run here without Ray
 
     group = [RunConfig.parse({**BASE, "early_stopping": None})]  # 2 epochs, a checkpoint after epoch 1
     store = Store(tmp_path / "store", checkpoint_every=1)

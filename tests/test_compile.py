@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mulreg.config import PROJECT_ROOT, RunConfig
-from mulreg.sweep import SweepSpec
-from mulreg.train import train
+from mulreg.engine.sweep import SweepSpec
+from mulreg.engine.train import train
 
 TINY = dict(device="cpu", compile=True, batch_size=4, max_epochs=1, early_stopping=None, init_scale=1.0, lr=0.01)
 

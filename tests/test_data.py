@@ -1,4 +1,4 @@
-"""mulreg.data: label noise, both CIFAR-10 layouts, the cache, the tasks (checked with numpy/PIL)."""
+"""mulreg.core.data: label noise, both CIFAR-10 layouts, the cache, the tasks (checked with numpy/PIL)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 
 from conftest import CIFAR_CLASSES, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
-from mulreg.data import DataNotFoundError, flip_labels, load_cifar10
+from mulreg.core.data import DataNotFoundError, flip_labels, load_cifar10
 from tasks import binary_task, multiclass_task
 
 # the paper's channel statistics (PAPER.md, "Binary task"), written out independently
@@ -284,7 +284,7 @@ def test_concurrent_first_loads_do_not_race(tiny_cifar_image_folder):
     """Worker processes that decode the same data at once must all succeed (one cache file)."""
     import multiprocessing
 
-    from mulreg.data import _cache_file
+    from mulreg.core.data import _cache_file
 
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(3) as pool:
@@ -295,14 +295,14 @@ def test_concurrent_first_loads_do_not_race(tiny_cifar_image_folder):
 
 
 def _load_shape(root):
-    from mulreg.data import load_cifar10
+    from mulreg.core.data import load_cifar10
 
     return tuple(load_cifar10(root, download=False)[0].images.shape)
 
 
 def test_augmentation_is_seeded_per_epoch_label_free_and_off_by_default():
     from mulreg.config import RunConfig
-    from mulreg.data import AUGMENT_PAD, augment, augment_draws
+    from mulreg.core.data import AUGMENT_PAD, augment, augment_draws
 
     a, b, c = augment_draws(3, 0, 64), augment_draws(3, 0, 64), augment_draws(3, 1, 64)
     assert all(torch.equal(x, y) for x, y in zip(a, b))  # the same (seed, epoch): the same draws

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from mulreg import estimate
-from mulreg.bench import training_flops_per_image
 from mulreg.config import RunConfig
+from mulreg.tools import estimate
+from mulreg.tools.bench import training_flops_per_image
 
 
 def test_the_work_of_a_run_follows_its_pool_split_and_test_set():

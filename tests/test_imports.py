@@ -1,6 +1,7 @@
-"""The import graph of `mulreg` runs one way: no module imports (directly or through others, at
-the top or inside a function) a module that imports it back; and computing a loss landscape does
-not pull in plotting or VTK."""
+"""The package's folders are its layers, and imports only point down: `mulreg` (shared names and
+records) < `core` < `engine` < `results` < `report` < `tools` < the command line. A module imports
+(at the top or inside a function) only from its own layer or a lower one, the import graph has no
+cycle, and computing a loss landscape does not pull in plotting or VTK."""
 
 from __future__ import annotations
 
@@ -12,17 +13,48 @@ from pathlib import Path
 import mulreg
 
 PACKAGE = Path(mulreg.__file__).parent
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+RANKS = {"": 0, "core": 1, "engine": 2, "results": 3, "report": 4, "tools": 5}  # folder → layer
+CLI = "__main__"  # above every layer
 
 
-def imports_of(module: str) -> set[str]:
-    """The mulreg modules `module` imports anywhere in its source (relative imports)."""
+def dotted(path: Path) -> str:
+    """'mulreg.engine.train' for lib/mulreg/engine/train.py."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(("mulreg", *parts))
+
+
+MODULES = sorted(dotted(p) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
+
+
+def rank(module: str) -> int:
+    """The layer of a module ('mulreg.engine.train') or package ('mulreg.engine')."""
+    parts = module.split(".")[1:]
+    if parts == [CLI]:
+        return len(RANKS)
+    return RANKS[parts[0]] if parts and parts[0] in RANKS else 0
+
+
+def imports_of(source: str) -> set[str]:
+    """The mulreg modules (or layer packages) a source imports anywhere (absolute imports)."""
     found = set()
-    for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            names = [node.module] if node.module else [a.name for a in node.names]
-            found |= {n.split(".")[0] for n in names if n.split(".")[0] in MODULES}
-    return found - {module}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mulreg"):
+            found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                      for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("mulreg")}
+        if isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError("relative import: mulreg's modules import by absolute name")
+    return {m for m in found if m != "mulreg"}
+
+
+def source_of(module: str) -> str:
+    return (PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py")).read_text()
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """'a → b' for every import of a module in a higher layer."""
+    return [f"{m} → {i}" for m, imported in graph.items() for i in sorted(imported) if rank(i) > rank(m)]
 
 
 def cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -31,7 +63,7 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
     def visit(node: str, path: list[str]) -> list[str] | None:
         state[node] = "open"
-        for nxt in sorted(graph[node]):
+        for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
                 return path[path.index(nxt):] + [nxt] if nxt in path else path + [nxt]
             if nxt not in state and (found := visit(nxt, path + [nxt])):
@@ -39,25 +71,44 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = "done"
         return None
 
-    for start in MODULES:
+    for start in sorted(graph):
         if start not in state and (found := visit(start, [start])):
             return found
     return None
 
 
+GRAPH = {m: imports_of(source_of(m)) for m in MODULES}
+
+
+def test_every_module_lives_in_a_layer_folder():
+    folders = {p.relative_to(PACKAGE).parts[0] for p in PACKAGE.rglob("*.py") if len(p.relative_to(PACKAGE).parts) > 1}
+    assert folders - {"__pycache__"} == set(RANKS) - {""}
+
+
+def test_imports_only_point_down_the_layers():
+    assert upward_imports(GRAPH) == []
+
+
+def test_a_planted_upward_import_is_found():
+    planted = imports_of("from mulreg.report.prose import verdict_sentences\n")
+    assert upward_imports({**GRAPH, "mulreg.engine.train": GRAPH["mulreg.engine.train"] | planted}) == [
+        "mulreg.engine.train → mulreg.report.prose"]
+    inside_a_function = imports_of("def f():\n    from mulreg.tools import bench\n")
+    assert upward_imports({"mulreg.core.data": inside_a_function}) == ["mulreg.core.data → mulreg.tools.bench"]
+
+
 def test_the_import_graph_has_no_cycle():
-    graph = {m: imports_of(m) for m in MODULES}
-    assert cycle(graph) is None, " → ".join(cycle(graph))
+    assert cycle(GRAPH) is None, " → ".join(cycle(GRAPH))
 
 
 def test_the_cycle_finder_finds_one():
-    assert cycle({**{m: set() for m in MODULES}, "sweep": {"cluster"}, "cluster": {"sweep"}}) in (
-        ["cluster", "sweep", "cluster"], ["sweep", "cluster", "sweep"])
+    sweep, cluster = "mulreg.engine.sweep", "mulreg.engine.cluster"
+    assert cycle({**GRAPH, sweep: {cluster}, cluster: {sweep}}) in ([cluster, sweep, cluster], [sweep, cluster, sweep])
 
 
 def test_every_module_imports_alone_and_landscape_needs_no_plotting():
-    code = "; ".join(f"import mulreg.{m}" for m in MODULES if m != "__main__")
-    check = ("import sys, mulreg.landscape; "
+    code = "; ".join(f"import {m}" for m in MODULES if not m.endswith(CLI))
+    check = ("import sys, mulreg.results.landscape; "
              "bad = [m for m in sys.modules if m.split('.')[0] in ('vtk', 'vtkmodules', 'plotly', 'matplotlib')]; "
              "assert not bad, bad")
     for snippet in (check, code):

@@ -1,4 +1,4 @@
-"""mulreg.landscape on tiny models and random data (no CIFAR): directions, surfaces and their
+"""mulreg.results.landscape on tiny models and random data (no CIFAR): directions, surfaces and their
 cache, Hessian numbers on a known quadratic, rebalancing, exports."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from mulreg import landscape as L
-from mulreg import surfaces as S
 from mulreg.config import RunConfig
-from mulreg.metrics import layer_norms
-from mulreg.models import build_model
+from mulreg.core.metrics import layer_norms
+from mulreg.core.models import build_model
+from mulreg.report import surfaces as S
+from mulreg.results import landscape as L
 
 
 def read_vtp(path) -> dict[str, np.ndarray | int]:
@@ -313,8 +313,8 @@ def test_the_landscape_helpers_keep_every_tensor_on_the_models_device(tiny_cifar
     products and rebalanced copies all stay there (checked on the `meta` device, which a CPU has)."""
     import pandas as pd
 
-    from mulreg.analysis import landscape_data
-    from mulreg.result import RunResult
+    from mulreg.engine.result import RunResult
+    from mulreg.results.analysis import landscape_data
 
     config = RunConfig.parse(dict(init_scale=1.0, model={"width": 0.25, "bias": True}, n_train=12, n_test=6))
     result = RunResult(config=config, history=pd.DataFrame(), metrics={}, stop_reason="max_epochs",

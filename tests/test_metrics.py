@@ -1,4 +1,4 @@
-"""mulreg.metrics: ranks, norms, margins and accuracy against numpy and hand-made cases."""
+"""mulreg.core.metrics: ranks, norms, margins and accuracy against numpy and hand-made cases."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mulreg.config import RunConfig
-from mulreg.metrics import (
+from mulreg.core.metrics import (
     accuracy,
     as_matrix,
     correct,
@@ -21,7 +21,7 @@ from mulreg.metrics import (
     norm_summaries,
     singular_values,
 )
-from mulreg.models import build_model
+from mulreg.core.models import build_model
 
 
 def low_rank(m, n, r, seed=0):
@@ -164,7 +164,7 @@ def test_margins_leave_model_untouched_and_match_manual_copy():
 def test_margins_in_batches_equal_one_pass():
     model = build_model(RunConfig(init_scale=1.0, seed=2))
     x, y = data(n=5)
-    from mulreg import metrics
+    from mulreg.core import metrics
 
     torch.testing.assert_close(metrics.margin_of_outputs(metrics.predict(metrics.unit_norm_copy(model), x, batch=2), y),
                                margins(model, x, y))
@@ -235,8 +235,8 @@ def test_accuracy_one_hot():
 
 def test_normalized_margins_equal_outputs_over_the_norm_product():
     from mulreg.config import RunConfig
-    from mulreg.metrics import margin_of_outputs, normalized_margins
-    from mulreg.models import build_model
+    from mulreg.core.metrics import margin_of_outputs, normalized_margins
+    from mulreg.core.models import build_model
 
     torch.manual_seed(0)
     model = build_model(RunConfig.parse(dict(model={"width": 0.25}), init_scale=1.0)).eval()
@@ -254,7 +254,7 @@ def test_normalized_margins_equal_outputs_over_the_norm_product():
 
 
 def test_relative_update_on_a_hand_made_step():
-    from mulreg.metrics import relative_update
+    from mulreg.core.metrics import relative_update
 
     before = torch.tensor([[[3.0, 4.0]], [[1.0, 0.0]]])  # two runs: ‖W‖ = 5 and 1
     after = torch.tensor([[[3.0, 4.5]], [[1.0, 0.0]]])  # run 1 moved by 0.5, run 2 not at all

@@ -1,4 +1,4 @@
-"""mulreg.models: the paper's two networks, their initialisation and weight normalisation."""
+"""mulreg.core.models: the paper's two networks, their initialisation and weight normalisation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from mulreg.config import RunConfig
-from mulreg.models import BinaryCNN, MulticlassCNN, build_model, layer_names, weight_matrices
-from mulreg.penalties import l2_mul, l2_sum
+from mulreg.core.models import BinaryCNN, MulticlassCNN, build_model, layer_names, weight_matrices
+from mulreg.core.penalties import l2_mul, l2_sum
 
 
 def count_parameters(model: nn.Module) -> int:

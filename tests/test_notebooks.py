@@ -4,7 +4,7 @@
     cell tagged `parameters`;
 (b) every profile has a params file per notebook, each key defined in the notebook's parameters
     cell, and notebooks 01-04 describe one and the same binary sweep;
-(c) (slow, real CIFAR-10) the `smoke` profile through `mulreg.reports.run_notebooks`, the runner
+(c) (slow, real CIFAR-10) the `smoke` profile through `mulreg.report.reports.run_notebooks`, the runner
     `make figures` uses: exit 0, HTML reports (full and code-hidden), index.html, figures, and no
     figure loading a script from a CDN.
 """
@@ -50,7 +50,7 @@ def defaults(stem: str) -> dict:
 
 
 def params(profile: str, stem: str) -> dict:
-    from mulreg.reports import parameters
+    from mulreg.report.reports import parameters
 
     return parameters(profile, stem)
 
@@ -121,7 +121,7 @@ def test_notebook_defaults_are_the_quick_profile():
 @pytest.mark.parametrize("task", SWEEPS)
 def test_sweeps_of_every_profile_are_valid(profile, task):
     """Every run config of the profile's sweep files validates (without loading any data)."""
-    from mulreg.sweep import SweepSpec
+    from mulreg.engine.sweep import SweepSpec
 
     spec = SweepSpec.from_yaml(ROOT / "params" / profile / f"{task}_sweep.yaml")
     configs = spec.configs()
@@ -132,7 +132,7 @@ def test_sweeps_of_every_profile_are_valid(profile, task):
 def test_quick_binary_sweep_is_in_the_papers_regime():
     """The settings issue 10 fixes for `quick`: the paper's init scale, optimiser and pool, no early
     stopping (epoch rules afterwards), and each λ grid with a value on either side of the middle."""
-    from mulreg.sweep import SweepSpec
+    from mulreg.engine.sweep import SweepSpec
 
     configs = SweepSpec.from_yaml(ROOT / "params" / "quick" / "binary_sweep.yaml").configs()
     c = configs[0]
@@ -145,7 +145,7 @@ def test_quick_binary_sweep_is_in_the_papers_regime():
 
 def test_quick_regularisers_sweep_keeps_the_regime_and_changes_one_thing_per_arm():
     """Notebook 06's arms differ from the plain network in one setting each, in the regime of 01-04."""
-    from mulreg.sweep import SweepSpec
+    from mulreg.engine.sweep import SweepSpec
 
     configs = SweepSpec.from_yaml(ROOT / "params" / "quick" / "regularisers_sweep.yaml").configs()
     assert {(c.init_scale, c.max_epochs, c.lr, c.early_stopping) for c in configs} == {(0.2, 90, 0.03, None)}
@@ -174,7 +174,7 @@ def smoke_run():
     # project's decoded-data cache (as `make figures` does) rather than the per-test temp cache
     saved = os.environ.pop("MULREG_CACHE", None)
     try:
-        from mulreg.reports import run_notebooks
+        from mulreg.report.reports import run_notebooks
 
         code = run_notebooks("smoke") + run_notebooks("smoke", "06")  # `make figures`, then `NB=06`
     finally:
@@ -259,7 +259,7 @@ def test_no_notebook_rebinds_a_module_it_imports(stem):
     above it in JupyterLab: no imported mulreg module name is assigned to."""
     tree = ast.parse("\n".join(c.source for c in read(stem).cells if c.cell_type == "code"))
     modules = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-               and node.module == "mulreg" for a in node.names}
+               and node.module.startswith("mulreg") for a in node.names}
     assigned = {t.id for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.For, ast.AugAssign))
                 for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
                 for t in ast.walk(target) if isinstance(t, ast.Name)}
@@ -271,7 +271,7 @@ def test_the_index_is_built_from_every_recorded_report_and_lists_the_others_with
     without a report is listed with its cost and the command that runs it."""
     import json
 
-    from mulreg.reports import OUTCOME, recorded, write_index
+    from mulreg.report.reports import OUTCOME, recorded, write_index
 
     table = tmp_path / "01_verdict.html"
     table.write_text("<table><tr><td>the verdict</td></tr></table>")
@@ -288,7 +288,7 @@ def test_the_index_is_built_from_every_recorded_report_and_lists_the_others_with
 
 
 def test_make_figures_runs_the_papers_notebooks_and_another_by_its_number():
-    from mulreg.reports import notebooks
+    from mulreg.report.reports import notebooks
 
     assert [nb.stem for nb in notebooks()] == list(STEMS[:5])
     assert [nb.stem for nb in notebooks("06")] == ["06_beyond_the_paper"]

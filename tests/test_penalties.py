@@ -1,4 +1,4 @@
-"""mulreg.penalties against numpy, their gradients, and the mixed penalty of stacked runs."""
+"""mulreg.core.penalties against numpy, their gradients, and the mixed penalty of stacked runs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mulreg.models import BinaryCNN
-from mulreg.penalties import l2_mul, l2_mul_log, l2_sum, mixed_penalty, penalty, weight_matrices
+from mulreg.core.models import BinaryCNN
+from mulreg.core.penalties import l2_mul, l2_mul_log, l2_sum, mixed_penalty, penalty, weight_matrices
 
 NORMS = [None, "f_out", "f_in"]
 COMBOS = list(itertools.product([False, True], NORMS))
@@ -201,7 +201,7 @@ def test_mixed_penalty_batched_over_runs_with_vmap():
 
 
 def test_l1_value_and_gradient_against_numpy():
-    from mulreg.penalties import l1, mixed_penalty
+    from mulreg.core.penalties import l1, mixed_penalty
 
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=s) for s in ((4, 3, 3, 3), (5, 4))]

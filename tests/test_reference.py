@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from mulreg.config import RunConfig
+from mulreg.engine.train import train_group
 from mulreg.provenance import device_name, git_state
-from mulreg.train import train_group
 
 REFERENCE = Path(__file__).parent / "reference" / "three_runs.json"
 BASE = dict(device="cpu", init_scale=1.0, lr=0.02, batch_size=4, max_epochs=4, n_train=24, n_test=12,

@@ -1,4 +1,4 @@
-"""The selection rule (`mulreg.selection`) and the statistics of the verdict (`mulreg.claims`), on
+"""The selection rule (`mulreg.engine.selection`) and the statistics of the verdict (`mulreg.results.claims`), on
 hand-made tables whose answers can be worked out by hand."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mulreg import claims, selection
-from mulreg.epochs import RULES, with_rules
+from mulreg.core.epochs import RULES, with_rules
+from mulreg.engine import selection
+from mulreg.results import claims
 
 NON_TEST = [r for r in RULES if not selection.reads_test(r)]
 
@@ -163,7 +164,7 @@ def test_confirmed_claims_keep_failed_runs_and_test_growth_across_noise():
 
 
 def test_verdict_sentences_are_written_from_the_outcomes():
-    from mulreg import prose
+    from mulreg.report import prose
 
     rows = [{"claim": "multiplicative beats none", "noise": "0.2", "rule": "test_acc_last", **claims.test(d)}
             for d in ([0.05, 0.051, 0.049, 0.05], [0.01, 0.02])]

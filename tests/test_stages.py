@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from mulreg import confirm, stages
 from mulreg.config import ConfigError
-from mulreg.sweep import SweepSpec
+from mulreg.engine import confirm, stages
+from mulreg.engine.sweep import SweepSpec
 
 BASE = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, max_epochs=2, init_scale=1.0, device="cpu",
             early_stopping=None, chance_margin=0.0)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mulreg import paper, stats
+from mulreg.results import paper, stats
 
 
 def test_compare_matches_published_numbers_and_computes_differences():
@@ -34,7 +34,7 @@ def test_compare_can_rename_a_quantity_onto_the_papers():
 
 
 def test_unknown_penalty_kinds_fail_loudly():
-    from mulreg.style import penalty_color
+    from mulreg.report.style import penalty_color
 
     with pytest.raises(ValueError, match="'l3'"):
         penalty_color("l3")

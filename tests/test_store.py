@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from mulreg.config import RunConfig
-from mulreg.store import Store
-from mulreg.sweep import SweepSpec
-from mulreg.train import train
+from mulreg.engine.store import Store
+from mulreg.engine.sweep import SweepSpec
+from mulreg.engine.train import train
 
 BASE = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, init_scale=0.5, lr=0.01, device="cpu",
             early_stopping=None)
@@ -55,7 +55,7 @@ def test_half_written_run_is_not_complete(tiny, tmp_path):
 
 def test_claims_exclude_other_processes(tmp_path):
     store = Store(tmp_path)
-    code = ("import sys, time; from mulreg.store import Store\n"
+    code = ("import sys, time; from mulreg.engine.store import Store\n"
             "with Store(sys.argv[1]).claim(['a', 'b']) as got:\n"
             "    print(','.join(got), flush=True); time.sleep(30)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
@@ -118,8 +118,8 @@ def test_every_run_records_its_provenance(tmp_path, tiny_cifar_image_folder):
 
     from mulreg import __version__
     from mulreg.config import RunConfig
+    from mulreg.engine.train import train
     from mulreg.provenance import provenance_note
-    from mulreg.train import train
 
     cfg = RunConfig(device="cpu", init_scale=1.0, lr=0.01, batch_size=4, max_epochs=1, n_train=8,
                     early_stopping=None)
@@ -171,7 +171,7 @@ def test_clean_removes_leftovers_of_killed_processes_but_not_of_live_ones(tmp_pa
     live_ckpt = store.root / "checkpoints" / "fedcba9876543210.tmp4343"
     live_ckpt.write_bytes(b"being written")
     with store.claim(["fedcba9876543210"]):  # another process trains this run right now
-        child = subprocess.run([sys.executable, "-c", f"from mulreg.store import Store; "
+        child = subprocess.run([sys.executable, "-c", f"from mulreg.engine.store import Store; "
                                 f"print(len(Store({str(store.root)!r}).clean()))"], capture_output=True, text=True)
     assert child.returncode == 0 and child.stdout.strip() == "2", child.stderr
     assert not dead_dir.exists() and not dead_ckpt.exists() and live_ckpt.exists()
@@ -181,7 +181,7 @@ def test_clean_removes_leftovers_of_killed_processes_but_not_of_live_ones(tmp_pa
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     import pickle
 
-    from mulreg.store import CheckpointError
+    from mulreg.engine.store import CheckpointError
 
     marker = tmp_path / "pwned"
 

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from mulreg.config import ConfigError
-from mulreg.selection import failed
-from mulreg.store import Store
-from mulreg.sweep import SweepSpec, expand, plan_groups, run
+from mulreg.engine.selection import failed
+from mulreg.engine.store import Store
+from mulreg.engine.sweep import SweepSpec, expand, plan_groups, run
 
 LAMS = [5e-1, 5e-3, 5e-5]
 
@@ -79,7 +79,7 @@ def test_notebook_06s_sweep_holds_every_run_of_01_04_in_the_same_store():
 
 
 def test_a_seeds_override_reaches_every_arm(tmp_path):
-    from mulreg.analysis import load_sweep
+    from mulreg.results.analysis import load_sweep
 
     f = write(tmp_path / "s.yaml", "grid: {seed: [1, 2, 3]}\narms:\n  - {}\n  - {seed: [4], augment: [true]}\n")
     assert sorted(c.seed for c in load_sweep(str(f), seeds=[2]).configs()) == [2, 2]
@@ -137,7 +137,7 @@ def test_a_sweep_with_stacks_trains_each_shape_in_one_group_whose_slots_are_refi
                                                                                      tmp_path, monkeypatch):
     """With `group_size` (runs per stack) the sweep hands all runs of a shape to one `train_group`,
     which keeps that many slots busy as runs stop at different epochs; every run is stored."""
-    import mulreg.sweep as sweep_module
+    import mulreg.engine.sweep as sweep_module
 
     monkeypatch.setenv("MULREG_DATA", str(tiny_cifar_image_folder))
     calls = []

@@ -1,4 +1,4 @@
-"""mulreg.train on the tiny image-folder data set: end to end, divergence, stacked runs, the
+"""mulreg.engine.train on the tiny image-folder data set: end to end, divergence, stacked runs, the
 optimiser arithmetic against torch.optim, early stopping and restoring the best weights."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from mulreg.config import RunConfig
-from mulreg.data import generator, pool_for, split_run
-from mulreg.loop import train_plain
-from mulreg.models import build_model
+from mulreg.core.data import generator, pool_for, split_run
+from mulreg.core.models import build_model
+from mulreg.engine.loop import train_plain
+from mulreg.engine.train import train, train_group
 from mulreg.protocols import StopReason
-from mulreg.train import train, train_group
 from tasks import binary_task
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2"]
@@ -124,7 +124,7 @@ def test_train_end_to_end(tiny_cifar_image_folder):
 
 
 def test_flipped_and_clean_fit_add_up_to_the_training_accuracy(tiny_cifar_image_folder):
-    from mulreg.data import load_pool, split_run
+    from mulreg.core.data import load_pool, split_run
 
     cfg = config(label_noise=0.25, n_train=40, val_fraction=0.2, seed=5, max_epochs=3)
     result = run(cfg, tiny_cifar_image_folder)
@@ -237,7 +237,7 @@ def test_train_group_rejects_mixed_groups(tiny_cifar_image_folder):
         train_group([config(), config(batch_size=8)], root=tiny_cifar_image_folder, progress=False)
 
 
-# ---------------------------------------------------------------- against the plain loop (mulreg.loop)
+# ---------------------------------------------------------------- against the plain loop (mulreg.engine.loop)
 @pytest.mark.parametrize("values", [
     dict(optimizer="sgd", momentum=0.9, lr=0.01, penalty="sum", lam=1e-3, effective_lr=True),
     dict(optimizer="sgd", momentum=0.0, lr=0.02, penalty="none"),
@@ -348,7 +348,7 @@ def test_the_effective_learning_rate_is_the_relative_size_of_each_step(tiny_cifa
 
 
 def test_backend_settings_are_set_in_one_place_and_recorded_with_the_run(tiny_cifar_image_folder):
-    from mulreg.devices import backend_settings
+    from mulreg.core.devices import backend_settings
 
     try:
         on = backend_settings(torch.device("cpu"), deterministic=True)
@@ -426,7 +426,7 @@ def test_a_stack_keeps_its_shape_so_a_sweep_compiles_a_bounded_number_of_graphs(
     raise rather than fall back to eager)."""
     from torch._dynamo.testing import CompileCounter
 
-    from mulreg import train as engine
+    from mulreg.engine import train as engine
 
     def graphs(epochs: list[int], limit: int = 8) -> int:
         torch._dynamo.reset()
@@ -459,7 +459,7 @@ def test_the_compile_mode_reaches_torch_compile_and_stays_out_of_the_run_key(tin
 def test_a_runs_footprint_is_measured_its_activations_growing_with_the_batch():
     """Weights, gradients and optimiser slots are fixed; what the forward pass saves for the backward
     pass grows with the batch, in proportion."""
-    from mulreg.train import footprint
+    from mulreg.engine.train import footprint
 
     sgd = [footprint(config(batch_size=b)) for b in (16, 32, 64)]
     weights = sum(p.numel() * 4 for p in build_model(config()).parameters())
@@ -471,7 +471,7 @@ def test_a_runs_footprint_is_measured_its_activations_growing_with_the_batch():
 
 
 def test_a_gpu_stack_holds_what_half_its_free_memory_holds_of_measured_runs(monkeypatch):
-    from mulreg import train as engine
+    from mulreg.engine import train as engine
 
     cfg = config(batch_size=16)
     monkeypatch.setattr(engine, "resolve_device", lambda device: torch.device("cuda"))
@@ -484,7 +484,7 @@ def test_a_gpu_stack_holds_what_half_its_free_memory_holds_of_measured_runs(monk
 def test_evaluators_see_one_shape_their_last_chunk_padded_and_masked(tiny_cifar_image_folder, monkeypatch):
     """With chunks that do not divide the test and validation sets, each evaluator is still called
     with one shape, and the padding changes no number: accuracies equal those of one whole chunk."""
-    from mulreg import train as engine
+    from mulreg.engine import train as engine
 
     shapes: dict[tuple, set] = {}
     evaluator = engine._Engine._evaluator

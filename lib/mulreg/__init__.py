@@ -1,10 +1,8 @@
 """mulreg: reproduce and extend 'Multiplicative Regularization Generalizes Better Than Additive
 Regularization' (Dubach, Abdallah, Poggio, 2025).
 
-Modules, one job each: `config` (the typed run configuration), `data` (CIFAR-10 tasks),
-`models` (the paper's CNNs), `penalties` (sum vs product of layer norms), `metrics` (margins,
-ranks, norms), `train` (the training engine), `store` (the run store), `sweep` (grids, execution,
-selection rule), `landscape` (loss surfaces, flatness), `plots`, `paper` (published numbers).
+The package's map (its folders are its layers, imports point down) is the "Layout" section of
+README.md, the one description kept up to date.
 """
 
 import os

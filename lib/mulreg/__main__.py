@@ -1,4 +1,5 @@
-"""Command line: `python -m mulreg {train,sweep,figures} ...` (`--help` on each)."""
+"""Command line: `python -m mulreg --help` lists the commands, `COMMAND --help` each one's options;
+README.md ("Layout") maps the package behind them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, MulregError, RunConfig, deep_merge, load_yaml, nest
+from mulreg.config import ConfigError, MulregError, RunConfig, deep_merge, load_yaml, nest
 
 # command-line flag → RunConfig field (dotted for nested ones)
 TRAIN_FLAGS = {
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from .train import train
+    from mulreg.engine.train import train
 
     values = load_yaml(args.config) if args.config else {}
     flags = {FIELD.get(k, k): v for k, v in vars(args).items()
@@ -99,9 +100,9 @@ def _train(args) -> int:
 
 
 def _sweep(args) -> int:
-    from . import confirm, stages
-    from .selection import select
-    from .sweep import SweepSpec
+    from mulreg.engine import confirm, stages
+    from mulreg.engine.selection import select
+    from mulreg.engine.sweep import SweepSpec
 
     spec = SweepSpec.from_yaml(args.file)
     overrides = {k: v for k, v in (("executor", args.executor), ("ray_address", args.ray_address),
@@ -123,8 +124,8 @@ def _sweep(args) -> int:
 def _runs(args) -> int:
     import warnings
 
-    from .listing import runs_listing
-    from .store import Store
+    from mulreg.engine.store import Store
+    from mulreg.report.listing import runs_listing
 
     if args.store is not None and not Path(args.store).is_dir():
         problem = "is a file, not a folder" if Path(args.store).exists() else "no such folder"
@@ -149,7 +150,7 @@ def _runs(args) -> int:
 def _figures(args) -> int:
     import yaml
 
-    from .reports import checked_parameters, cost_lines, notebooks, run_notebooks
+    from mulreg.report.reports import checked_parameters, cost_lines, notebooks, run_notebooks
 
     overrides = load_yaml(args.params) if args.params else {}
     if not isinstance(overrides, dict):
@@ -159,7 +160,7 @@ def _figures(args) -> int:
             overrides[name] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"-p {name}: {value!r} is not a YAML value") from None
-    from .estimate import estimate, report
+    from mulreg.tools.estimate import estimate, report
 
     checked_parameters(args.profile, notebooks(args.nb), overrides)  # bad input fails before the estimate trains
     table = estimate(args.profile, every=True)  # every notebook: the index gives the cost of those not run
@@ -169,7 +170,7 @@ def _figures(args) -> int:
 
 
 def _estimate_text(profile: str, prefix: str | None, fresh: bool = False) -> str:
-    from .estimate import estimate, report
+    from mulreg.tools.estimate import estimate, report
 
     return report(estimate(profile, prefix, fresh, every=prefix is None), profile, fresh)
 

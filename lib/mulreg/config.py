@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from .protocols import Penalty
+from mulreg.protocols import Penalty
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: data/, params/, results/, notebooks/
 

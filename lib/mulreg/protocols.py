@@ -15,7 +15,7 @@ from typing import Iterable
 
 
 class Penalty(StrEnum):
-    """R(W) in L = MSE + λ·R(W) (`mulreg.penalties`)."""
+    """R(W) in L = MSE + λ·R(W) (`mulreg.core.penalties`)."""
 
     NONE = "none"
     SUM = "sum"  # additive, Σ_i ‖W_i‖_F²
@@ -31,12 +31,12 @@ PENALTY_ORDER = (Penalty.MUL, Penalty.SUM, Penalty.NONE, Penalty.MUL_LOG, Penalt
 
 
 class StopReason(StrEnum):
-    """Why a run ended (`mulreg.train`)."""
+    """Why a run ended (`mulreg.engine.train`)."""
 
     MAX_EPOCHS = "max_epochs"
     EARLY_STOPPED = "early_stopped"
     DIVERGED = "diverged"  # a loss became inf or NaN
-    CHANCE_LEVEL = "chance_level"  # training accuracy never left chance level (`mulreg.epochs`)
+    CHANCE_LEVEL = "chance_level"  # training accuracy never left chance level (`mulreg.core.epochs`)
 
 
 EXCLUDED = (StopReason.DIVERGED, StopReason.CHANCE_LEVEL)  # left out of every mean, and counted
@@ -70,7 +70,7 @@ class Family:
 
 
 NORM = Family("norm", summaries=("norm_product", "norm_sq_sum"))  # ‖W_i‖_F, and Π‖W_i‖_F, Σ‖W_i‖_F²
-RANK = Family("rank")  # effective rank of W_i (`mulreg.metrics.effective_rank`)
+RANK = Family("rank")  # effective rank of W_i (`mulreg.core.metrics.effective_rank`)
 # effective learning rate of layer i: ‖ΔP_i‖/‖P_i‖ per step, averaged over the epoch's steps, where P_i is
-# the layer's weight parameter (V under weight norm) (`mulreg.metrics.relative_update`)
+# the layer's weight parameter (V under weight norm) (`mulreg.core.metrics.relative_update`)
 EFF_LR = Family("eff_lr")

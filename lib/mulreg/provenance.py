@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
-from .config import PROJECT_ROOT
+from mulreg import __version__
+from mulreg.config import PROJECT_ROOT
 
 TIMES = ("started", "finished", "wall_seconds", "train_images_per_second")  # of this process's share of a run
 MEASURED = (*TIMES, "matmul_gflops")  # measured, not set: they differ between two trainings of one run

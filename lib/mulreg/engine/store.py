@@ -1,0 +1,281 @@
+"""The run store: one folder per run, named by the hash of its fully resolved config.
+
+    results/runs/<key>/config.json     the RunConfig
+                       history.parquet one row per epoch
+                       metrics.json    final metrics and stop reason
+                       weights.pt      the reported weights
+                       margins.npy     test-set margins of the reported model
+                       provenance.json commit, versions, device, times (`mulreg.provenance`)
+                       test_correct.npz which test images each epoch classified right (bits)
+    results/checkpoints/<key>.pt       training state of an unfinished run
+    results/claims/<key>.lock          held (flock) while a process trains the run
+
+A run folder is written under a temporary name, flushed to disk (files and folder) and renamed
+into place, so it is either complete or absent, even after a power loss; checkpoints are written the
+same way. Leftovers of killed processes (temporary folders, checkpoint temp files) are removed by
+the next sweep (`clean`); a run folder that cannot be read is reported, left out of the runs table
+and trained again. Checkpoints hold only tensors, numbers, strings, lists and dicts, and are loaded
+with `weights_only=True`: a checkpoint cannot run code. Claims are advisory file locks, released by the
+operating system when their process dies, so two sweeps on one store never train the same run and
+a killed sweep leaves nothing locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mulreg.config import PROJECT_ROOT, ConfigError, MulregError, RunConfig
+from mulreg.engine.result import RunResult
+
+PROVENANCE = "provenance.json"
+TEST_CORRECT = "test_correct.npz"
+RUN_FILES = ("config.json", "history.parquet", "weights.pt", "margins.npy", "metrics.json")
+
+
+class CheckpointError(MulregError, RuntimeError):
+    """A checkpoint file could not be loaded safely (corrupt, or holding arbitrary objects)."""
+
+
+def writable_folder(path: Path, what: str) -> Path:
+    """`path` as a writable folder (made if missing), or a ConfigError naming `what` and the path in
+    the way: a file where a folder must be, or a folder that cannot be created or written."""
+    for part in [*reversed(path.parents), path]:
+        if part.exists() and not part.is_dir():
+            raise ConfigError(f"{what}: {part} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot create {path} ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{what}: {path} is not writable")
+    return path
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike | None = None, checkpoint_every: int = 10):
+        self.root = Path(root or os.environ.get("MULREG_RESULTS") or PROJECT_ROOT / "results")
+        self.every = checkpoint_every
+        self._readable: set[str] = set()  # keys whose folder was read successfully
+        for sub in ("runs", "checkpoints", "claims"):
+            writable_folder(self.root / sub, f"store {self.root}")
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def run_dir(self, key: str) -> Path:
+        return self.root / "runs" / key
+
+    def is_complete(self, key: str) -> bool:
+        """The run is stored and its folder can be read (an unreadable one counts as missing)."""
+        if key in self._readable:
+            return True
+        d = self.run_dir(key)
+        if not (d / "metrics.json").exists():
+            return False
+        if _broken(d):
+            return False
+        self._readable.add(key)
+        return True
+
+    def unreadable(self) -> dict[str, str]:
+        """Run folders that exist but cannot be read: key → what is wrong."""
+        out = {}
+        for k in self.keys():
+            problem = _broken(self.run_dir(k))
+            if problem:
+                out[k] = problem
+        return out
+
+    def clean(self) -> list[Path]:
+        """Remove what killed processes left behind: temporary run folders and checkpoint temp
+        files whose run no live process holds (its claim is free). Returns what was removed."""
+        removed = []
+        leftovers = [(p, p.name[1:].split("-")[0]) for p in (self.root / "runs").glob(".*-*")
+                     if not p.name.startswith(".broken")]  # mkdtemp's ".<key>-<random>"
+        leftovers += [(p, p.name.split(".")[0]) for p in (self.root / "checkpoints").glob("*.tmp*")]
+        for path, key in leftovers:
+            with self.claim([key], only_incomplete=False) as free:
+                if key in free:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
+
+    # ---- finished runs
+    def save(self, result: RunResult) -> None:
+        """Write a finished run atomically and drop its checkpoint."""
+        key = result.config.key()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root / "runs"))
+        (tmp / "config.json").write_text(result.config.model_dump_json(indent=1))
+        result.history.to_parquet(tmp / "history.parquet")
+        torch.save(result.state_dict, tmp / "weights.pt")
+        np.save(tmp / "margins.npy", result.test_margins)
+        metrics = {"stop_reason": result.stop_reason, **_plain(result.metrics)}
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (tmp / PROVENANCE).write_text(json.dumps(result.provenance, indent=1))
+        if result.test_correct is not None:
+            right = np.asarray(result.test_correct, dtype=bool)
+            np.savez_compressed(tmp / TEST_CORRECT, bits=np.packbits(right, axis=1), n=right.shape[1])
+        _fsync_folder(tmp)
+        target = self.run_dir(key)
+        if target.exists() and _broken(target):  # an unreadable earlier copy: keep it aside, store this one
+            target.rename(self.root / "runs" / f".broken-{key}-{int(time.time())}")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # already stored by someone else: keep theirs
+            shutil.rmtree(tmp)
+        _fsync_folder(self.root / "runs", files=False)
+        self.checkpoint_path(key).unlink(missing_ok=True)
+
+    def load(self, key: str) -> RunResult:
+        d = self.run_dir(key)
+        metrics = json.loads((d / "metrics.json").read_text())
+        return RunResult(
+            RunConfig.parse(json.loads((d / "config.json").read_text())),
+            pd.read_parquet(d / "history.parquet"),
+            metrics,
+            metrics.pop("stop_reason"),
+            torch.load(d / "weights.pt", weights_only=True),
+            np.load(d / "margins.npy"),
+            _provenance(d),
+            self.test_correct(key),
+        )
+
+    def test_correct(self, key: str) -> np.ndarray | None:
+        """Epochs × test images, bool: which images the run classified right at each epoch (None
+        for runs stored before this was recorded)."""
+        path = self.run_dir(key) / TEST_CORRECT
+        if not path.exists():
+            return None
+        with np.load(path) as f:
+            return np.unpackbits(f["bits"], axis=1, count=int(f["n"])).astype(bool)
+
+    def keys(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "runs").iterdir() if not p.name.startswith("."))
+
+    def load_runs(self, keys: list[str] | None = None, histories: bool = False):
+        """One row per complete run: config columns (nested ones dotted), final metrics, stop
+        reason and key. With `histories`, also a long table of all epochs, keyed by `key`."""
+        readable = []
+        for k in self.keys() if keys is None else keys:
+            if self.is_complete(k):
+                readable.append(k)
+            elif (self.run_dir(k) / "metrics.json").exists():
+                warnings.warn(f"run {k} at {self.run_dir(k)} cannot be read ({_broken(self.run_dir(k))}); left out, "
+                              "and trained again by the next sweep", stacklevel=2)
+        rows = []
+        for k in readable:
+            d = self.run_dir(k)
+            config = pd.json_normalize(json.loads((d / "config.json").read_text())).iloc[0].to_dict()
+            rows.append({"key": k, **config, **json.loads((d / "metrics.json").read_text()), **_provenance(d)})
+        table = pd.DataFrame(rows)
+        return (table, self.load_histories(readable)) if histories else table
+
+    def load_histories(self, keys: list[str]) -> pd.DataFrame:
+        """All epochs of the runs `keys`, one long table keyed by `key`."""
+        hist = [pd.read_parquet(self.run_dir(k) / "history.parquet").assign(key=k) for k in keys]
+        return pd.concat(hist, ignore_index=True) if hist else pd.DataFrame()
+
+    # ---- checkpoints (the `result.Checkpoints` protocol)
+    def checkpoint_path(self, key: str) -> Path:
+        return self.root / "checkpoints" / f"{key}.pt"
+
+    def checkpoints(self, every: int | None = None) -> _Checkpoints:
+        return _Checkpoints(self, every or self.every)
+
+    # ---- claims
+    @contextlib.contextmanager
+    def claim(self, keys: list[str], only_incomplete: bool = True):
+        """Lock as many of `keys` as are free; yields the claimed ones (those not yet stored, unless
+        `only_incomplete` is False), releases them on exit."""
+        held = []
+        try:
+            for k in keys:
+                f = open(self.root / "claims" / f"{k}.lock", "w")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.close()
+                    continue
+                held.append((k, f))
+            yield [k for k, _ in held if not (only_incomplete and self.is_complete(k))]
+        finally:
+            for _, f in held:
+                f.close()
+
+
+class _Checkpoints:
+    def __init__(self, store: Store, every: int):
+        self.store, self.every = store, every
+
+    def load(self, key: str) -> dict | None:
+        path = self.store.checkpoint_path(key)
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise CheckpointError(f"checkpoint {path} was refused: it is corrupt or holds objects other than "
+                                  f"tensors, numbers, strings, lists and dicts ({str(err).splitlines()[0]}). "
+                                  "Delete it to train the run from the start.") from None
+
+    def save(self, key: str, state: dict) -> None:
+        path = self.store.checkpoint_path(key)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(state, tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+
+
+def _broken(run_dir: Path) -> str | None:
+    """What makes a run folder unreadable, or None: a missing file, invalid JSON, an empty history."""
+    for name in RUN_FILES:
+        if not (run_dir / name).is_file():
+            return f"{name} missing"
+    for name in ("config.json", "metrics.json"):
+        try:
+            json.loads((run_dir / name).read_text())
+        except (ValueError, OSError) as err:
+            return f"{name} is not valid JSON: {err}"
+    if (run_dir / "history.parquet").stat().st_size == 0:
+        return "history.parquet is empty"
+    return None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path, files: bool = True) -> None:
+    """Flush every file of `folder` (with `files`) and the folder's own entries to disk."""
+    if files:
+        for f in folder.iterdir():
+            _fsync(f)
+    _fsync(folder)
+
+
+def _provenance(run_dir: Path) -> dict:
+    """A run's provenance; empty for runs stored before it was recorded."""
+    path = run_dir / PROVENANCE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _plain(metrics: dict) -> dict:
+    """JSON-ready: numpy scalars to Python numbers."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}

@@ -1,0 +1,274 @@
+"""Batch execution of the paper notebooks: papermill on the `mulreg` kernel, nbconvert to HTML.
+
+`run_notebooks(profile)` executes the paper's notebooks (`PAPER`, 01-05; another one by its
+number) with `params/<profile>/<stem>.yaml`, writes the executed copy, two HTML exports (full, and
+code hidden) and its outcome (`<stem>.outcome.json`) to `reports/<profile>/`, and rebuilds
+`index.html` from every outcome there, so notebooks run one at a time still make one index. A
+notebook without a report is listed with its estimated cost and the command that runs it. A failing
+notebook is reported with its failing cell and error; the others still run; the return code is
+non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jinja2
+import nbformat
+import papermill
+from jupyter_client.manager import AsyncKernelManager
+from nbconvert import HTMLExporter
+
+from mulreg import provenance
+from mulreg.config import PROJECT_ROOT, ConfigError, load_yaml
+from mulreg.progress import REPORT_ENV
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+KERNEL = "mulreg"
+PAPER = ("01", "02", "03", "04", "05")  # the paper's figures and tables: what `make figures` runs
+OUTCOME = ".outcome.json"
+
+
+class IPCKernelManager(AsyncKernelManager):
+    """Kernels on local IPC sockets rather than TCP ports: nothing listens on the network, and
+    ipykernel has no reason to warn about unencrypted TCP once per notebook."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.transport = "ipc"
+
+
+@dataclass
+class Outcome:
+    stem: str
+    seconds: float
+    error: str | None
+    figures: list[Path]
+
+
+def notebooks(prefix: str | None = None, every: bool = False) -> list[Path]:
+    """The notebooks whose name starts with `prefix`; without one the paper's (`PAPER`), or with
+    `every` all of them."""
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    chosen = [nb for nb in found if (nb.stem.startswith(prefix) if prefix else every or nb.stem[:2] in PAPER)]
+    if not chosen:
+        raise ConfigError(f"--nb: no notebook in {NOTEBOOKS} starts with {prefix!r}; have: {[n.stem for n in found]}")
+    return chosen
+
+
+def parameters(profile: str, stem: str) -> dict:
+    path = PROJECT_ROOT / "params" / profile / f"{stem}.yaml"
+    if not path.exists():
+        raise ConfigError(f"missing parameter file {path} (profile {profile!r}, notebook {stem})")
+    return load_yaml(path) or {}
+
+
+def checked_parameters(profile: str, chosen: list[Path], overrides: dict | None = None) -> dict[str, dict]:
+    """Each notebook's parameters (its profile file, then `overrides` for the names it defines),
+    refusing before anything runs a file key the notebook's `parameters` cell lacks, and an
+    override that no chosen notebook defines: papermill would only warn, and run the wrong thing."""
+    out, used = {}, set()
+    for nb in chosen:
+        known = papermill.inspect_notebook(nb)  # name → its default (source text) and help
+        values = parameters(profile, nb.stem)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"params/{profile}/{nb.stem}.yaml: {', '.join(unknown)} is not a parameter of "
+                              f"{nb.stem}; its parameters: {', '.join(sorted(known))}")
+        mine = {k: v for k, v in (overrides or {}).items() if k in known}
+        for name, value in mine.items():
+            _check_type(name, value, known[name].get("default"), nb.stem)
+        used |= set(mine)
+        out[nb.stem] = values | mine
+        _check_sweep(nb.stem, out[nb.stem], set(mine))
+    unused = sorted(set(overrides or {}) - used)
+    if unused:
+        raise ConfigError(f"-p/--params: {', '.join(unused)} is not a parameter of "
+                          f"{', '.join(nb.stem for nb in chosen)}")
+    return out
+
+
+def _check_type(name: str, value, default_source: str | None, stem: str) -> None:
+    """An override of the type of the notebook's default (any type where the default is None)."""
+    try:
+        default = ast.literal_eval(default_source or "None")
+    except (ValueError, SyntaxError):
+        return
+    if default is None or value is None:
+        return
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"-p/--params {name}: {value!r} is a {type(value).__name__}; {stem} takes a "
+                          f"{type(default).__name__} (its default: {default!r})")
+
+
+def _check_sweep(stem: str, params: dict, overridden: set[str]) -> None:
+    """The notebook's sweep with its class pair and seeds overridden, expanded into run configs: a
+    value no run accepts is refused here, naming the parameter, before any kernel starts."""
+    changed = sorted({"classes", "seeds"} & overridden)
+    if not changed or "sweep" not in params:
+        return
+    from mulreg.results.analysis import load_sweep
+
+    try:
+        load_sweep(str((NOTEBOOKS / params["sweep"]).resolve()), classes=params.get("classes"),
+                   seeds=params.get("seeds")).configs()
+    except (ConfigError, TypeError, ValueError) as err:
+        shown = ", ".join(f"{k}={params[k]!r}" for k in changed)
+        raise ConfigError(f"-p/--params {shown}: not accepted by {stem}: {err}") from None
+
+
+def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | None = None,
+                  costs: dict[str, str] | None = None) -> int:
+    """Execute the chosen notebooks with their profile's parameters (and `overrides`), export HTML,
+    record each outcome and rebuild the index (`costs`: a line per notebook, shown for those without
+    a report); 1 if any notebook failed."""
+    chosen = notebooks(prefix)
+    params = checked_parameters(profile, chosen, overrides)
+    out_dir = PROJECT_ROOT / "reports" / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ[REPORT_ENV] = "1"  # kernels inherit it: a line per finished run instead of progress bars
+    outcomes = []
+    for i, nb in enumerate(chosen, 1):
+        print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", end=" ", flush=True)
+        outcome = execute(nb, params[nb.stem], out_dir)
+        outcomes.append(outcome)
+        (out_dir / f"{nb.stem}{OUTCOME}").write_text(json.dumps(asdict(outcome), default=str))
+        status = "ok" if outcome.error is None else f"FAILED\n{outcome.error}"
+        print(f"{status} in {outcome.seconds:.0f} s", flush=True)
+    write_index(out_dir, profile, recorded(out_dir), costs or {})
+    failed = [o.stem for o in outcomes if o.error]
+    print(f"reports in {out_dir / 'index.html'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def execute(nb: Path, params: dict, out_dir: Path) -> Outcome:
+    executed = out_dir / nb.name
+    start = time.perf_counter()
+    error = None
+    try:
+        papermill.execute_notebook(nb, executed, parameters=params, kernel_name=KERNEL, cwd=NOTEBOOKS,
+                                   progress_bar=False, log_output=False, kernel_manager_class=IPCKernelManager)
+    except papermill.PapermillExecutionError as err:
+        error = f"  cell {err.exec_count}: {err.ename}: {err.evalue}"
+    except Exception as err:  # noqa: BLE001 - kernel death, missing kernel...: report, go on
+        error = f"  {type(err).__name__}: {err}"
+    seconds = time.perf_counter() - start
+    if executed.exists():
+        export_html(executed)
+    figures_dir = (NOTEBOOKS / params.get("figures_dir", "../figures")).resolve()
+    figures = sorted(figures_dir.glob(f"{nb.stem[:2]}_*")) if error is None else []
+    return Outcome(nb.stem, seconds, error, figures)
+
+
+# nbconvert's 'lab' template without the scripts it would fetch from CDNs (require.js, MathJax,
+# mermaid): the reports must open offline, and our figures need none of them.
+OFFLINE_TEMPLATE = jinja2.DictLoader({"offline.html.j2": (
+    "{%- extends 'lab/index.html.j2' -%}"
+    + "".join(f"{{%- block {b} -%}}{{%- endblock {b} -%}}" for b in
+              ("html_head_js_requirejs", "html_head_js_mathjax", "html_head_js_mermaidjs"))
+)})
+
+
+def export_html(executed: Path) -> None:
+    """Full HTML and a code-hidden version, both self-contained and offline."""
+    notebook = nbformat.read(executed, as_version=4)
+    for suffix, hide in ((".html", False), (".nocode.html", True)):
+        body, _ = HTMLExporter(extra_loaders=[OFFLINE_TEMPLATE], template_file="offline.html.j2",
+                               exclude_input=hide, exclude_input_prompt=hide,
+                               exclude_output_prompt=hide, embed_images=True).from_notebook_node(notebook)
+        executed.with_suffix(suffix).write_text(body)
+
+
+VERDICT = "_verdict"  # tables named *_verdict*.html beside the figures (`plots.save_table`) lead the index
+THUMBNAIL_PX = 260
+
+
+def recorded(out_dir: Path) -> list[Outcome]:
+    """Every notebook's last outcome recorded in `out_dir`, in notebook order."""
+    out = []
+    for path in sorted(out_dir.glob(f"*{OUTCOME}")):
+        o = json.loads(path.read_text())
+        out.append(Outcome(o["stem"], o["seconds"], o["error"], [Path(f) for f in o["figures"]]))
+    return out
+
+
+def write_index(out_dir: Path, profile: str, outcomes: list[Outcome], costs: dict[str, str] | None = None) -> None:
+    """index.html: the verdict table first (what a reader opens the reports for), then one row per
+    notebook with its status, run time, reports and figure thumbnails, and one per notebook not run
+    with its cost (`costs`) and command."""
+    rows = []
+    done = {o.stem for o in outcomes}
+    for nb in notebooks(every=True):
+        if nb.stem not in done:
+            cost = html.escape((costs or {}).get(nb.stem, "cost: python -m mulreg estimate " + profile))
+            rows.append(f"<tr><td>{nb.stem}</td><td>not run</td><td>—</td><td><code>make figures PROFILE={profile} "
+                        f"NB={nb.stem[:2]}</code></td><td>{cost}</td></tr>")
+    for o in outcomes:
+        status = "ok" if o.error is None else f"<b>failed</b><pre>{html.escape(o.error)}</pre>"
+        figs = " ".join(_thumbnail(f, out_dir) for f in o.figures if f.suffix == ".png")
+        others = " · ".join(f'<a href="{os.path.relpath(f, out_dir)}">{f.name}</a>' for f in o.figures
+                            if f.suffix in (".html", ".csv", ".vtp"))
+        rows.append(f"<tr><td>{o.stem}</td><td>{status}</td><td>{o.seconds:.0f} s</td>"
+                    f'<td><a href="{o.stem}.html">full</a> · <a href="{o.stem}.nocode.html">no code</a>'
+                    f' · <a href="{o.stem}.ipynb">ipynb</a></td><td>{figs}<br><small>{others}</small></td></tr>')
+    (out_dir / "index.html").write_text(
+        f"<!doctype html><meta charset='utf-8'><title>mulreg reports ({profile})</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;"
+        "vertical-align:top;text-align:left}img{margin:2px;border:1px solid #ddd}</style>"
+        f"<h1>mulreg: paper notebooks, profile <code>{profile}</code></h1>"
+        f"<p>{html.escape(provenance.caption(profile))} · {html.escape(provenance.device_name('cpu'))} (this "
+        "machine; each notebook states the commit and device of the runs it read)</p>"
+        + _verdict_section(outcomes, out_dir)
+        + "<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>run time</th><th>report</th>"
+        "<th>figures</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _prereg() -> str:
+    found = provenance.prereg_commit()
+    return (f"Pre-registration ({provenance.PREREGISTRATION}): commit {found.split()[0][:10]} of "
+            f"{found.split()[1]}" if found else f"Pre-registration: {provenance.PREREGISTRATION}")
+
+
+def cost_lines(table) -> dict[str, str]:
+    """Per notebook, from `mulreg.tools.estimate.estimate`: its runs to train and hours here, in words."""
+    out = {}
+    for r in table.to_dict("records"):
+        hours = "" if math.isnan(r["hours here"]) else f", about {60 * r['hours here']:.0f} min here"
+        out[r["notebook"]] = f"{r['runs to train']} runs to train ({r['run-epochs']:,} run-epochs){hours}"
+    return out
+
+
+def _thumbnail(png: Path, out_dir: Path, width: int = THUMBNAIL_PX) -> str:
+    href = html.escape(os.path.relpath(png, out_dir))
+    name = html.escape(png.stem)
+    return f'<a href="{href}" title="{name}"><img src="{href}" width="{width}" alt="{name}"></a>'
+
+
+def _verdict_section(outcomes: list[Outcome], out_dir: Path) -> str:
+    """The verdict tables notebooks saved (`plots.save_table`), each with its figure when there is one."""
+    tables = [f for o in outcomes for f in o.figures if VERDICT in f.stem and f.suffix == ".html" and f.exists()]
+    if not tables:
+        return "<p>No verdict table: notebook 01 did not run, or failed (see below).</p>"
+    parts = []
+    for t in tables:
+        png = t.with_suffix(".png")
+        figure = f"<p>{_thumbnail(png, out_dir, width=900)}</p>" if png.exists() else ""
+        parts.append(f"<h3>{html.escape(t.stem)}</h3>" + t.read_text() + figure)
+    return ("<h2>Does the paper's Fig. 1 hold here?</h2><p>Notebook 01's verdict on the confirmation runs "
+            "(fresh seeds; docs/PREREGISTRATION.md): paired-by-seed differences in test accuracy (points) "
+            "with 95 % t intervals, Holm-adjusted outcomes, for each claim under each epoch rule.</p>"
+            + "".join(parts))

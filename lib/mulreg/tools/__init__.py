@@ -1,0 +1,2 @@
+"""What a profile would cost (`estimate`) and how fast the engine is (`bench`).
+"""
