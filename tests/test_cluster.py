@@ -107,11 +107,11 @@ def test_a_fraction_of_a_gpu_per_task_lets_stacks_share_one(tmp_path):
 
 def test_a_gpu_less_driver_plans_gpu_tasks_and_each_worker_sizes_its_own_stacks(monkeypatch):
     """group_key and the driver's planning never touch CUDA; the task splits into its worker's stacks."""
-    from mulreg.engine import cluster, train
+    from mulreg.engine import cluster, sizing, train
 
     configs = [RunConfig.parse(BASE).replace(device="cuda", seed=s) for s in range(1, 201)]
     groups = plan_groups(configs, size=cluster.task_size)  # this machine has no GPU: no DeviceError
-    assert [len(g) for g in groups] == [train.MAX_STACK, 200 - train.MAX_STACK]
+    assert [len(g) for g in groups] == [sizing.MAX_STACK, 200 - sizing.MAX_STACK]
     bn = [c.replace(model={"batch_norm": True}) for c in configs[:3]]
     assert [len(g) for g in plan_groups(bn, size=cluster.task_size)] == [1, 1, 1]
 
@@ -121,7 +121,7 @@ def test_a_gpu_less_driver_plans_gpu_tasks_and_each_worker_sizes_its_own_stacks(
 
     calls = []  # the task body on a worker that has a GPU holding 3 runs per stack
     monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device(name))
-    monkeypatch.setattr(train, "stack_size", lambda config: 3)
+    monkeypatch.setattr(sizing, "stack_size", lambda config: 3)
     monkeypatch.setattr(train, "train_group", lambda group, **kw: calls.append((len(group), kw["slots"])) or group)
     out = cluster._train_task(configs[:8], "/nonexistent-store", "token", 1, {}, None)
     assert calls == [(8, 3)] and out == configs[:8]  # 8 runs through 3 slots, refilled as they stop

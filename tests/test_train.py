@@ -459,7 +459,7 @@ def test_the_compile_mode_reaches_torch_compile_and_stays_out_of_the_run_key(tin
 def test_a_runs_footprint_is_measured_its_activations_growing_with_the_batch():
     """Weights, gradients and optimiser slots are fixed; what the forward pass saves for the backward
     pass grows with the batch, in proportion."""
-    from mulreg.engine.train import footprint
+    from mulreg.engine.sizing import footprint
 
     sgd = [footprint(config(batch_size=b)) for b in (16, 32, 64)]
     weights = sum(p.numel() * 4 for p in build_model(config()).parameters())
@@ -471,14 +471,14 @@ def test_a_runs_footprint_is_measured_its_activations_growing_with_the_batch():
 
 
 def test_a_gpu_stack_holds_what_half_its_free_memory_holds_of_measured_runs(monkeypatch):
-    from mulreg.engine import train as engine
+    from mulreg.engine import sizing
 
     cfg = config(batch_size=16)
-    monkeypatch.setattr(engine, "resolve_device", lambda device: torch.device("cuda"))
-    for free, slots in ((10, 5), (1, 1), (10_000, engine.MAX_STACK)):
-        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free * engine.footprint(cfg), 2**40))
-        assert engine.stack_size(cfg) == slots
-    assert engine.stack_size(config(batch_size=16, model={"dropout": 0.5})) == 1  # vmap cannot stack dropout
+    monkeypatch.setattr(sizing, "resolve_device", lambda device: torch.device("cuda"))
+    for free, slots in ((10, 5), (1, 1), (10_000, sizing.MAX_STACK)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free * sizing.footprint(cfg), 2**40))
+        assert sizing.stack_size(cfg) == slots
+    assert sizing.stack_size(config(batch_size=16, model={"dropout": 0.5})) == 1  # vmap cannot stack dropout
 
 
 def test_evaluators_see_one_shape_their_last_chunk_padded_and_masked(tiny_cifar_image_folder, monkeypatch):
@@ -506,3 +506,39 @@ def test_evaluators_see_one_shape_their_last_chunk_padded_and_masked(tiny_cifar_
     pd.testing.assert_series_equal(chunked.test_acc, whole.test_acc)
     pd.testing.assert_series_equal(chunked.val_acc, whole.val_acc)
     np.testing.assert_allclose(chunked.test_loss, whole.test_loss, rtol=1e-6)
+
+
+class MemoryCheckpoints:
+    """Checkpoints kept in a dict, every epoch."""
+
+    every = 1
+
+    def __init__(self):
+        self.saved = {}
+
+    def load(self, key):
+        return self.saved.get(key)
+
+    def save(self, key, state):
+        self.saved[key] = state
+
+
+def test_a_checkpoint_written_before_the_optimiser_state_was_renamed_still_resumes(tiny_cifar_image_folder):
+    """Checkpoints written before 2026-11-29 call the optimiser state "slots" (now "optimizer";
+    "slots" names positions in a stack): resuming from one gives the numbers of an uninterrupted run."""
+    from mulreg.engine.stack import OLD_OPTIMIZER_KEY
+
+    cfg = config(penalty="sum", lam=1e-2, lr=0.005, momentum=0.9, max_epochs=3)
+    whole = run(cfg, tiny_cifar_image_folder)
+    checkpoints = MemoryCheckpoints()
+    short = cfg.replace(max_epochs=2)  # checkpointed after epoch 1; it stops after epoch 2, unsaved
+    train(short, root=tiny_cifar_image_folder, checkpoints=checkpoints, progress=False)
+    saved = checkpoints.saved[short.key()]
+    old = saved | {"state": {OLD_OPTIMIZER_KEY if part == "optimizer" else part: v
+                             for part, v in saved["state"].items()}}
+    assert OLD_OPTIMIZER_KEY in old["state"] and old["epoch"] == 1
+    assert old["state"][OLD_OPTIMIZER_KEY]["momentum.features.0.weight"].abs().sum() > 0  # momentum was saved
+    checkpoints.saved = {cfg.key(): old}
+    resumed = train(cfg, root=tiny_cifar_image_folder, checkpoints=checkpoints, progress=False)
+    pd.testing.assert_frame_equal(resumed.history, whole.history)
+    assert all(torch.equal(resumed.state_dict[k], whole.state_dict[k]) for k in whole.state_dict)

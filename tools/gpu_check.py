@@ -10,7 +10,7 @@ by `make gpu-wheels`) and puts lib/ on the path: mulreg is imported from the che
     bash tools/gpu_check.sh --items b,e --budget 300   # fill in what an earlier call skipped
 
 Items (each a set of rows: item, setting, value, unit, status, notes):
-  a  agreement of mulreg.train (the engine) with mulreg.loop.train_plain (the plain loop, on the CPU)
+  a  agreement of mulreg.engine.train (the engine) with mulreg.engine.loop.train_plain (the plain loop, on the CPU)
   b  binary throughput, eager and compiled, K runs per stack, each memory_format
   c  CUDA-graph capture with compile_mode "reduce-overhead"
   d  peak GPU memory of a stack against the footprint estimate × K
@@ -18,7 +18,7 @@ Items (each a set of rows: item, setting, value, unit, status, notes):
   f  the quick binary sweep (params/quick/binary_sweep.yaml, both stages) end to end
 
 The data are synthetic (CIFAR-10's shapes, two classes, random pixels whose brightness depends on
-the class), written straight into the decoded-data cache that mulreg.data reads: throughput,
+the class), written straight into the decoded-data cache that mulreg.core.data reads: throughput,
 memory and engine/loop agreement do not depend on pixel content; accuracies mean nothing.
 
 This process (the parent) imports no torch: it starts a worker process (this file with --worker),
@@ -519,8 +519,8 @@ class Worker:
 
     def pool_images(self, config) -> int:
         """Training images per run and epoch (the pool less its validation split); loads the pool."""
-        from mulreg.data import pool_for
-        from mulreg.devices import resolve_device
+        from mulreg.core.data import pool_for
+        from mulreg.core.devices import resolve_device
 
         n = len(pool_for(config, None, resolve_device(config.device)).x_train)
         return n - round(config.val_fraction * n)
@@ -528,7 +528,7 @@ class Worker:
     def timed(self, configs: list, epochs: int, **kw) -> dict:
         """train_group on `configs` for `epochs` epochs: wall time of each epoch, peak memory above
         what was allocated before, the results."""
-        from mulreg.train import train_group
+        from mulreg.engine.train import train_group
 
         torch = self.torch
         if configs[0].compile:
@@ -562,8 +562,8 @@ class Worker:
         beside the CPU engine's own distance from the loop (the first row on CUDA)."""
         import numpy as np
 
-        from mulreg.loop import train_plain
-        from mulreg.train import train
+        from mulreg.engine.loop import train_plain
+        from mulreg.engine.train import train
 
         s = self.sz["a"]
         cfg = self.config(n_train=s["n_train"], n_test=s["n_test"], max_epochs=s["epochs"], init_scale=1.0, lr=0.01,
@@ -637,7 +637,7 @@ class Worker:
         if "peak_mib" in run:
             notes += f"; peak {run['peak_mib']:.0f} MiB"
         if memory_format != "auto" and not _engine_reads("memory_format"):
-            notes += "; NB mulreg.train does not read memory_format yet: the layout is the engine's default"
+            notes += "; NB mulreg.engine.train does not read memory_format yet: the layout is the engine's default"
         return {"value": rate, "notes": notes,
                 "details": {"epoch_s": run["epoch_s"], "steady_epoch_s": steady, "peak_mib": run.get("peak_mib")}}
 
@@ -726,8 +726,8 @@ class Worker:
 
     # ---- e: notebook 06's arms
     def item_e(self, arm: int | None, compile: bool) -> dict:
-        from mulreg.sweep import SweepSpec, expand
-        from mulreg.train import group_key, vectorizable
+        from mulreg.engine.sizing import group_key, vectorizable
+        from mulreg.engine.sweep import SweepSpec, expand
 
         if arm is None:
             raise Skip("params/quick/regularisers_sweep.yaml could not be read")
@@ -757,10 +757,10 @@ class Worker:
     def item_f(self) -> dict:
         import yaml
 
-        from mulreg import stages
         from mulreg.config import load_yaml
-        from mulreg.store import Store
-        from mulreg.sweep import SweepSpec
+        from mulreg.engine import stages
+        from mulreg.engine.store import Store
+        from mulreg.engine.sweep import SweepSpec
 
         values = load_yaml(ROOT / "params/quick/binary_sweep.yaml")
         store = self.work / f"store-{int(time.time())}"
@@ -814,11 +814,11 @@ class Worker:
 
 def make_data(root: Path, train_per_class: int, test_per_class: int) -> str:
     """The synthetic data set at `root` (MULREG_DATA): the image-folder layout's class folders, and
-    the decoded arrays written where mulreg.data looks for its cache (MULREG_CACHE), so nothing is
+    the decoded arrays written where mulreg.core.data looks for its cache (MULREG_CACHE), so nothing is
     decoded; PNGs (what the image-folder layout reads) where that cache's name cannot be had."""
     import numpy as np
 
-    from mulreg import data
+    from mulreg.core import data
 
     rng = np.random.default_rng(2024)
 
@@ -835,9 +835,9 @@ def make_data(root: Path, train_per_class: int, test_per_class: int) -> str:
     (x_train, y_train), (x_test, y_test) = split(train_per_class), split(test_per_class)
     try:
         cache = data._cache_file(data.data_root(root))
-        how = "written into mulreg.data's decoded cache"
-    except AttributeError:  # mulreg.data changed: write what its image-folder reader reads
-        cache, how = None, "written as PNGs (mulreg.data has no _cache_file)"
+        how = "written into mulreg.core.data's decoded cache"
+    except AttributeError:  # mulreg.core.data changed: write what its image-folder reader reads
+        cache, how = None, "written as PNGs (mulreg.core.data has no _cache_file)"
     if cache is not None:
         if not cache.exists():
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -883,11 +883,11 @@ def environment(torch, device: str) -> dict:
     except Exception as err:  # noqa: BLE001
         env["mulreg.provenance.environment"] = f"failed: {_oneline(err)}"
     try:
-        from mulreg.devices import backend_settings
+        from mulreg.core.devices import backend_settings
 
-        env["mulreg.devices.backend_settings"] = backend_settings(torch.device(device))
+        env["mulreg.core.devices.backend_settings"] = backend_settings(torch.device(device))
     except Exception as err:  # noqa: BLE001
-        env["mulreg.devices.backend_settings"] = f"failed: {_oneline(err)}"
+        env["mulreg.core.devices.backend_settings"] = f"failed: {_oneline(err)}"
     flags = {}
     for name in ("backends.cudnn.benchmark", "backends.cudnn.deterministic", "backends.cudnn.allow_tf32",
                  "backends.cuda.matmul.allow_tf32", "backends.cudnn.conv.fp32_precision",
@@ -907,23 +907,23 @@ def environment(torch, device: str) -> dict:
         env["RunConfig.memory_format"] = "memory_format" in RunConfig.model_fields
     except Exception as err:  # noqa: BLE001
         env["RunConfig.memory_format"] = f"failed: {_oneline(err)}"
-    env["mulreg.train reads memory_format"] = _engine_reads("memory_format")
+    env["mulreg.engine.train reads memory_format"] = _engine_reads("memory_format")
     env["footprint/stack_size from"] = sizing()[2]
     return env
 
 
 def sizing():
-    """(footprint, stack_size, module name): from mulreg.sizing where it exists, else mulreg.train."""
+    """(footprint, stack_size, module name): from mulreg.engine.sizing (older checkouts: mulreg.engine.train)."""
     import importlib
 
-    for name in ("mulreg.sizing", "mulreg.train"):
+    for name in ("mulreg.engine.sizing", "mulreg.engine.train"):
         try:
             module = importlib.import_module(name)
         except ImportError:
             continue
         if hasattr(module, "footprint") and hasattr(module, "stack_size"):
             return module.footprint, module.stack_size, name
-    raise Skip("neither mulreg.sizing nor mulreg.train has footprint and stack_size")
+    raise Skip("neither mulreg.engine.sizing nor mulreg.engine.train has footprint and stack_size")
 
 
 def _engine_reads(field: str) -> bool:
@@ -935,7 +935,7 @@ def _engine_reads(field: str) -> bool:
 
 
 def _eval_images() -> int:
-    from mulreg import train
+    from mulreg.engine import train
 
     return getattr(train, "EVAL_IMAGES", "?")
 
@@ -981,7 +981,7 @@ def _sweep_progress(text: str, store: Path, runs_done: int, spec) -> tuple[int, 
             last = (n, total)
         return done + last[0], "from the sweep's epoch bar"
     try:
-        from mulreg.store import Store
+        from mulreg.engine.store import Store
 
         st = Store(store)
         ckpt = st.checkpoints()

@@ -5,7 +5,7 @@
 `sweep.plan_groups` with `task_size`, without touching the driver's devices) becomes one Ray task
 asking for the resources it needs (`resources_for`: `gpus_per_task` of a GPU when the sweep's device
 is CUDA, else one CPU); the worker trains it in a stack of as many slots as its own device holds
-(`train.stack_size`), refilled as runs stop. See docs/CLUSTER.md for starting a cluster.
+(`sizing.stack_size`), refilled as runs stop. See docs/CLUSTER.md for starting a cluster.
 
 Where results are written: the DRIVER writes them. A task returns its `RunResult`s and the driver
 saves each one into its own store with `Store.save` (a temporary folder renamed into place, and a
@@ -71,7 +71,7 @@ def resources_for(group: list[RunConfig], cluster: dict | None = None, gpus: flo
 def task_size(config: RunConfig) -> int:
     """Runs per Ray task, planned on the driver without touching its devices: up to a full stack
     for a task that gets a GPU (the worker splits it into stacks its own GPU holds), one on CPUs."""
-    from mulreg.engine.train import MAX_STACK, vectorizable
+    from mulreg.engine.sizing import MAX_STACK, vectorizable
 
     return MAX_STACK if vectorizable(config) and resources_for([config])["num_gpus"] else 1
 
@@ -323,7 +323,8 @@ def _train_task(group: list[RunConfig], store_root: str, token: str, every: int,
     import torch
 
     from mulreg.core.devices import resolve_device
-    from mulreg.engine.train import stack_size, train_group
+    from mulreg.engine.sizing import stack_size
+    from mulreg.engine.train import train_group
 
     saved = {k: os.environ.get(k) for k in env}
     try:

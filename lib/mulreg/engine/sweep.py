@@ -28,8 +28,9 @@ from mulreg.config import PROJECT_ROOT, ConfigError, RunConfig, deep_merge, desc
 from mulreg.core.data import load_cifar10
 from mulreg.core.devices import resolve_device
 from mulreg.engine.confirm import Confirmation
+from mulreg.engine.sizing import group_key, stack_size, vectorizable
 from mulreg.engine.store import Store
-from mulreg.engine.train import group_key, stack_size, train_group, vectorizable
+from mulreg.engine.train import train_group
 from mulreg.progress import bar as progress_bar
 from mulreg.progress import say
 from mulreg.protocols import Penalty
@@ -151,7 +152,7 @@ def expand(base: dict[str, Any], grid: dict[str, Any]) -> list[RunConfig]:
 def plan_groups(configs: list[RunConfig], group_size: int | None = None,
                 size=stack_size) -> list[list[RunConfig]]:
     """Split runs into stacks that can train together: `group_size` runs at most, else `size(config)`
-    (default: what this machine's device holds, `mulreg.engine.train.stack_size`)."""
+    (default: what this machine's device holds, `mulreg.engine.sizing.stack_size`)."""
     by_key: dict[tuple, list[RunConfig]] = {}
     for c in configs:
         by_key.setdefault(group_key(c), []).append(c)

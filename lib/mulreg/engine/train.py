@@ -23,7 +23,6 @@ import logging
 import math
 import time
 import types
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -41,78 +40,18 @@ from mulreg.core.epochs import CHANCE, rule_metrics
 from mulreg.core.models import build_model, direction_parameters, layer_names
 from mulreg.core.penalties import mixed_penalty
 from mulreg.engine.result import Checkpoints, RunResult
+from mulreg.engine.sizing import group_key, vectorizable
+from mulreg.engine.stack import RunState, Stack, upgraded
 from mulreg.progress import bar as progress_bar
-from mulreg.protocols import EFF_LR, NORM, PENALIZED, Penalty, StopReason
+from mulreg.protocols import EFF_LR, NORM, StopReason
 
 EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
 MIN_EVAL_CHUNK = 256  # images per run per evaluation pass at least, however many runs a stack holds
-
-
-MAX_STACK = 128  # runs in one stack at most
-
-
-def group_key(config: RunConfig) -> tuple:
-    """Runs with equal keys can be trained in one stack. The device is the configured string, so a
-    driver without the device (a GPU-less Ray head) can plan groups for workers that have it."""
-    return (config.task, config.classes, config.batch_size, config.n_train, config.n_test, config.val_fraction,
-            config.model, config.optimizer, config.depth_normalization,
-            config.features_normalization, config.device, config.compile, config.compile_mode, config.deterministic,
-            config.memory_format, config.effective_lr)
-
-
-def stack_size(config: RunConfig) -> int:
-    """Runs per stack on this machine: large on a GPU, where one batch of 16 leaves it idle (half its
-    free memory over the run's measured `footprint`); 1 on a CPU, where stacking runs made training
-    slower (docs/PERFORMANCE.md) and worker processes win instead; 1 for runs that cannot be stacked."""
-    device = resolve_device(config.device)
-    if not vectorizable(config) or device.type != "cuda":
-        return 1
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(max(1, min(MAX_STACK, free * FREE_SHARE // footprint(config))))
-
-
-FREE_SHARE = 0.5  # of a GPU's free memory a stack may fill; the rest for workspaces, evaluation and the allocator
-
-
-def footprint(config: RunConfig) -> int:
-    """Bytes one run adds to a stack, measured once per `group_key`: its weights, gradients and
-    optimiser slots, one batch, and every tensor the forward pass (with the penalty's weights) saves
-    for the backward pass, counted by autograd's saved-tensor hooks on a CPU forward of one batch."""
-    key = group_key(config)
-    if key not in _FOOTPRINTS:
-        _FOOTPRINTS[key] = _measure_footprint(config)
-    return _FOOTPRINTS[key]
-
-
-_FOOTPRINTS: dict[tuple, int] = {}
-
-
-def _measure_footprint(config: RunConfig) -> int:
-    model = build_model(config)
-    params = list(model.parameters())
-    slots = 2 if config.optimizer == "adam" else 1  # Adam's m and v, SGD's momentum buffer
-    fixed = sum(p.numel() * p.element_size() for p in params) * (2 + slots)  # weights, gradients, slots
-    x = torch.zeros(config.batch_size, 3, 32, 32)
-    seen = {t.untyped_storage().data_ptr() for t in [*params, x]}  # counted apart
-    saved = 0
-
-    def pack(t: torch.Tensor):
-        nonlocal saved
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            saved += storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out, weights = model(x, with_weights=True)
-        out.square().mean() + sum(w.square().sum() for w in weights)  # the objective: what it saves, not its value
-    return fixed + x.numel() * x.element_size() + saved
-
-
-def vectorizable(config: RunConfig) -> bool:
-    """vmap cannot batch batch-norm running statistics or dropout's randomness per run."""
-    return not config.model.batch_norm and config.model.dropout == 0
+STEP_SUMS = 4  # a step's first columns per run: Σ data loss, Σ λR, #correct, #correct among flipped labels
+# an epoch's columns per run, in order; then NORM (‖W‖_F) and, when recorded, EFF_LR per layer
+TRAIN_COLUMNS = ("train_loss", "penalty_term", "train_acc", "train_acc_flipped", "train_acc_clean")
+VAL_COLUMNS = ("val_loss", "val_acc")  # left out of the history of a run without a validation split
+TEST_COLUMNS = ("test_loss", "test_acc")
 
 
 def train(config: RunConfig, *, root=None, checkpoints: Checkpoints | None = None,
@@ -170,129 +109,6 @@ def train_group(configs: list[RunConfig], *, root=None, checkpoints: Checkpoints
     return [results[id(r)] for r in runs]
 
 
-@dataclass
-class _Run:
-    """One run's own state between stacks: its config, data view, epoch, history, early stopping."""
-
-    config: RunConfig
-    targets: torch.Tensor  # training-pool targets after label noise
-    flipped: torch.Tensor  # 1.0 where label noise flipped the training-pool label, else 0.0
-    train_idx: torch.Tensor
-    val_idx: torch.Tensor
-    state: dict  # params, buffers, optimiser slots (unstacked)
-    epoch: int = 0
-    history: list[dict] = field(default_factory=list)
-    best: float | None = None
-    best_epoch: int = 0
-    best_state: dict | None = None
-    test_correct: list[torch.Tensor] = field(default_factory=list)  # per epoch: test images right, bits packed
-    stop_reason: str | None = None
-    started: float = field(default_factory=time.time)  # when this process began (or resumed) the run
-    start_epoch: int = 0
-
-    def capture(self, stack: _Stack) -> None:
-        """Copy this run's row of the stack back into `state`."""
-        k = stack.slot_of(self)
-        self.state = {part: {n: t[k].detach().clone() for n, t in tensors.items()}
-                      for part, tensors in stack.tensors().items()}
-
-    def checkpoint(self, stack: _Stack) -> dict:
-        self.capture(stack)
-        fields = ("epoch", "history", "best", "best_epoch", "best_state", "state", "test_correct")
-        return tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t,
-                        {f: getattr(self, f) for f in fields})
-
-    def observe(self, row: dict, weights_k: dict, test_correct: torch.Tensor) -> None:
-        """Record one epoch and apply divergence, early stopping and the epoch limit."""
-        self.epoch += 1
-        self.history.append(row)
-        self.test_correct.append(test_correct)
-        es = self.config.early_stopping
-        if not all(math.isfinite(row[c]) for c in ("train_loss", "val_loss", "test_loss") if c in row):
-            self.stop_reason = StopReason.DIVERGED
-            return
-        if es is not None:
-            value = row[es.monitor] * (-1 if es.monitor.endswith("acc") else 1)  # lower is better
-            if self.best is None or value < self.best - es.min_delta:
-                self.best, self.best_epoch = value, self.epoch
-                self.best_state = {n: t.detach().clone() for n, t in weights_k.items()}
-            elif self.epoch - self.best_epoch >= es.patience:
-                self.stop_reason = StopReason.EARLY_STOPPED
-        if not self.stop_reason and self.epoch >= self.config.max_epochs:
-            self.stop_reason = StopReason.MAX_EPOCHS
-
-
-class _Stack:
-    """Parameters, buffers and optimiser slots of several runs, stacked along dimension 0 (one row
-    per slot), and the facts that decide what a training step does with them, taken over the whole
-    `group` of runs that may ever fill a slot: `batched` (vmap over the run axis, else a plain call
-    on the one run), `heavy_ball` (momentum buffers, only when a run has μ > 0), `augment`, and
-    which penalties have a λ. A slot whose run stopped with no run left to take it stays `live`
-    False: its run stays in place, masked with zero learning rate and λ, and records nothing."""
-
-    def __init__(self, runs: list[_Run], device: torch.device, vectorize: bool, group: list[_Run]):
-        self.runs, self.live = list(runs), [True] * len(runs)
-
-        def stacked(part):
-            return {n: torch.stack([r.state[part][n] for r in runs]).to(device) for n in runs[0].state[part]}
-
-        self.params = stacked("params")
-        self.buffers = stacked("buffers")
-        self.slots = stacked("slots")
-        self.targets = torch.stack([r.targets for r in runs])
-        self.flipped = torch.stack([r.flipped for r in runs])
-        self.n_flipped = torch.stack([r.flipped[r.train_idx].sum() for r in runs])  # in each training split
-        self.val_idx = torch.stack([r.val_idx for r in runs]).to(device)  # equal lengths: one group_key
-        # the penalty kinds with a λ (L1 only where a run uses it)
-        self.kinds = [k for k in PENALIZED if k != Penalty.L1 or any(r.config.penalty == k for r in group)]
-        per_slot = [self._hyper(r) for r in runs]
-        self.hyper = {h: torch.stack([values[h] for values in per_slot]).to(device) for h in per_slot[0]}
-        self.batched = vectorize and len(runs) > 1
-        self.augment = any(r.config.augment for r in group)
-        self.effective_lr = runs[0].config.effective_lr  # one value per group (`group_key`)
-        self.heavy_ball = any(r.config.momentum > 0 for r in group)
-
-    def _hyper(self, run: _Run | None) -> dict[str, torch.Tensor]:
-        """Learning rate, momentum and λ of each penalty kind for one slot; all 0 for an idle one."""
-        names = ["lr", "momentum", *(f"lam_{k}" for k in self.kinds)]
-        if run is None:
-            return {h: torch.tensor(0.0) for h in names}
-        c = run.config
-        values = (c.lr, c.momentum, *(c.lam * (c.penalty == k) for k in self.kinds))
-        return {h: torch.tensor(float(v)) for h, v in zip(names, values)}
-
-    def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {"params": self.params, "buffers": self.buffers, "slots": self.slots}
-
-    def static_tensors(self) -> list[torch.Tensor]:
-        """Every stacked tensor a step or evaluation reads, each updated only in place."""
-        per_part = [t for tensors in self.tensors().values() for t in tensors.values()]
-        return [*per_part, *self.hyper.values(), self.targets, self.flipped, self.n_flipped, self.val_idx]
-
-    def slot_of(self, run: _Run) -> int:
-        return next(k for k, r in enumerate(self.runs) if r is run)
-
-    def live_runs(self) -> list[_Run]:
-        return [r for r, live in zip(self.runs, self.live) if live]
-
-    @torch.no_grad()
-    def replace(self, run: _Run, new: _Run | None) -> None:
-        """`new` takes `run`'s slot, its state copied into the stacked rows; None idles the slot."""
-        k = self.slot_of(run)
-        for h, value in self._hyper(new).items():
-            self.hyper[h][k] = value
-        if new is None:
-            self.live[k] = False
-            return
-        for part, tensors in self.tensors().items():
-            for n, t in tensors.items():
-                t[k] = new.state[part][n]
-        self.targets[k], self.flipped[k] = new.targets, new.flipped
-        self.val_idx[k] = new.val_idx
-        self.n_flipped[k] = new.flipped[new.train_idx].sum()
-        self.runs[k] = new
-
-
 class _Engine:
     """The functions one group of runs shares: model template, objective, steps and evaluation.
     `mulreg.engine.loop.train_plain` is the same computation for one run, written as a plain loop."""
@@ -306,6 +122,8 @@ class _Engine:
                                 features_normalization=config.features_normalization)
         self.model = build_model(config).to(device)
         self.layers = layer_names(self.model)
+        self.columns = (*TRAIN_COLUMNS, *VAL_COLUMNS, *TEST_COLUMNS, *map(NORM.column, self.layers),
+                        *(map(EFF_LR.column, self.layers) if config.effective_lr else ()))
         self.directions = direction_parameters(self.model)  # the parameters whose relative update is recorded
         self.compile, self.compile_mode = config.compile, config.compile_mode
         self.memory_format = config.memory_format
@@ -319,14 +137,14 @@ class _Engine:
         self.backend = backend_settings(device, config.deterministic)  # recorded with each run's provenance
         provenance.git_state()  # the commit is read (and cached) when training starts, not when a run ends
 
-    def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> _Run:
+    def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> RunState:
         data = split_run(self.pool, config.seed, config.label_noise, config.val_fraction)
         flipped = torch.zeros(len(data.labels), device=self.device)
         flipped[data.flipped.to(self.device)] = 1.0
-        run = _Run(config, self.pool.targets(data.labels), flipped, data.train_idx, data.val_idx, {})
+        run = RunState(config, self.pool.targets(data.labels), flipped, data.train_idx, data.val_idx, {})
         saved = checkpoints.load(config.key()) if checkpoints else None
         if saved:
-            for name, value in saved.items():
+            for name, value in upgraded(saved).items():
                 setattr(run, name, value)  # on the CPU until a stack takes it
             run.start_epoch = run.epoch
             return run
@@ -335,37 +153,37 @@ class _Engine:
         run.state = {
             "params": params,
             "buffers": dict(model.named_buffers()),
-            "slots": {f"{slot}.{n}": torch.zeros_like(p) for n, p in params.items()
-                      for slot in (("m", "v") if self.optimizer == "adam" else ("momentum",))}
+            "optimizer": {f"{moment}.{n}": torch.zeros_like(p) for n, p in params.items()
+                          for moment in (("m", "v") if self.optimizer == "adam" else ("momentum",))}
             | ({"step": torch.zeros(())} if self.optimizer == "adam" else {}),
         }
         return run
 
-    def stack(self, runs: list[_Run], group: list[_Run]) -> _Stack:
-        stack = _Stack(runs, self.device, self.vectorize, group)
+    def stack(self, runs: list[RunState], group: list[RunState]) -> Stack:
+        stack = Stack(runs, self.device, self.vectorize, group)
         if self.compile and self.compile_mode == "reduce-overhead":
-            # CUDA graphs replay fixed addresses: the step updates these in place and `_Stack.replace`
+            # CUDA graphs replay fixed addresses: the step updates these in place and `Stack.replace`
             # copies a new run into them, so their addresses hold for the stack's life
             for tensor in stack.static_tensors():
                 torch._dynamo.mark_static_address(tensor)
         return stack
 
     # ---- one epoch: training steps, then evaluation
-    def epoch(self, stack: _Stack) -> None:
+    def epoch(self, stack: Stack) -> None:
         train, eff_lr = self._train(stack)
         self.model.eval()  # until the next training steps: batch-norm statistics and dropout left alone
         val, _ = self._evaluate(stack, self.pool.x_train, stack.val_idx)
         test, test_ok = self._evaluate(stack, self.pool.x_test, None)
         weights = _over_runs(self._weights, (0, 0), stack.batched)(stack.params, stack.buffers)
         norms = torch.stack([w.flatten(1).norm(dim=1) for w in weights], 1)  # ‖W_i‖_F per run and layer
-        per_run = torch.cat([train, val, test, norms, eff_lr], 1).cpu()  # one device sync per epoch
+        per_run = torch.cat([train, val, test, norms, eff_lr], 1).cpu()  # `self.columns`; one device sync per epoch
         test_ok = torch.from_numpy(np.packbits(test_ok.cpu().numpy(), axis=1))  # 1 bit per test image
         for k, run in enumerate(stack.runs):
             if stack.live[k]:
                 row = self._row(run, per_run[k])
                 run.observe(row, {n: t[k] for n, t in (stack.params | stack.buffers).items()}, test_ok[k])
 
-    def _train(self, stack: _Stack) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train(self, stack: Stack) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over each run's training split in its own seeded order, B samples per step
         (augmented for runs that ask for it); returns per run (mean data loss, mean λR, accuracy,
         accuracy on flipped labels, accuracy on clean labels) over the epoch, against the training
@@ -374,7 +192,7 @@ class _Engine:
         order = torch.stack([r.train_idx[torch.randperm(n, generator=generator(r.config.seed, f"epoch-{r.epoch}"))
                                          .to(self.device)] for r in runs])
         rows = torch.arange(len(runs), device=self.device)[:, None]
-        totals = torch.zeros(len(runs), 4 + len(self.layers) * stack.effective_lr, device=self.device)
+        totals = torch.zeros(len(runs), STEP_SUMS + len(self.layers) * stack.effective_lr, device=self.device)
         step = self._step_for(stack)
         draws = None
         if stack.augment:  # crop offsets (K, n, 2) and flips (K, n) of this epoch
@@ -388,21 +206,21 @@ class _Engine:
                 x, y, flipped = self.pool.x_train[idx], stack.targets[rows, idx], stack.flipped[rows, idx]
                 if draws is not None:
                     x = augment(x, draws[0][:, start:start + B], draws[1][:, start:start + B])
-                totals += step(stack.params, stack.buffers, stack.slots, x, y, flipped, stack.hyper)
-        loss, reg, n_correct, n_flipped_correct = totals[:, :4].unbind(1)
+                totals += step(stack.params, stack.buffers, stack.optimizer, x, y, flipped, stack.hyper)
+        loss, reg, n_correct, n_flipped_correct = totals[:, :STEP_SUMS].unbind(1)
         n_flipped = stack.n_flipped
         return (torch.stack([loss / n, reg / n, n_correct / n, n_flipped_correct / n_flipped,  # 0/0: NaN, no noise
                              (n_correct - n_flipped_correct) / (n - n_flipped)], 1),
-                totals[:, 4:] / math.ceil(n / B))
+                totals[:, STEP_SUMS:] / math.ceil(n / B))
 
-    def _step_for(self, stack: _Stack) -> Callable:
+    def _step_for(self, stack: Stack) -> Callable:
         """The training step for this kind of stack, compiled once per kind when config.compile."""
         kind = (stack.batched, stack.heavy_ball, stack.effective_lr)
         if kind not in self.steps:
             self.steps[kind] = self._compiled(functools.partial(self._step, *kind))
         return self.steps[kind]
 
-    def _step(self, batched: bool, heavy_ball: bool, effective_lr: bool, params, buffers, slots, x, y, flipped,
+    def _step(self, batched: bool, heavy_ball: bool, effective_lr: bool, params, buffers, optimizer, x, y, flipped,
               hyper) -> torch.Tensor:
         """One optimiser step of every run k on its batch (x[k], y[k]), in place; returns per run
         (Σ data loss, Σ λR, #correct, #correct among flipped labels) over the batch, then, with
@@ -418,7 +236,7 @@ class _Engine:
         grads, (data, reg, counts) = grad(summed, has_aux=True)(params, buffers)  # buffers: batch-norm statistics
         directions = self.directions if effective_lr else []
         before = [params[name].detach().clone() for name in directions]
-        self._update(params, slots, grads, hyper, heavy_ball)
+        self._update(params, optimizer, grads, hyper, heavy_ball)
         moved = [metrics.relative_update(b, params[name])[:, None] for b, name in zip(before, directions)]
         return torch.cat([torch.stack([data * y.shape[1], reg * y.shape[1]], 1), counts, *moved], 1)
 
@@ -432,24 +250,24 @@ class _Engine:
         return data + reg, (data, reg, metrics.correct_counts(out, y, flipped, self.binary))
 
     @torch.no_grad()
-    def _update(self, params, slots, grads, hyper, heavy_ball: bool) -> None:
+    def _update(self, params, optimizer, grads, hyper, heavy_ball: bool) -> None:
         """SGD (with momentum) or Adam, element-wise with each run's own lr and momentum; the same
         arithmetic as torch.optim.SGD / torch.optim.Adam with their defaults."""
         lr, mu = hyper["lr"], hyper["momentum"]
         if self.optimizer == "adam":
-            slots["step"] += 1
-            t = slots["step"]
+            optimizer["step"] += 1
+            t = optimizer["step"]
         for name, p in params.items():
             g = grads[name]
             shape = (-1,) + (1,) * (p.dim() - 1)
             if self.optimizer == "sgd" and not heavy_ball:
                 p.sub_(lr.view(shape) * g)  # θ ← θ − η g
             elif self.optimizer == "sgd":
-                buf = slots[f"momentum.{name}"].mul_(mu.view(shape)).add_(g)  # b ← μb + g
+                buf = optimizer[f"momentum.{name}"].mul_(mu.view(shape)).add_(g)  # b ← μb + g
                 p.sub_(lr.view(shape) * buf)  # θ ← θ − η b
             else:
-                m = slots[f"m.{name}"].lerp_(g, 0.1)  # m ← β1 m + (1−β1) g, β1 = 0.9
-                v = slots[f"v.{name}"].mul_(0.999).addcmul_(g, g, value=0.001)  # v ← β2 v + (1−β2) g²
+                m = optimizer[f"m.{name}"].lerp_(g, 0.1)  # m ← β1 m + (1−β1) g, β1 = 0.9
+                v = optimizer[f"v.{name}"].mul_(0.999).addcmul_(g, g, value=0.001)  # v ← β2 v + (1−β2) g²
                 c1, c2 = (1 - 0.9 ** t).view(shape), (1 - 0.999 ** t).view(shape)
                 p.sub_(lr.view(shape) / c1 * m / (v.sqrt() / c2.sqrt() + 1e-8))
 
@@ -482,20 +300,14 @@ class _Engine:
         one run (faster convolutions on a CPU) and NCHW under vmap (docs/PERFORMANCE.md, "Memory layout")."""
         return not batched if self.memory_format == "auto" else self.memory_format == "channels_last"
 
-    def _row(self, run: _Run, values: torch.Tensor) -> dict:
-        v = values.tolist()
-        row = {"epoch": run.epoch + 1, "train_loss": v[0], "penalty_term": v[1], "train_acc": v[2],
-               "train_acc_flipped": v[3], "train_acc_clean": v[4]}
-        if len(run.val_idx):
-            row |= {"val_loss": v[5], "val_acc": v[6]}
-        row |= {"test_loss": v[7], "test_acc": v[8]}
-        layer_norms = v[9:9 + len(self.layers)]
-        row |= {NORM.column(name): n for name, n in zip(self.layers, layer_norms)}
-        row |= {EFF_LR.column(name): u for name, u in zip(self.layers, v[9 + len(self.layers):])}
-        return row | metrics.norm_summaries(layer_norms)
+    def _row(self, run: RunState, values: torch.Tensor) -> dict:
+        """One run's history row: its epoch's values (`epoch`'s columns, in `self.columns`' order)."""
+        named = dict(zip(self.columns, values.tolist(), strict=True))
+        row = {"epoch": run.epoch + 1} | {c: v for c, v in named.items() if len(run.val_idx) or c not in VAL_COLUMNS}
+        return row | metrics.norm_summaries([named[NORM.column(name)] for name in self.layers])
 
     @torch.no_grad()
-    def _evaluate(self, stack: _Stack, x_all: torch.Tensor,
+    def _evaluate(self, stack: Stack, x_all: torch.Tensor,
                   idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per run: (mean loss, accuracy) on its own indices into `x_all`, or on all of it (the
         model in eval mode), and which images it classified right (runs × images, bool). Chunks of
@@ -532,14 +344,14 @@ class _Engine:
             self.evaluators[kind] = self._compiled(_over_runs(self._loss_and_correct, in_dims, batched))
         return self.evaluators[kind]
 
-    def postfix(self, runs: list[_Run]) -> dict:
+    def postfix(self, runs: list[RunState]) -> dict:
         last = runs[0].history[-1]
         if len(runs) == 1:
             return {"epoch": runs[0].epoch, "loss": f"{last['train_loss']:.4f}", "test_acc": f"{last['test_acc']:.3f}"}
         return {"active": len(runs), "epoch": max(r.epoch for r in runs)}
 
     # ---- after the last epoch
-    def finish(self, run: _Run) -> RunResult:
+    def finish(self, run: RunState) -> RunResult:
         """Final metrics of the reported weights (best epoch if restore_best, else the last)."""
         es = run.config.early_stopping
         restore = es is not None and es.restore_best and run.best_state is not None
@@ -560,7 +372,7 @@ class _Engine:
                          _unpacked(run.test_correct, len(self.pool.x_test)) if len(run.test_correct) == run.epoch
                          else None)  # None: resumed from a checkpoint written before test images were recorded
 
-    def _provenance(self, run: _Run) -> dict:
+    def _provenance(self, run: RunState) -> dict:
         """Code, versions and device, and this process's share of the run: times and throughput."""
         end = time.time()
         images = (run.epoch - run.start_epoch) * len(run.train_idx)

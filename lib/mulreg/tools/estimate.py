@@ -9,7 +9,7 @@ epochs on a small slice of the data; the steady epochs give seconds per training
 (an evaluated image counts a third: forward pass only), the first epoch's excess each run's start
 cost (model, compilation). On a CPU the sweep runs one single-threaded worker per core, so the
 measurement uses one thread and the time is divided by the workers; on a GPU it stacks runs, so the
-measurement trains as many runs in one stack as the sweep would (`train.stack_size`, at most the
+measurement trains as many runs in one stack as the sweep would (`sizing.stack_size`, at most the
 pending runs of that shape). Notebooks that train nothing of their own (02-04 read 01's runs) show
 no time; notebook 04's landscape grids are not estimated.
 """
@@ -26,9 +26,10 @@ import torch
 
 from mulreg.config import RunConfig
 from mulreg.core.devices import on_this_machine, resolve_device
+from mulreg.engine.sizing import stack_size
 from mulreg.engine.stages import all_configs
 from mulreg.engine.sweep import SweepSpec, execution_strategy
-from mulreg.engine.train import stack_size, train_group
+from mulreg.engine.train import train_group
 from mulreg.report.reports import NOTEBOOKS, notebooks, parameters
 from mulreg.results.paper import PROTOCOL
 from mulreg.tools.bench import training_flops_per_image
