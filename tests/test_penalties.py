@@ -10,6 +10,7 @@ import torch
 
 from mulreg.core.models import BinaryCNN
 from mulreg.core.penalties import l2_mul, l2_mul_log, l2_sum, mixed_penalty, penalty, weight_matrices
+from mulreg.protocols import Penalty
 
 NORMS = [None, "f_out", "f_in"]
 COMBOS = list(itertools.product([False, True], NORMS))
@@ -123,7 +124,8 @@ def test_gradcheck(fn, depth, features):
 
 # ---------------------------------------------------------------- mixed penalty
 def lams(s=0.0, m=0.0, g=0.0, dtype=torch.float64):
-    return tuple(torch.tensor(v, dtype=dtype) for v in (s, m, g))
+    kinds = (Penalty.SUM, Penalty.MUL, Penalty.MUL_LOG)
+    return {kind: torch.tensor(v, dtype=dtype) for kind, v in zip(kinds, (s, m, g))}
 
 
 @pytest.mark.parametrize("kind", ["sum", "mul", "mul_log"])
@@ -132,7 +134,7 @@ def test_mixed_penalty_equals_single_kind(kind, depth, features):
     weights = random_weights(2)
     lam = 0.37
     values = dict(s=lam * (kind == "sum"), m=lam * (kind == "mul"), g=lam * (kind == "mul_log"))
-    got = mixed_penalty(weights, *lams(**values), depth_normalization=depth, features_normalization=features)
+    got = mixed_penalty(weights, lams(**values), depth_normalization=depth, features_normalization=features)
     expected = lam * REFERENCE[kind][1](weights, depth, features)
     np.testing.assert_allclose(got.item(), expected, rtol=1e-10)
     g_mixed = torch.autograd.grad(got, weights)
@@ -143,7 +145,7 @@ def test_mixed_penalty_equals_single_kind(kind, depth, features):
 
 def test_mixed_penalty_no_penalty_is_zero():
     weights = random_weights(3)
-    got = mixed_penalty(weights, *lams())
+    got = mixed_penalty(weights, lams())
     assert got.item() == 0
     for g in torch.autograd.grad(got, weights):
         assert torch.equal(g, torch.zeros_like(g))
@@ -156,7 +158,7 @@ def test_mixed_penalty_zero_norm_is_finite_without_log_terms(lam_sum, dtype):
     weights = random_weights(4, dtype=dtype)
     with torch.no_grad():
         weights[1].zero_()
-    value = mixed_penalty(weights, *lams(s=lam_sum, dtype=dtype))
+    value = mixed_penalty(weights, lams(s=lam_sum, dtype=dtype))
     assert torch.isfinite(value)
     assert value.item() == pytest.approx(lam_sum * np_sum(weights, False, None), rel=1e-5)
     for w, g in zip(weights, torch.autograd.grad(value, weights)):
@@ -170,14 +172,14 @@ def test_mixed_penalty_overflowing_product_is_finite_for_other_kinds(depth):
     weights = random_weights(6, scale=1e5, dtype=torch.float32)
     assert not torch.isfinite(l2_mul(weights))  # the plain product does overflow
     for s, g in ((0.1, 0.0), (0.0, 0.1), (0.0, 0.0)):
-        value = mixed_penalty(weights, *lams(s=s, g=g, dtype=torch.float32), depth_normalization=depth)
+        value = mixed_penalty(weights, lams(s=s, g=g, dtype=torch.float32), depth_normalization=depth)
         expected = s * np_sum(weights, depth, None) + g * np_mul_log(weights, depth, None)
         assert torch.isfinite(value)
         assert value.item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
         for grad in torch.autograd.grad(value, weights):
             assert torch.isfinite(grad).all()
     # with λ_mul > 0 the overflow is real (the run diverges) but never silently NaN-free-wrong
-    value = mixed_penalty(weights, *lams(m=1.0, dtype=torch.float32), depth_normalization=depth)
+    value = mixed_penalty(weights, lams(m=1.0, dtype=torch.float32), depth_normalization=depth)
     if not depth:
         assert torch.isinf(value)
     else:  # (Π‖W‖²)^(1/L) is representable: exp of the mean log
@@ -193,7 +195,10 @@ def test_mixed_penalty_batched_over_runs_with_vmap():
     lam_log = torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64)
     with torch.no_grad():
         stacked[2][0].zero_()  # run 0: a zero layer in the sum run only
-    got = torch.func.vmap(lambda ws, a, b, c: mixed_penalty(ws, a, b, c))(stacked, lam_sum, lam_mul, lam_log)
+    def per_run(ws, a, b, c):
+        return mixed_penalty(ws, {Penalty.SUM: a, Penalty.MUL: b, Penalty.MUL_LOG: c})
+
+    got = torch.func.vmap(per_run)(stacked, lam_sum, lam_mul, lam_log)
     r0 = [w[0] for w in stacked]
     expected = [0.5 * np_sum(r0, False, None), 0.25 * np_mul(runs[1], False, None),
                 2.0 * np_mul_log(runs[2], False, None)]
@@ -211,6 +216,8 @@ def test_l1_value_and_gradient_against_numpy():
     value.backward()
     for w, a in zip(weights, arrays):
         np.testing.assert_array_equal(w.grad.numpy(), np.sign(a))  # d|w|/dw = sign(w)
-    mixed = mixed_penalty([w.detach() for w in weights], *(torch.tensor(0.0, dtype=torch.float64),) * 3,
-                          torch.tensor(0.5, dtype=torch.float64))
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    lams = {Penalty.SUM: zero, Penalty.MUL: zero, Penalty.MUL_LOG: zero,
+            Penalty.L1: torch.tensor(0.5, dtype=torch.float64)}
+    mixed = mixed_penalty([w.detach() for w in weights], lams)
     assert mixed.item() == pytest.approx(0.5 * value.item())

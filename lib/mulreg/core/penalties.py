@@ -71,22 +71,27 @@ def penalty(kind: str, weights, depth_normalization=False, features_normalizatio
     return PENALTY_FUNCTIONS[Penalty(kind)](weights, depth_normalization, features_normalization)
 
 
-def mixed_penalty(weights, lam_sum, lam_mul, lam_log, lam_l1=None, depth_normalization=False,
-                  features_normalization=None):
-    """λ_sum·R_sum + λ_mul·R_mul + λ_log·R_log + λ_l1·R_l1 for runs trained together, each with one λ
-    non-zero.
+def mixed_penalty(weights, lams: dict[Penalty, torch.Tensor], depth_normalization=False,
+                  features_normalization=None) -> torch.Tensor:
+    """Σ_kind λ_kind·R_kind(W) for runs trained together, each with at most one λ non-zero: `lams`
+    holds a λ per run for each kind of `PENALTY_FUNCTIONS` that a run of the stack may use (a kind
+    left out costs nothing, rather than being multiplied by 0).
 
-    R_mul is computed as exp(Σ log ‖W_i‖²) with the exponent masked to 0 where λ_mul = 0, so a run
-    of another kind never meets inf · 0 (which would turn its gradient into NaN).
+    R_mul and R_log take the logs of ‖W_i‖² only where their λ > 0 (elsewhere of 1), and R_mul is
+    exp(Σ log ‖W_i‖²): a run of another kind never meets 0·log 0 or inf · 0, which would turn its
+    value or its gradient into NaN.
     """
+    total = weights[0].new_zeros(())
+    for kind, lam in lams.items():
+        total = total + lam * _masked(kind, weights, lam > 0, depth_normalization, features_normalization)
+    return total
+
+
+def _masked(kind: Penalty, weights, used: torch.Tensor, depth_normalization, features_normalization):
+    """R_kind(W) per run, its logs taken only where `used` (`mixed_penalty`)."""
+    if kind not in (Penalty.MUL, Penalty.MUL_LOG):
+        return PENALTY_FUNCTIONS[kind](weights, depth_normalization, features_normalization)
     n = squared_norms(weights, features_normalization)
     depth = n.shape[-1] if depth_normalization else 1
-    # logs only for runs that use them: a zero norm in a run with λ_mul = λ_log = 0 must not give
-    # 0·log 0 = NaN (in the value and, through 0·(1/0), in the gradient)
-    uses_log = (lam_mul > 0) | (lam_log > 0)
-    log_sum = torch.where(uses_log, n, torch.ones_like(n)).log().sum(-1) / depth
-    r_mul = torch.where(lam_mul > 0, log_sum, torch.zeros_like(log_sum)).exp()
-    penalty = lam_sum * n.sum(-1) / depth + lam_mul * r_mul + lam_log * log_sum
-    if lam_l1 is None:  # no run of the stack uses L1: its term is left out, not multiplied by 0
-        return penalty
-    return penalty + lam_l1 * absolute_sums(weights, features_normalization).sum(-1) / depth
+    log_sum = torch.where(used[..., None], n, torch.ones_like(n)).log().sum(-1) / depth  # Σ log ‖W_i‖², Eq. 4
+    return log_sum.exp() if kind == Penalty.MUL else log_sum  # Π ‖W_i‖² (Eq. 6) as exp Σ log

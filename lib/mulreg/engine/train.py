@@ -43,7 +43,7 @@ from mulreg.engine.result import Checkpoints, RunResult
 from mulreg.engine.sizing import group_key, vectorizable
 from mulreg.engine.stack import RunState, Stack, upgraded
 from mulreg.progress import bar as progress_bar
-from mulreg.protocols import EFF_LR, NORM, StopReason
+from mulreg.protocols import EFF_LR, NORM, PENALIZED, StopReason
 
 EVAL_IMAGES = 4096  # images (summed over runs) per evaluation forward pass
 MIN_EVAL_CHUNK = 256  # images per run per evaluation pass at least, however many runs a stack holds
@@ -245,8 +245,8 @@ class _Engine:
         (#correct, #correct among flipped labels))."""
         out, weights = functional_call(self.model, (params, buffers), (x,), {"with_weights": True})
         data = (out - y).square().mean()
-        reg = mixed_penalty(weights, hyper["lam_sum"], hyper["lam_mul"], hyper["lam_mul_log"], hyper.get("lam_l1"),
-                            **self.norm_kwargs)
+        lams = {kind: hyper[f"lam_{kind}"] for kind in PENALIZED if f"lam_{kind}" in hyper}
+        reg = mixed_penalty(weights, lams, **self.norm_kwargs)
         return data + reg, (data, reg, metrics.correct_counts(out, y, flipped, self.binary))
 
     @torch.no_grad()

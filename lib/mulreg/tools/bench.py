@@ -147,47 +147,15 @@ def timed(fn, repeats: int) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n-train", type=int, default=4000, help="training pool (80%% trained on, 20%% validation)")
-    p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--ks", type=int, nargs="+", default=[2, 4], help="runs per sweep for (c) and (d)")
-    p.add_argument("--slots", type=int, default=2, help="slots of (d)'s stack, refilled as runs finish")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
-    args = p.parse_args(argv)
-
+    args = _arguments(argv)
     device = resolve_device(args.device)
     base = RunConfig.parse(dict(n_train=args.n_train, n_test=args.n_test, max_epochs=args.epochs,
                                 early_stopping=None, penalty="mul", lam=5e-7, device=device.type))
     images = round(args.n_train * (1 - base.val_fraction)) * args.epochs  # trained images per run
-
-    compiled = base.replace(compile=True)
-
-    def sweep(k: int, config: RunConfig, **how):
-        def go():
-            with tempfile.TemporaryDirectory() as store:
-                run(SweepSpec(base=config.model_dump(), grid={"seed": list(range(1, k + 1))}, store=store, **how),
-                    progress=False)
-        return go
-
-    refilled = {"group_size": args.slots, "strategy": "inline"}  # one process, `slots` runs stacked with vmap
-
-    variants = {
-        "(a) authors-style loop": (1, lambda: reference_loop(base, args.epochs, device)),
-        "(b) mulreg.engine.train": (1, lambda: train(base, progress=False)),
-        "(b) mulreg.engine.train, compiled": (1, lambda: train(compiled, progress=False)),
-        **{f"(c) sweep, K={k}": (k, sweep(k, base)) for k in args.ks},
-        **{f"(c) sweep, K={k}, compiled": (k, sweep(k, compiled)) for k in args.ks},
-        **{f"(d) refilled stack, K={k} in {args.slots} slots": (k, sweep(k, base, **refilled))
-           for k in args.ks if k > args.slots},
-        **{f"(d) refilled stack, K={k} in {args.slots} slots, compiled": (k, sweep(k, compiled, **refilled))
-           for k in args.ks if k > args.slots},
-    }
+    variants = _variants(args, base, device)
     # warm-up of this process (data cache, kernels, compiled graphs); sweep workers start clean and
     # compile their own graphs within (c)'s time
-    for config in (base, compiled):
+    for config in (base, base.replace(compile=True)):
         train(config.replace(max_epochs=1), progress=False)
     flops = training_flops_per_image(base)
     environment = provenance.environment(device)  # host, CPU model and its matmul probe
@@ -213,6 +181,44 @@ def main(argv=None) -> int:
                                "rows": rows}, indent=1))
     print(f"written to {out}")
     return 0
+
+
+def _arguments(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-train", type=int, default=4000, help="training pool (80%% trained on, 20%% validation)")
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ks", type=int, nargs="+", default=[2, 4], help="runs per sweep for (c) and (d)")
+    p.add_argument("--slots", type=int, default=2, help="slots of (d)'s stack, refilled as runs finish")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
+    return p.parse_args(argv)
+
+
+def _variants(args: argparse.Namespace, base: RunConfig, device: torch.device) -> dict:
+    """variant name → (runs, a function that trains them once)."""
+    compiled = base.replace(compile=True)
+
+    def sweep(k: int, config: RunConfig, **how):
+        def go():
+            with tempfile.TemporaryDirectory() as store:
+                run(SweepSpec(base=config.model_dump(), grid={"seed": list(range(1, k + 1))}, store=store, **how),
+                    progress=False)
+        return go
+
+    refilled = {"group_size": args.slots, "strategy": "inline"}  # one process, `slots` runs stacked with vmap
+    return {
+        "(a) authors-style loop": (1, lambda: reference_loop(base, args.epochs, device)),
+        "(b) mulreg.engine.train": (1, lambda: train(base, progress=False)),
+        "(b) mulreg.engine.train, compiled": (1, lambda: train(compiled, progress=False)),
+        **{f"(c) sweep, K={k}": (k, sweep(k, base)) for k in args.ks},
+        **{f"(c) sweep, K={k}, compiled": (k, sweep(k, compiled)) for k in args.ks},
+        **{f"(d) refilled stack, K={k} in {args.slots} slots": (k, sweep(k, base, **refilled))
+           for k in args.ks if k > args.slots},
+        **{f"(d) refilled stack, K={k} in {args.slots} slots, compiled": (k, sweep(k, compiled, **refilled))
+           for k in args.ks if k > args.slots},
+    }
 
 
 def _strategy_verdict(rows: list[dict]) -> list[str]:
