@@ -114,3 +114,17 @@ def test_every_module_imports_alone_and_landscape_needs_no_plotting():
     for snippet in (check, code):
         out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
+
+
+MOST_LINES = 470  # a module (the "about 450")
+MOST_FUNCTION_LINES = 60
+LOOP_COLUMNS = 100  # engine/loop.py, the file read first
+
+
+def test_modules_and_functions_stay_short_and_the_loop_narrow():
+    long_modules = {m: n for m in MODULES if (n := len(source_of(m).splitlines())) > MOST_LINES}
+    long_functions = [f"{m}.{node.name}: {node.end_lineno - node.lineno + 1}" for m in MODULES
+                      for node in ast.walk(ast.parse(source_of(m)))
+                      if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > MOST_FUNCTION_LINES]
+    wide = [i for i, line in enumerate(source_of("mulreg.engine.loop").splitlines(), 1) if len(line) > LOOP_COLUMNS]
+    assert (long_modules, long_functions, wide) == ({}, [], [])
