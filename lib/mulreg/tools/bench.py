@@ -132,11 +132,6 @@ def kernel_floor(config: RunConfig, device: torch.device, steps: int = 100) -> f
     return workers * config.batch_size / seconds
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
