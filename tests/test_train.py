@@ -542,3 +542,33 @@ def test_a_checkpoint_written_before_the_optimiser_state_was_renamed_still_resum
     resumed = train(cfg, root=tiny_cifar_image_folder, checkpoints=checkpoints, progress=False)
     pd.testing.assert_frame_equal(resumed.history, whole.history)
     assert all(torch.equal(resumed.state_dict[k], whole.state_dict[k]) for k in whole.state_dict)
+
+
+# ---------------------------------------------------------------- a horizon counted from the escape
+def test_a_horizon_counted_from_the_escape_stops_engine_and_loop_alike(tiny_cifar_image_folder):
+    """`epochs_after_escape`: a run trains that many epochs past the first epoch whose training
+    accuracy leaves chance level, at most `max_epochs`; the engine (alone and in a stack whose runs
+    stop at different epochs) and the plain loop agree epoch for epoch."""
+    margin = 0.02
+    configs = [config(seed=s, lr=0.05, max_epochs=8, chance_margin=margin, epochs_after_escape=2, batch_size=3)
+               for s in (1, 2, 3)]
+    stacked = train_group(configs, root=tiny_cifar_image_folder, progress=False)
+    for cfg, result in zip(configs, stacked):
+        h = result.history
+        left = h.index[h["train_acc"] > 0.5 + margin]
+        expected = min(int(left[0]) + 1 + 2, 8) if len(left) else 8
+        assert len(h) == expected
+        assert result.stop_reason == ("after_escape" if len(left) and expected < 8 else
+                                      "chance_level" if not len(left) else result.stop_reason)
+        _, ref = train_plain(cfg, root=tiny_cifar_image_folder)
+        assert len(ref) == len(h)
+        for col in ref.columns:
+            np.testing.assert_allclose(h[col], ref[col], rtol=1e-4, atol=1e-6, err_msg=col)
+    assert any(r.stop_reason == "after_escape" for r in stacked)
+    assert configs[0].key() != configs[0].replace(epochs_after_escape=None).key()
+
+
+def test_divergence_reads_no_test_column():
+    """The engine and the plain loop stop on training and validation losses only."""
+    from mulreg.engine.loop import LOSSES
+    assert "test_loss" not in LOSSES and {"train_loss", "val_loss"} <= set(LOSSES)

@@ -34,7 +34,7 @@ Monitor = Literal["val_acc", "val_loss", "test_acc"]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
 # fields added after stores existed: left out of the run key at their default, so old keys stay valid
-KEY_OMITS_DEFAULT = ("classes", "augment", "effective_lr")
+KEY_OMITS_DEFAULT = ("classes", "augment", "effective_lr", "epochs_after_escape")
 # where and how a run is computed: not part of its key
 HOW = ("device", "compile", "compile_mode", "deterministic", "memory_format")
 
@@ -88,6 +88,9 @@ class RunConfig(_Strict):
     momentum: float = Field(0.0, ge=0, lt=1)
     batch_size: int = Field(16, ge=1)
     max_epochs: int = Field(2000, ge=1)
+    # stop this many epochs after the run leaves chance level (`mulreg.core.epochs.escape_epoch`), at most
+    # `max_epochs`: a horizon counted from the end of the chance plateau (docs/PREREGISTRATION-2.md)
+    epochs_after_escape: int | None = Field(None, ge=1)
     early_stopping: EarlyStopping | None = EarlyStopping()
     val_fraction: float = Field(0.2, ge=0, lt=1)
     n_train: int | None = Field(None, ge=2)  # cap on the training pool (before the split)

@@ -35,6 +35,7 @@ class StopReason(StrEnum):
 
     MAX_EPOCHS = "max_epochs"
     EARLY_STOPPED = "early_stopped"
+    AFTER_ESCAPE = "after_escape"  # trained `epochs_after_escape` epochs past its escape from chance
     DIVERGED = "diverged"  # a loss became inf or NaN
     CHANCE_LEVEL = "chance_level"  # training accuracy never left chance level (`mulreg.core.epochs`)
 

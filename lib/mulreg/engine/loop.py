@@ -17,12 +17,13 @@ import torch
 
 from mulreg.config import RunConfig
 from mulreg.core.data import augment, augment_draws, generator, pool_for, split_run
+from mulreg.core.epochs import CHANCE
 from mulreg.core.metrics import correct, relative_update, squared_error
 from mulreg.core.models import build_model, direction_parameters, layer_names
 from mulreg.core.penalties import penalty
 from mulreg.protocols import EFF_LR, Split
 
-LOSSES = ("train_loss", "val_loss", "test_loss")  # a run whose loss is not finite has diverged
+LOSSES = ("train_loss", "val_loss")  # a run whose loss is not finite has diverged (never read on the test set)
 
 
 def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataFrame]:
@@ -37,15 +38,20 @@ def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataF
     best = math.inf
     best_epoch = 0
     best_state = None
+    escaped = math.inf  # the epoch the run left chance level
     rows = []
     for epoch in range(1, config.max_epochs + 1):
         row = {"epoch": epoch}
         row |= _train_epoch(config, model, opt, pool, run, y, epoch)
         row |= _evaluate(model, pool, run, y)
         rows.append(row)
-        # ---- stop: divergence, early stopping
+        # ---- stop: divergence, a horizon counted from the escape, early stopping
         if not all(math.isfinite(v) for c, v in row.items() if c in LOSSES):
             break  # diverged
+        if escaped == math.inf and row["train_acc"] > CHANCE[pool.task] + config.chance_margin:
+            escaped = epoch
+        if config.epochs_after_escape and epoch - escaped >= config.epochs_after_escape:
+            break  # trained the set number of epochs past the chance plateau
         if es is None:
             continue
         value = row[es.monitor] * (-1 if es.monitor.endswith("acc") else 1)  # lower is better

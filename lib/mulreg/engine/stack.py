@@ -12,6 +12,8 @@ import torch
 from torch.utils._pytree import tree_map
 
 from mulreg.config import RunConfig
+from mulreg.core.epochs import CHANCE
+from mulreg.engine.loop import LOSSES
 from mulreg.protocols import PENALIZED, Penalty, StopReason
 
 OLD_OPTIMIZER_KEY = "slots"  # what checkpoints written before 2026-11-29 call the optimiser state
@@ -49,16 +51,23 @@ class RunState:
         return tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t,
                         {f: getattr(self, f) for f in fields})
 
+    def escaped(self) -> float:
+        """The epoch this run left chance level (`mulreg.core.epochs.escape_epoch`), inf before it has."""
+        above = CHANCE[self.config.task] + self.config.chance_margin
+        return next((i + 1 for i, row in enumerate(self.history) if row["train_acc"] > above), math.inf)
+
     def observe(self, row: dict, weights_k: dict, test_correct: torch.Tensor) -> None:
         """Record one epoch and apply divergence, early stopping and the epoch limit."""
         self.epoch += 1
         self.history.append(row)
         self.test_correct.append(test_correct)
         es = self.config.early_stopping
-        if not all(math.isfinite(row[c]) for c in ("train_loss", "val_loss", "test_loss") if c in row):
+        if not all(math.isfinite(row[c]) for c in LOSSES if c in row):
             self.stop_reason = StopReason.DIVERGED
             return
-        if es is not None:
+        if self.config.epochs_after_escape and self.epoch - self.escaped() >= self.config.epochs_after_escape:
+            self.stop_reason = StopReason.AFTER_ESCAPE
+        if es is not None and not self.stop_reason:
             value = row[es.monitor] * (-1 if es.monitor.endswith("acc") else 1)  # lower is better
             if self.best is None or value < self.best - es.min_delta:
                 self.best, self.best_epoch = value, self.epoch
