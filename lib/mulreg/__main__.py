@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -65,16 +66,31 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--fresh", action="store_true", help="as on a fresh clone: count the runs already stored too")
 
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         commands = {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures, "estimate": _estimate}
         return commands[args.command](args)
     except MulregError as err:  # anticipated: bad input, missing data, unavailable device
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (`_terminated`): workers already stopped
         print("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume",
               file=sys.stderr)
-        return 130
+        return 128 + getattr(stop, "signum", signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the sweep stops its workers (or its Ray tasks), keeps what is
+    finished and checkpointed, and exits with 128 + 15."""
+
+    signum = signal.SIGTERM
+
+
+def _terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
 
 
 def _train(args) -> int:

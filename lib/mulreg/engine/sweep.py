@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -277,6 +278,19 @@ def _init_worker(counter) -> None:
     global _epochs_done
     _epochs_done = counter
     torch.set_num_threads(1)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: this worker is killed when its parent (the forkserver, which exits with the sweep) dies,
+    so a sweep killed outright (SIGKILL) leaves no worker training on."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _count_epochs(n: int) -> None:
@@ -310,21 +324,36 @@ def _run_processes(groups, store: Store, spec: SweepSpec, bar: tqdm, epochs: tqd
     reported: set[str] = set()
     ctx = _worker_context()
     counter = ctx.Value("q", 0)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,))
+    errors = []
+    try:
         futures = {pool.submit(_worker, g, str(store.root), store.every, root) for g in groups}
-        errors = []
-        try:
-            while futures:
-                finished, futures = wait(futures, timeout=1, return_when=FIRST_COMPLETED)
-                errors += [f.exception() for f in finished if f.exception()]
-                epochs.update(counter.value - epochs.n)
-                _report_new(store, keys, reported, bar)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+        while futures:
+            finished, futures = wait(futures, timeout=1, return_when=FIRST_COMPLETED)
+            errors += [f.exception() for f in finished if f.exception()]
+            epochs.update(counter.value - epochs.n)
+            _report_new(store, keys, reported, bar)
+    except BaseException:  # Ctrl-C, SIGTERM (`mulreg.__main__`) or an error here: no worker trains on
+        _stop_workers(pool)
+        raise
+    pool.shutdown()
     _report_new(store, keys, reported, bar)
     if errors:  # the other groups ran on; the finished runs are stored
         raise RuntimeError(f"{len(errors)} of {len(groups)} groups failed; first error: {errors[0]!r}") from errors[0]
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the pool's workers now (their runs' checkpoints are kept, their claims freed by the OS),
+    rather than waiting for their groups to finish as `shutdown` would."""
+    processes = list((pool._processes or {}).values())
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _report_new(store: Store, keys: list[str], reported: set[str], bar: tqdm) -> None:

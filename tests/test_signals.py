@@ -1,0 +1,85 @@
+"""SIGTERM to a sweep (issue 28, 'Processes that outlive the sweep'): its whole process tree ends
+(forkserver, workers), its run locks are free, it says what Ctrl-C says, and a rerun completes with
+nothing trained twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mulreg.engine.store import Store
+from mulreg.engine.sweep import SweepSpec
+
+BASE = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, init_scale=0.5, lr=0.01, device="cpu",
+            early_stopping=None, penalty="mul", lam=1e-6)
+
+
+def group_members(pgid: int) -> list[str]:
+    """Live processes (not zombies) of process group `pgid`: 'pid command' each."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        if int(rest[2]) == pgid and rest[0] != "Z":
+            out.append(f"{stat.parent.name} {name}")
+    return out
+
+
+def wait_until(condition, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
+def test_sigterm_ends_the_sweeps_process_tree_frees_its_locks_and_a_rerun_completes(
+        tmp_path, tiny_cifar_image_folder):
+    spec = SweepSpec(base={**BASE, "max_epochs": 150}, grid={"seed": [1, 2, 3, 4]}, store=str(tmp_path / "store"),
+                     strategy="processes", workers=2, group_size=1, checkpoint_every=1)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(spec.model_dump_json())
+    env = {**os.environ, "MULREG_DATA": str(tiny_cifar_image_folder)}
+    store = Store(spec.store)
+    keys = [c.key() for c in spec.configs()]
+    proc = subprocess.Popen([sys.executable, "-m", "mulreg", "sweep", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        assert wait_until(lambda: any(store.checkpoint_path(k).exists() for k in keys) or proc.poll() is not None,
+                          240), "no worker wrote a checkpoint"
+        assert proc.poll() is None, "the sweep finished before it could be terminated: make it longer"
+        assert len(group_members(proc.pid)) >= 3, group_members(proc.pid)  # the sweep, a forkserver, workers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        wait_until(lambda: not group_members(proc.pid), 20)
+        left = group_members(proc.pid)
+        assert not left, f"processes of the sweep still running after SIGTERM: {left}"
+    finally:
+        if group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and "interrupted: finished runs and checkpoints are kept" in err, err
+    assert len(keys) > sum(store.is_complete(k) for k in keys), "every run finished before SIGTERM"
+    with store.claim(keys, only_incomplete=False) as free:
+        assert free == keys, "run locks still held after SIGTERM"
+    stored = set(store.keys())
+    time.sleep(1)
+    assert set(store.keys()) == stored, "something still writes into the store"
+
+    rerun = subprocess.run([sys.executable, "-m", "mulreg", "sweep", str(path)], capture_output=True, text=True,
+                           env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(p.name for p in (store.root / "runs").iterdir()) == sorted(keys)  # each once, no leftovers
+    assert not list((store.root / "checkpoints").iterdir())
+    assert all(store.load(k).metrics["epochs"] == 150 for k in keys)
