@@ -214,3 +214,18 @@ def test_a_notebook_parameter_of_the_wrong_type_or_value_is_refused_before_any_n
     out = mulreg("figures", "--profile", "smoke", "--nb", "01", "-p", name, value)
     assert_one_message(out, shown, "01_noise_robustness")
     assert "[1/" not in out.stdout and "Estimate" not in out.stdout
+
+
+# ---- issue 28: nothing silent
+@pytest.mark.parametrize("text, named", [
+    ("base: {device: cpu, penalty: mul, lam: .inf}\ngrid: {seed: [1]}\n", "lam: got inf"),
+    ("base: {device: cpu, penalty: mul}\ngrid: {lam: [1.0e-3, .inf]}\n", "grid.lam: inf is not a finite number"),
+    ("base: {device: cpu, penalty: sum}\ngrid: {lam: {sum: [.nan]}}\n", "grid.lam.sum: nan is not a finite number"),
+    ("base: {device: cpu}\ngrid: {lr: [.inf]}\n", "grid.lr: inf is not a finite number"),
+])
+def test_a_sweep_value_that_is_not_a_finite_number_is_refused_naming_file_and_key(tmp_path, text, named):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"store: {tmp_path / 'store'}\n{text}")
+    out = mulreg("sweep", str(path))
+    assert_one_message(out, str(path), named)
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "store").exists()

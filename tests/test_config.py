@@ -238,3 +238,17 @@ def test_train_command_rejects_a_bad_pair_in_one_line(pair, shown, tmp_path):
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "classes" in out.stderr and shown in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"lam": float("inf"), "penalty": "mul"}, "lam"),
+    ({"lam": float("nan"), "penalty": "sum"}, "lam"),
+    ({"lr": float("inf")}, "lr"),
+    ({"init_scale": float("inf")}, "init_scale"),
+    ({"model": {"width": float("inf")}}, "model.width"),
+    ({"early_stopping": {"min_delta": float("inf")}}, "early_stopping.min_delta"),
+])
+def test_a_number_that_is_not_finite_is_refused_naming_the_field(values, field):
+    """Issue 28: `lam: .inf` was accepted, stored as null, listed as λ 0 and crashed the sweep."""
+    with pytest.raises(ConfigError, match=rf"^invalid run configuration: {re.escape(field)}: got .*finite number"):
+        RunConfig.parse(values)

@@ -49,7 +49,8 @@ class ConfigError(MulregError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
+    # allow_inf_nan: every float is a finite number (`lam: .inf` is refused here, naming the field)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class EarlyStopping(_Strict):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -40,7 +41,7 @@ from mulreg.protocols import Penalty
 class SweepSpec(BaseModel):
     """A sweep file: what to run, where to store it, and how to execute it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     base: dict[str, Any] = {}
     grid: dict[str, Any] = {}
@@ -74,7 +75,11 @@ class SweepSpec(BaseModel):
             raise ConfigError(f"{path}: " + describe(err)) from None
         for where, grid in [("grid", spec.grid)] + [(f"arms[{i}]", arm) for i, arm in enumerate(spec.arms)]:
             check_axes(grid, f"{path}: {where}")
-        if not spec.configs():
+        try:
+            configs = spec.configs()
+        except ConfigError as err:  # a base value, or a grid point, that is no valid run
+            raise ConfigError(f"{path}: {err}") from None
+        if not configs:
             raise ConfigError(f"{path}: the sweep expands to no runs (grid {spec.grid}, {len(spec.arms)} arms)")
         return spec
 
@@ -122,6 +127,9 @@ def check_axes(grid: dict[str, Any], where: str) -> None:
                 raise ConfigError(f"{where}.{name}: a grid axis is a list of values, got {v!r}")
             if not v:
                 raise ConfigError(f"{where}.{name}: an empty list makes a sweep of no runs; give at least one value")
+            odd = [x for x in v if isinstance(x, float) and not math.isfinite(x)]
+            if odd:
+                raise ConfigError(f"{where}.{name}: {odd[0]!r} is not a finite number")
             repeated = sorted({repr(x) for x in v if v.count(x) > 1})
             if repeated:
                 raise ConfigError(f"{where}.{name}: repeats {', '.join(repeated)}; list each value once")
