@@ -118,12 +118,13 @@ def git_commit() -> str | None:
     return git_state()[0]
 
 
-@functools.lru_cache(maxsize=1)
-def prereg_commit() -> str | None:
-    """The commit that last changed docs/PREREGISTRATION.md (None outside a git checkout), which
-    every report prints: the pre-registration a verdict was judged under."""
+@functools.lru_cache(maxsize=None)
+def prereg_commit(document: str | None = None) -> str | None:
+    """The commit that last changed `document` (default docs/PREREGISTRATION.md; None outside a git
+    checkout), which every report prints: the pre-registration a verdict was judged under."""
     try:
-        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "-1", "--format=%H %cI", "--", PREREGISTRATION],
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "-1", "--format=%H %cI", "--",
+                              document or PREREGISTRATION],
                              capture_output=True, text=True, check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

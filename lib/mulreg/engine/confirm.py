@@ -41,6 +41,7 @@ class Confirmation(BaseModel):
     seeds: list[int] = Field(min_length=1)
     label_noise: list[float] = Field(min_length=1)
     rule: str = HEADLINE  # the epoch rule whose validation twin chooses λ
+    preregistration: str = provenance.PREREGISTRATION  # the document that registered this stage, committed first
 
     @field_validator("rule")
     @classmethod
@@ -114,7 +115,8 @@ def plan(selection_runs: pd.DataFrame, confirmation: Confirmation, store_root: s
     where.mkdir(parents=True, exist_ok=True)
     selection.to_csv(where / "selection.csv", index=False)
     record = derived | {"created": provenance.timestamp(time.time()), "git_commit": provenance.git_commit(),
-                        "prereg_commit": provenance.prereg_commit()}
+                        "preregistration": confirmation.preregistration,
+                        "prereg_commit": provenance.prereg_commit(confirmation.preregistration)}
     tmp = where / "plan.json.tmp"
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(where / "plan.json")
