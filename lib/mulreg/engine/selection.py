@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from mulreg.core.epochs import HEADLINE, RULES, val_twin
@@ -45,14 +46,15 @@ def select(runs: pd.DataFrame, rule: str = HEADLINE, by: Sequence[str] = GROUP,
            setting: str = "lam") -> pd.DataFrame:
     """One row per group in `by`: the chosen `setting`, `selected_on` (the column the choice read)
     and its mean `selection_mean`, `reported` (= `rule`) with the chosen setting's `mean`, `std`
-    and `n_used` runs, and the group's `n_runs` and `n_excluded` (failed runs). A group with no
-    eligible setting has NaN in its setting and mean."""
+    and `n_used` runs, the group's `n_runs` and `n_excluded` (failed runs), and `grid_end`. A group
+    with no eligible setting has NaN in its setting and mean."""
     by = list(by)
     on = SELECTED_ON[rule]
     if on not in runs:
         raise KeyError(f"select: the runs table has no column {on!r} to select {rule!r} on "
                        "(read the histories first: mulreg.results.stats.with_rules)")
-    runs = runs.assign(_failed=failed(runs, on) | failed(runs, rule))
+    # eligibility reads what the choice reads: the validation twin (never a test column) or, as the paper, the test
+    runs = runs.assign(_failed=failed(runs, on) | (failed(runs, rule) if reads_test(rule) else False))
     if reads_test(rule):  # as the paper: failed runs discarded one by one
         usable = runs[~runs["_failed"]]
     else:  # a setting counts only if every run of it learned
@@ -65,7 +67,19 @@ def select(runs: pd.DataFrame, rule: str = HEADLINE, by: Sequence[str] = GROUP,
             .groupby(by).head(1))
     counts = runs.groupby(by).agg(n_runs=("_failed", "size"), n_excluded=("_failed", "sum")).reset_index()
     out = counts.merge(best, on=by, how="left").assign(selected_on=on, reported=rule)
-    return out.sort_values(by).reset_index(drop=True)
+    return grid_end(out, runs, by, setting).sort_values(by).reset_index(drop=True)
+
+
+def grid_end(best: pd.DataFrame, runs: pd.DataFrame, by: Sequence[str] = GROUP, setting: str = "lam") -> pd.DataFrame:
+    """`best` with `grid_end`: 'strongest' or 'weakest' where the chosen setting is the largest or
+    smallest of its group's grid (a better one may lie beyond it), empty inside, for a one-value
+    grid or without a choice."""
+    by = list(by)
+    grid = runs.groupby(by)[setting].agg(["min", "max", "nunique"]).reset_index()
+    merged = best.merge(grid, on=by, how="left")
+    end = np.where(merged[setting] == merged["max"], "strongest",
+                   np.where(merged[setting] == merged["min"], "weakest", ""))
+    return best.assign(grid_end=np.where(merged["nunique"].to_numpy() > 1, end, ""))
 
 
 def chosen_runs(runs: pd.DataFrame, best: pd.DataFrame, by: Sequence[str] = GROUP,

@@ -15,10 +15,10 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from mulreg.engine import selection
-from mulreg.results.claims import ALPHA, LEVEL, decide, test
 from mulreg.core.epochs import HEADLINE, RULES, val_twin
+from mulreg.engine import selection
 from mulreg.protocols import EFF_LR, PENALTY_NAMES, Penalty
+from mulreg.results.claims import ALPHA, LEVEL, decide, test
 
 ARM, SETTING, NETWORK = "arm", "setting", "network"
 BY = (ARM, "label_noise")
@@ -107,13 +107,9 @@ def select(runs: pd.DataFrame, metric: str = HEADLINE) -> pd.DataFrame:
     arm's setting: on validation unless the rule reads the test set), `n_setting`: the runs of the
     chosen setting (used or not), and `grid_end`: 'strongest' or 'weakest' where the chosen setting
     is at an end of its arm's grid (a better one may lie beyond it), empty inside or for one setting."""
-    best = selection.select(runs, metric, by=BY, setting=SETTING)
-    grid = runs.groupby(list(BY))[SETTING].agg(["min", "max", "nunique"]).reset_index()
+    best = selection.select(runs, metric, by=BY, setting=SETTING)  # with its grid_end
     per_setting = runs.groupby([*BY, SETTING]).size().rename("n_setting").reset_index()
-    best = best.merge(grid, on=list(BY), how="left").merge(per_setting, on=[*BY, SETTING], how="left")
-    end = np.where(best[SETTING] == best["max"], "strongest", np.where(best[SETTING] == best["min"], "weakest", ""))
-    best["grid_end"] = np.where(best["nunique"] > 1, end, "")
-    return ordered(best.drop(columns=["min", "max", "nunique"]))
+    return ordered(best.merge(per_setting, on=[*BY, SETTING], how="left"))
 
 
 def chosen_runs(runs: pd.DataFrame, metric: str = HEADLINE) -> pd.DataFrame:

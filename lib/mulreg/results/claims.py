@@ -72,13 +72,16 @@ def permutation_pvalue(diffs: Sequence[float]) -> float:
     return float(np.mean(flipped >= observed - 1e-12))
 
 
-def holm(pvalues: Sequence[float]) -> np.ndarray:
+def holm(pvalues: Sequence[float], family: int | None = None) -> np.ndarray:
     """Holm's step-down adjustment of the finite p values among `pvalues` (NaN stays NaN):
-    sorted ascending, p_(i) × (m − i + 1), made monotone, capped at 1."""
+    sorted ascending, p_(i) × (m − i + 1), made monotone, capped at 1. m is the registered
+    `family` size (every hypothesis registered in the family, tested or not; default: those tested)."""
     p = np.asarray(pvalues, dtype=float)
     out = np.full(len(p), math.nan)
     tested = np.flatnonzero(~np.isnan(p))
-    m = len(tested)
+    m = len(tested) if family is None else family
+    if m < len(tested):
+        raise ValueError(f"holm: {len(tested)} p values tested in a family registered with {m} hypotheses")
     running = 0.0
     for rank, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
         running = max(running, min(1.0, (m - rank) * p[i]))
@@ -125,15 +128,55 @@ def test(diffs: Sequence[float], level: float = LEVEL) -> dict:
 
 
 def decide(rows: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
-    """One family of `test` rows: Holm-adjusted p (`p_holm`, over the rows with a p), `outcome`,
-    and `resolvable`: the smallest gap resolvable at Holm's first-step level α/m."""
+    """One registered family of `test` rows (every hypothesis of the family, tested or not):
+    Holm-adjusted p (`p_holm`, m = the family's size), `outcome`, and `resolvable`: the smallest
+    gap resolvable at Holm's first-step level α/m (a rough guide: its sd has n − 1 degrees of freedom)."""
     rows = rows.copy()
-    rows["p_holm"] = holm(rows["p"].to_numpy())
-    m = int(rows["p"].notna().sum())
+    m = len(rows)
+    rows["p_holm"] = holm(rows["p"].to_numpy(), m)
     rows["family"] = m
     rows["resolvable"] = [resolvable_gap(sd, n, alpha / max(m, 1)) for sd, n in zip(rows["sd"], rows["n"])]
     rows["outcome"] = [_outcome(r, alpha) for r in rows.to_dict("records")]
     return rows
+
+
+def against(diffs: Sequence[float], claimed: float, level: float = LEVEL) -> dict:
+    """What the data exclude about a claimed true difference: the one-sided paired test of "the
+    true mean is at least `claimed`" (`p_excl` = P(T ≤ t), t = (mean − claimed)/(sd/√n); the exact
+    one-sided sign-flip p where every difference is equal) and `excluded_above`: the one-sided
+    `level` upper bound mean + t_level·sd/√n, above which every true mean is excluded. NaN below
+    `MIN_PAIRS` pairs."""
+    d = _finite(diffs)
+    n = len(d)
+    if n < MIN_PAIRS:
+        return {"p_excl": math.nan, "excluded_above": math.nan}
+    shifted = d - claimed
+    sd = d.std(ddof=1)
+    if sd == 0:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+        p = float(np.mean((signs * shifted).mean(axis=1) <= shifted.mean() + 1e-12))
+        return {"p_excl": p, "excluded_above": float(d.mean())}
+    se = sd / math.sqrt(n)
+    p = float(stats.t.cdf(shifted.mean() / se, n - 1))
+    return {"p_excl": p, "excluded_above": float(d.mean() + stats.t.ppf(level, n - 1) * se)}
+
+
+def exclusion(table: pd.DataFrame, claimed: dict[tuple[str, str], float], alpha: float = ALPHA) -> pd.DataFrame:
+    """For every row of `claims`' table with a published difference in `claimed` ({(claim, noise):
+    points}, `paper_gaps`): `paper`, the one-sided test against it (`against`), Holm over the rows
+    of each rule that have a published difference (their own family: `family_excl`), and `excludes`:
+    whether the data exclude the published difference at family-wise `alpha`."""
+    keyed = table.assign(paper=[claimed.get((c, n), math.nan) / 100 for c, n in zip(table["claim"], table["noise"])])
+    keyed = keyed[keyed["paper"].notna()]
+    parts = []
+    for _, family in keyed.groupby("rule", sort=False):
+        tested = pd.DataFrame([against(d, g) for d, g in zip(family["diffs"], family["paper"])], index=family.index)
+        family = family.join(tested)
+        family["family_excl"] = len(family)
+        family["p_excl_holm"] = holm(family["p_excl"].to_numpy(), len(family))
+        family["excludes"] = family["p_excl_holm"] < alpha
+        parts.append(family)
+    return pd.concat(parts) if parts else keyed
 
 
 def _outcome(r: dict, alpha: float) -> str:
@@ -162,7 +205,7 @@ def as_trained(runs: pd.DataFrame, rule: str) -> pd.DataFrame:
     """Confirmation runs as they are (docs/PREREGISTRATION.md, "Runs that fail"): none discarded,
     a failed run's undefined accuracy read as chance."""
     chance = runs["task"].map(CHANCE) if "task" in runs else CHANCE["binary"]
-    failed = runs["stop_reason"].isin(EXCLUDED) & runs[rule].isna()
+    failed = runs["stop_reason"].isin(EXCLUDED) & runs[rule].isna()  # undefined: after its divergence
     return runs.assign(**{rule: runs[rule].where(~failed, chance)})
 
 
