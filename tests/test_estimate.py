@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -76,3 +77,34 @@ def test_on_a_gpu_the_estimate_times_runs_stacked_as_the_sweep_stacks_them(tiny_
     monkeypatch.setattr(estimate, "train_group", counted)
     rate = estimate.measure(config, tiny_cifar_image_folder, runs=3)
     assert trained == [3] and rate.per_unit > 0 and rate.start >= 0
+
+
+def test_the_engine_reports_each_epoch_then_each_stopped_run(tiny_cifar_image_folder):
+    """What the estimate's clock hears from the real engine at K = 3 runs of 3 epochs: an epoch of the
+    stack (3 run-epochs) three times, then each run that stopped at max_epochs with 0 epochs left."""
+    config = RunConfig(device="cpu", batch_size=4, early_stopping=None, max_epochs=3, n_train=12, n_test=6)
+    heard = []
+    estimate.train_group([config.replace(seed=s) for s in (1, 2, 3)], root=tiny_cifar_image_folder, progress=False,
+                         on_epochs=heard.append)
+    assert heard == [3, 3, 3, 0, 0, 0]
+
+
+def test_at_three_stacked_runs_the_steady_epoch_is_divided_by_the_steady_epochs(monkeypatch):
+    """K = 3, 3 epochs: the first takes 15 s (5 s of start), the others 10 s each; the engine's calls
+    as above. The steady epoch is 10 s (2 epochs, not 2 + K calls), per run and work unit."""
+    now = [100.0]
+    monkeypatch.setattr(estimate, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def engine(configs, on_epochs, **kw):
+        for seconds in (15.0, 10.0, 10.0):
+            now[0] += seconds
+            on_epochs(len(configs))
+        for _ in configs:
+            on_epochs(0)
+
+    monkeypatch.setattr(estimate, "train_group", engine)
+    config = RunConfig(device="cpu", early_stopping=None)
+    rate = estimate.measure(config, runs=3)
+    units = estimate.Work.of(config.replace(n_train=400, n_test=200)).units  # the measurement's slice
+    assert rate.per_unit == pytest.approx(10.0 / (3 * units))
+    assert rate.start == pytest.approx(5.0 / 3)

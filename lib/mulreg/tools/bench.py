@@ -126,17 +126,27 @@ def kernel_floor(config: RunConfig, device: torch.device, steps: int = 100) -> f
     workers = 1 if device.type == "cuda" else os.cpu_count() or 1
     torch.set_num_threads(threads if device.type == "cuda" else 1)
     try:
-        seconds = timed(lambda: [step() for _ in range(steps)], repeats=5) / steps
+        seconds = timed(lambda: [step() for _ in range(steps)], repeats=5, device=device) / steps
     finally:
         torch.set_num_threads(threads)
     return workers * config.batch_size / seconds
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int, device: torch.device | None = None) -> float:
+    """Median wall seconds of `fn` over `repeats` calls. On CUDA each timing starts and ends with the
+    GPU idle (torch.cuda.synchronize): kernels are launched asynchronously, so without it a timing
+    would measure their launches, not their work."""
+
+    def sync():
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -158,7 +168,7 @@ def main(argv=None) -> int:
     floor = kernel_floor(base, device)
     rows = []
     for name, (runs, fn) in variants.items():
-        seconds = timed(fn, args.repeats)
+        seconds = timed(fn, args.repeats, device)
         rows.append({"variant": name, "runs": runs, "seconds": seconds, "images_per_s": images * runs / seconds})
         print(f"  measured {name}: {seconds:.1f} s", flush=True)
     ref = rows[0]["images_per_s"]

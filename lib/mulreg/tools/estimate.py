@@ -75,24 +75,52 @@ class Rate:
     start: float
 
 
+class EpochClock:
+    """`train_group`'s `on_epochs` callback that stamps the end of each epoch of a stack. The engine
+    calls it once per epoch with the runs that trained it, then once for each run that stopped, with
+    the epochs that run had left: 0 for a run that reached `max_epochs` (K = 3 runs of 3 epochs:
+    3, 3, 3, 0, 0, 0). A call with 0 is no epoch. (A run stopped early would report the epochs it
+    skipped: the probe stops none early.) On CUDA each stamp waits for the GPU's work."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.stamps = [self.now()]
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def __call__(self, n: int) -> None:
+        if n:
+            self.stamps.append(self.now())
+
+    def rate(self, runs: int, units: float) -> Rate:
+        """Seconds per work unit of one run from the steady epochs (all but the first), and each run's
+        start cost from the first epoch's excess over them."""
+        first = self.stamps[1] - self.stamps[0]
+        steady = (self.stamps[-1] - self.stamps[1]) / max(1, len(self.stamps) - 2)
+        return Rate(per_unit=steady / (runs * units), start=max(0.0, first - steady) / runs)
+
+
 def measure(config: RunConfig, root=None, runs: int = 1) -> Rate:
     """A few epochs of `runs` runs of `config`'s shape, stacked as a sweep stacks them, on a small
     slice, on one thread on a CPU (as each sweep worker): the steady epochs give the rate per run,
     the first one's excess the start cost."""
     n_train, n_test = (min(cap, n or cap) for cap, n in zip(SLICE[config.task], (config.n_train, config.n_test)))
     probe = config.replace(n_train=n_train, n_test=n_test, max_epochs=MEASURED_EPOCHS, early_stopping=None,
-                           lam=0.0, penalty="none")
+                           epochs_after_escape=None, lam=0.0, penalty="none")
+    device = resolve_device(config.device)
     threads = torch.get_num_threads()
-    if resolve_device(config.device).type == "cpu":
+    if device.type == "cpu":
         torch.set_num_threads(1)
-    stamps = [time.perf_counter()]
     probes = [probe.replace(seed=seed) for seed in range(1, runs + 1)]
+    clock = EpochClock(device)
     try:
-        train_group(probes, root=root, progress=False, on_epochs=lambda n: stamps.append(time.perf_counter()))
+        train_group(probes, root=root, progress=False, on_epochs=clock)
     finally:
         torch.set_num_threads(threads)
-    steady = (stamps[-1] - stamps[1]) / (len(stamps) - 2)  # one stamp per epoch of the stack
-    return Rate(per_unit=steady / (runs * Work.of(probe).units), start=max(0.0, stamps[1] - stamps[0] - steady) / runs)
+    return clock.rate(runs, Work.of(probe).units)
 
 
 def sweep_of(profile: str, stem: str) -> SweepSpec | None:
