@@ -229,3 +229,74 @@ def test_a_sweep_value_that_is_not_a_finite_number_is_refused_naming_file_and_ke
     out = mulreg("sweep", str(path))
     assert_one_message(out, str(path), named)
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "store").exists()
+
+
+def tiny_env(tmp_path: Path, data: Path) -> dict:
+    return {"MULREG_DATA": str(data), "MULREG_CACHE": str(tmp_path / "c")}
+
+
+def test_train_refuses_an_n_train_larger_than_the_pool_before_training(tmp_path, tiny_cifar_image_folder):
+    """It trained on the 12 images there are and recorded the 100 asked for."""
+    args = [a if a != "8" else "100" for a in train_args(tmp_path)]
+    out = mulreg(*args, env=tiny_env(tmp_path, tiny_cifar_image_folder))
+    assert_one_message(out, "n_train 100", str(tiny_cifar_image_folder), "too few of cat, deer")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_sweep_with_an_n_train_larger_than_the_pool_trains_nothing(tmp_path, tiny_cifar_image_folder):
+    path = sweep_file(tmp_path, "{seed: [1], n_train: [12, 40]}")
+    out = mulreg("sweep", str(path), env=tiny_env(tmp_path, tiny_cifar_image_folder))
+    assert_one_message(out, "n_train 40")
+    assert not any((tmp_path / "store" / "runs").iterdir())
+
+
+def test_an_empty_sweep_file_is_refused_rather_than_run_as_a_default_run(tmp_path):
+    """It started one default run (2,000 epochs, the whole pool)."""
+    for i, text in enumerate(["", "# nothing yet\n", f"store: {tmp_path / 'store'}\n", "base: {}\ngrid: {}\n"]):
+        path = tmp_path / f"sweep{i}.yaml"
+        path.write_text(text)
+        out = mulreg("sweep", str(path), env={"MULREG_DATA": str(tmp_path / "nowhere")})
+        assert_one_message(out, str(path), "names nothing")
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write in: read-only by mode, or (as root, whom modes do not stop) /sys."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    try:
+        (Path("/sys") / "mulreg-probe").write_text("")
+    except OSError:
+        return Path("/sys")
+    pytest.skip("no folder here that root cannot write in")
+
+
+def test_train_refuses_an_out_folder_it_cannot_write_in_before_training(tmp_path, tiny_cifar_image_folder):
+    """It trained for the whole run and then failed with a traceback."""
+    target = unwritable_folder(tmp_path) / "r.json"
+    out = mulreg(*train_args(tmp_path)[:-1], str(target), env=tiny_env(tmp_path, tiny_cifar_image_folder))
+    assert_one_message(out, f"--out {target}", "cannot write there")
+    assert "after 1 epochs" not in out.stdout
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("empty class folder", "train/dog"),
+    ("image of another size", "0000.jpg"),
+    ("cache is a file", "MULREG_CACHE"),
+])
+def test_a_damaged_data_folder_or_cache_names_the_file_in_one_line(tmp_path, tiny_cifar_image_folder, damage, named):
+    env = tiny_env(tmp_path, tiny_cifar_image_folder)
+    if damage == "empty class folder":
+        for f in (tiny_cifar_image_folder / "train" / "dog").iterdir():
+            f.unlink()
+    elif damage == "image of another size":
+        from PIL import Image
+
+        Image.new("RGB", (64, 48)).save(tiny_cifar_image_folder / "test" / "ship" / "0000.jpg")
+    else:
+        (tmp_path / "c").write_text("not a folder")
+    out = mulreg(*train_args(tmp_path), env=env)
+    assert_one_message(out, named)
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()

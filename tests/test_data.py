@@ -315,3 +315,37 @@ def test_augmentation_is_seeded_per_epoch_label_free_and_off_by_default():
     assert torch.equal(shifted[1], x[1].flip(-1))  # mirrored
     # off by default, and left out of the key at its default (tests/test_reference.py: stored keys unchanged)
     assert RunConfig().augment is False and RunConfig().key() != RunConfig(augment=True).key()
+
+
+# ---------------------------------------------------------------- issue 28: the cache holds what the folder holds
+def test_a_folder_that_changed_is_decoded_again_and_its_old_cache_removed(tiny_cifar_image_folder, mulreg_cache):
+    train, _ = load_cifar10(root=tiny_cifar_image_folder, download=False)
+    first = set(mulreg_cache.glob("cifar10-*.npz"))
+    extra = tiny_cifar_image_folder / "train" / "cat" / "9999.png"
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(extra)
+    grown, _ = load_cifar10(root=tiny_cifar_image_folder, download=False)
+    assert len(grown.labels) == len(train.labels) + 1 and (grown.images == 7).all(dim=(1, 2, 3)).any()
+    assert set(mulreg_cache.glob("cifar10-*.npz")).isdisjoint(first), "the old cache file is left behind"
+    extra.unlink()
+    shrunk, _ = load_cifar10(root=tiny_cifar_image_folder, download=False)
+    assert torch.equal(shrunk.images, train.images) and torch.equal(shrunk.labels, train.labels)
+
+
+def test_a_truncated_cache_file_is_decoded_again(tiny_cifar_image_folder, mulreg_cache):
+    train, test = load_cifar10(root=tiny_cifar_image_folder, download=False)
+    (cache,) = mulreg_cache.glob("cifar10-*.npz")
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    again, _ = load_cifar10(root=tiny_cifar_image_folder, download=False)
+    assert torch.equal(again.images, train.images) and torch.equal(again.labels, train.labels)
+    assert np.load(cache)["x_train"].shape == tuple(train.images.shape)
+
+
+def test_check_caps_refuses_an_n_train_the_pool_cannot_fill(tiny_cifar_image_folder):
+    from mulreg.config import RunConfig
+    from mulreg.core.data import DataError, check_caps
+
+    check_caps([RunConfig(n_train=2 * TINY_TRAIN_PER_CLASS)], tiny_cifar_image_folder)  # the whole pool: fine
+    check_caps([RunConfig(task="multiclass", n_train=10 * TINY_TRAIN_PER_CLASS)], tiny_cifar_image_folder)
+    with pytest.raises(DataError, match=r"n_train 14 asks for 7 training images per class, but .* holds 12 of cat, "
+                                        r"deer in all \(too few of cat, deer\)"):
+        check_caps([RunConfig(n_train=2 * TINY_TRAIN_PER_CLASS + 2)], tiny_cifar_image_folder)

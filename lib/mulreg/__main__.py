@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from mulreg.config import ConfigError, MulregError, RunConfig, deep_merge, load_yaml, nest
@@ -94,25 +96,44 @@ def _terminated(signum, frame) -> None:
 
 
 def _train(args) -> int:
+    from mulreg.core.data import check_caps
     from mulreg.engine.train import train
 
     values = load_yaml(args.config) if args.config else {}
     flags = {FIELD.get(k, k): v for k, v in vars(args).items()
              if (k in TRAIN_FLAGS or k in SWITCHES or k == "classes") and v is not None}
     config = RunConfig.parse(deep_merge(values, nest(flags)))
-    out = Path(args.out)
-    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()) or not out.parent.exists():
-        problem = "is a folder" if out.is_dir() else f"its folder {out.parent} does not exist or is a file"
-        raise ConfigError(f"--out {args.out}: {problem}; give a file path in an existing folder")
+    _check_out(args.out)
     if args.no_early_stopping:
         config = config.replace(early_stopping=None)
+    check_caps([config])
     result = train(config)
     out = {"config": config.model_dump(), "stop_reason": result.stop_reason, "metrics": result.metrics,
            "history": result.history.to_dict("list")}
-    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    try:
+        Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    except OSError as err:
+        raise ConfigError(f"--out {args.out}: the result could not be written ({err.strerror})") from None
     m = result.metrics
     print(f"{result.stop_reason} after {m['epochs']} epochs: test acc {m['test_acc']:.4f} → {args.out}")
     return 0
+
+
+def _check_out(path: str) -> None:
+    """Refuse, before training, an output path that could not be written: a folder, a missing folder,
+    or one (or a file) this process cannot write in."""
+    out = Path(path)
+    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()) or not out.parent.exists():
+        problem = "is a folder" if out.is_dir() else f"its folder {out.parent} does not exist or is a file"
+        raise ConfigError(f"--out {path}: {problem}; give a file path in an existing folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".mulreg-probe-"):
+            pass  # a real write: permissions, a read-only file system, a quota
+        if out.exists() and not os.access(out, os.W_OK):
+            raise PermissionError(13, "the file is read-only")
+    except OSError as err:
+        raise ConfigError(f"--out {path}: cannot write there ({err.strerror}); give a path in a writable "
+                          "folder") from None
 
 
 def _sweep(args) -> int:

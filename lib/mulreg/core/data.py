@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,22 +49,52 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -> tuple[Images, Images]:
-    """Train and test splits of CIFAR-10 as uint8 tensors, from cache when already decoded."""
+    """Train and test splits of CIFAR-10 as uint8 tensors, from cache when already decoded (the cache
+    is keyed on the data files' names, sizes and modification times: a folder that changed is decoded
+    again; an unreadable cache file is decoded again too)."""
     folder = data_root(root)
     if not _layout(folder):
         _download(folder, download)
     cache = _cache_file(folder)
-    if not cache.exists():
+    arrays = _read_cache(cache)
+    if arrays is None:
         arrays = _decode(folder)
+        _write_cache(cache, arrays)
+    return (Images(torch.from_numpy(arrays["x_train"]), torch.from_numpy(arrays["y_train"])),
+            Images(torch.from_numpy(arrays["x_test"]), torch.from_numpy(arrays["y_test"])))
+
+
+def _read_cache(cache: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of `cache`, or None when it is missing or cannot be read (truncated, say: it is removed)."""
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache) as z:
+            return {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        cache.unlink(missing_ok=True)
+        return None
+
+
+def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write `cache` atomically (one temporary file per process: workers may race) and remove the caches
+    of earlier contents of the same folder; a cache folder that cannot be written is named."""
+    where = f"decoded-data cache {cache.parent} (MULREG_CACHE)"
+    if cache.parent.exists() and not cache.parent.is_dir():
+        raise DataError(f"{where} is a file, not a folder; point MULREG_CACHE at a folder")
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
+    try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")  # one per process: workers may race
         np.savez(tmp, **arrays)
         os.replace(tmp, cache)
-    with np.load(cache) as z:
-        return (
-            Images(torch.from_numpy(z["x_train"]), torch.from_numpy(z["y_train"])),
-            Images(torch.from_numpy(z["x_test"]), torch.from_numpy(z["y_test"])),
-        )
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{where}: cannot write {cache.name} ({err.strerror or err}); free space there or point "
+                        "MULREG_CACHE at another folder") from None
+    folder_tag = cache.stem.split("-")[1]  # earlier contents, and the path-only name of older versions
+    for stale in [*cache.parent.glob(f"cifar10-{folder_tag}-*.npz"), cache.parent / f"cifar10-{folder_tag}.npz"]:
+        if stale != cache and ".tmp" not in stale.name:
+            stale.unlink(missing_ok=True)
 
 
 def _layout(folder: Path) -> str | None:
@@ -96,9 +127,24 @@ def _download(folder: Path, allowed: bool) -> None:
 
 
 def _cache_file(folder: Path) -> Path:
-    tag = hashlib.sha256(f"{folder}|{_layout(folder)}".encode()).hexdigest()[:12]
+    """cifar10-<folder>-<contents>.npz: the folder's path and layout, then what it holds."""
+    layout = _layout(folder)
+    tag = hashlib.sha256(f"{folder}|{layout}".encode()).hexdigest()[:12]
     cache_dir = Path(os.environ.get("MULREG_CACHE", PROJECT_ROOT / ".cache"))
-    return cache_dir / f"cifar10-{tag}.npz"
+    return cache_dir / f"cifar10-{tag}-{_fingerprint(folder, layout)}.npz"
+
+
+def _fingerprint(folder: Path, layout: str | None) -> str:
+    """A hash of every data file's path, size and modification time (60,000 images: a fraction of a second)."""
+    tops = [folder / "cifar-10-batches-py"] if layout == "torchvision" else [folder / "train", folder / "test"]
+    h = hashlib.sha256()
+    for top in tops:
+        for path, dirs, files in os.walk(top):
+            dirs.sort()
+            for name in sorted(files):
+                st = os.stat(os.path.join(path, name))
+                h.update(f"{os.path.relpath(path, folder)}/{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
 
 
 def _decode(folder: Path) -> dict[str, np.ndarray]:
@@ -115,7 +161,12 @@ def _decode(folder: Path) -> dict[str, np.ndarray]:
 
 
 def _decode_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    ds = torchvision.datasets.ImageFolder(folder)
+    try:
+        ds = torchvision.datasets.ImageFolder(folder)
+    except FileNotFoundError as err:  # a class folder without images
+        empty = [d for d in sorted(folder.iterdir()) if d.is_dir() and not any(f.is_file() for f in d.iterdir())]
+        named = f"class folder {empty[0]} holds no images" if empty else f"{folder}: {err}"
+        raise DataError(f"{named}; point MULREG_DATA at a complete copy") from None
     if tuple(ds.classes) != CLASSES:
         raise DataNotFoundError(f"{folder}: class folders {ds.classes} are not CIFAR-10's {CLASSES}")
     images = np.stack([_read_image(ds, path) for path, _ in ds.samples])  # PIL, RGB, (N, H, W, C)
@@ -124,10 +175,14 @@ def _decode_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_image(ds: torchvision.datasets.ImageFolder, path: str) -> np.ndarray:
     try:
-        return np.asarray(ds.loader(path))
+        image = np.asarray(ds.loader(path))
     except OSError as err:  # PIL: truncated or not an image at all
         raise DataError(f"unreadable image {path}: {err}. Replace the file, or point MULREG_DATA at an intact "
                         "copy") from None
+    if image.shape != (32, 32, 3):
+        raise DataError(f"image {path} is {image.shape[1]}×{image.shape[0]} pixels, not CIFAR-10's 32×32. Replace "
+                        "the file, or point MULREG_DATA at an intact copy")
+    return image
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -236,6 +291,22 @@ def load_pool(
     """The clean, normalised data of `task` ("binary": `classes` → −1, +1; "multiclass": all 10)."""
     # resolve root (argument, MULREG_DATA, data/) before the cache: root=None must follow the env
     return _load_pool(task, n_train, n_test, str(data_root(root)), str(device), tuple(classes))
+
+
+def check_caps(configs: list[RunConfig], root: str | os.PathLike | None = None) -> None:
+    """Refuse, before any training, a run whose `n_train` asks for more training images of its classes
+    than the data holds (it would train on fewer than it records). Decodes and caches the data once."""
+    train, _ = load_cifar10(root)
+    counts = torch.bincount(train.labels, minlength=len(CLASSES))
+    for config in {(c.task, c.classes, c.n_train): c for c in configs if c.n_train is not None}.values():
+        wanted = config.classes if config.task == "binary" else tuple(range(len(CLASSES)))
+        per_class = config.n_train // len(wanted)
+        short = [CLASSES[c] for c in wanted if counts[c] < per_class]
+        if short:
+            have = int(sum(counts[c] for c in wanted))
+            raise DataError(f"n_train {config.n_train} asks for {per_class} training images per class, but "
+                            f"{data_root(root)} holds {have} of {', '.join(CLASSES[c] for c in wanted)} in all "
+                            f"(too few of {', '.join(short)}); lower n_train, or leave it unset for the whole pool")
 
 
 def pool_for(config: RunConfig, root: str | os.PathLike | None = None, device: str = "cpu") -> Pool:

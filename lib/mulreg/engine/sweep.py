@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm import tqdm
 
 from mulreg.config import PROJECT_ROOT, ConfigError, RunConfig, deep_merge, describe, load_yaml, nest
-from mulreg.core.data import load_cifar10
+from mulreg.core.data import check_caps
 from mulreg.core.devices import resolve_device
 from mulreg.engine.confirm import Confirmation
 from mulreg.engine.sizing import group_key, stack_size, vectorizable
@@ -73,6 +73,9 @@ class SweepSpec(BaseModel):
             spec = cls.model_validate(values)
         except ValidationError as err:
             raise ConfigError(f"{path}: " + describe(err)) from None
+        if not (spec.base or spec.grid or spec.arms):
+            raise ConfigError(f"{path}: the sweep file names nothing to train (no base, grid or arms); it would "
+                              "train one default run (2,000 epochs on the whole pool). Give base and grid")
         for where, grid in [("grid", spec.grid)] + [(f"arms[{i}]", arm) for i, arm in enumerate(spec.arms)]:
             check_axes(grid, f"{path}: {where}")
         try:
@@ -219,11 +222,12 @@ def _cluster_session(spec: SweepSpec, pending: list[RunConfig]):
 
 
 def _preflight(pending: list[RunConfig], root) -> None:
-    """Fail before any training when a device is unavailable or the data cannot be found and read
-    (this also decodes and caches CIFAR-10 once, for all workers)."""
+    """Fail before any training when a device is unavailable, the data cannot be found and read, or
+    holds fewer images than a run's `n_train` (this also decodes and caches CIFAR-10 once, for all
+    workers)."""
     for device in {c.device for c in pending}:
         resolve_device(device)
-    load_cifar10(root)
+    check_caps(pending, root)
 
 
 def executor_from_env(spec: SweepSpec) -> SweepSpec:
