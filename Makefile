@@ -33,7 +33,7 @@ lock:
 		--custom-compile-command 'make lock' $(LOCK_ARGS) --output-file requirements.lock
 
 test: setup
-	$(PY) -m ruff check lib tests tools
+	$(PY) -m ruff check lib tests gpu_check
 	$(PY) -m pytest
 
 figures: setup
@@ -44,7 +44,7 @@ bench: setup
 
 # The wheels the GPU machine's image lacks for mulreg's imports (it has torch, numpy, pandas, PyYAML,
 # tqdm, ...; not pydantic and what pydantic needs), at this venv's versions, for its CPython 3.12 on
-# x86-64 Linux; tools/gpu_check.sh installs them there (docs/PERFORMANCE.md, "Offline GPU check").
+# x86-64 Linux; gpu_check/gpu_check.sh installs them there (docs/PERFORMANCE.md, "Offline GPU check").
 WHEELS ?= .whl
 GPU_WHEELS := pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions
 gpu-wheels: setup

@@ -121,10 +121,15 @@ MOST_FUNCTION_LINES = 60
 LOOP_COLUMNS = 100  # engine/loop.py, the file read first
 
 
+CHECK = PACKAGE.parents[1] / "gpu_check"  # the offline GPU check (run from the repository root) keeps the same shape
+SOURCES = {m: source_of(m) for m in MODULES} | {f"gpu_check.{p.stem}": p.read_text() for p in CHECK.glob("*.py")}
+
+
 def test_modules_and_functions_stay_short_and_the_loop_narrow():
-    long_modules = {m: n for m in MODULES if (n := len(source_of(m).splitlines())) > MOST_LINES}
-    long_functions = [f"{m}.{node.name}: {node.end_lineno - node.lineno + 1}" for m in MODULES
-                      for node in ast.walk(ast.parse(source_of(m)))
+    assert "gpu_check.worker" in SOURCES and "mulreg.engine.train" in SOURCES
+    long_modules = {m: n for m, text in SOURCES.items() if (n := len(text.splitlines())) > MOST_LINES}
+    long_functions = [f"{m}.{node.name}: {node.end_lineno - node.lineno + 1}" for m, text in SOURCES.items()
+                      for node in ast.walk(ast.parse(text))
                       if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > MOST_FUNCTION_LINES]
     wide = [i for i, line in enumerate(source_of("mulreg.engine.loop").splitlines(), 1) if len(line) > LOOP_COLUMNS]
     assert (long_modules, long_functions, wide) == ({}, [], [])

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Offline GPU check (docs/PERFORMANCE.md, "Offline GPU check"): one call on a lent GPU machine.
 #
-#   bash tools/gpu_check.sh [--cpu] [--short] [--items a,b,...] [--budget SECONDS]
+#   bash gpu_check/gpu_check.sh [--cpu] [--short] [--items a,b+,...] [--budget SECONDS]
 #
 # The GPU image has torch but not pydantic & co.: they are installed from the wheels in .whl/
 # (`make gpu-wheels`, where a registry is reachable) into $GPU_CHECK_SITE (/tmp/site), never into the
 # image, and lib/ is put on the path: mulreg is not installed and torch is not touched. Results go
 # to $OUT/gpu_check.json and $OUT/gpu_check.md ($OUT: the device tool's folder; else /tmp/gpu_check_out).
-# ${PYTHON:-python3} runs it (tests point PYTHON at their own interpreter).
+# ${PYTHON:-python3} runs `python -m gpu_check` from the repository root (tests point PYTHON at their own
+# interpreter); it exits 3 at once, with the reason, where CUDA does not start and --cpu was not given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -56,4 +57,4 @@ EOF
     fi
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/lib"
-exec "$PY" tools/gpu_check.py "$@"
+exec "$PY" -m gpu_check "$@"
