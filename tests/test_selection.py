@@ -164,15 +164,15 @@ def test_confirmed_claims_keep_failed_runs_and_test_growth_across_noise():
 
 
 def test_verdict_sentences_are_written_from_the_outcomes():
-    from mulreg.report import prose
+    from mulreg.report import verdicts
 
     rows = [{"claim": "multiplicative beats none", "noise": "0.2", "rule": "test_acc_last", **claims.test(d)}
             for d in ([0.05, 0.051, 0.049, 0.05], [0.01, 0.02])]
     rows.append({"claim": "gap to none grows with noise", "noise": "—", "rule": "test_acc_last", **claims.test([])})
     table = claims.decide(pd.DataFrame(rows))
     table.loc[2, "outcome"] = "not tested (one noise level)"
-    head, steady, thin, untested = prose.verdict_sentences(table, "test_acc_last", "Confirmation")
-    assert head.startswith("Confirmation, last epoch: 1 holds, 1 not resolved, 1 not tested of 3 claims")
+    head, steady, thin, untested = verdicts.verdict_sentences(table, "test_acc_last", "Confirmation")
+    assert head.startswith("Confirmation, last epoch (secondary): 1 holds, 1 not resolved, 1 not tested of 3 claims")
     assert "+5.0 points over 4 seed pairs" in steady and steady.endswith(": holds.")
     assert "too few pairs for the decision rule" in thin and "not resolved (2 pairs: +1.00, +2.00 pp)" in thin
     assert untested.endswith("not tested (one noise level).")

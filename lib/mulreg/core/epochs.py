@@ -50,6 +50,9 @@ RULES = {
     "test_acc_paper": "paper's rule (stop after `patience` epochs without a test-accuracy gain)",
     "test_acc_best_test": "best test-accuracy epoch (optimistic)",
 }
+SHORT = {"test_acc_best_val": "best val-loss epoch", "test_acc_authors": "authors' rule",
+         "test_acc_last": "last epoch", "test_acc_last10": f"last {SMOOTHED} epochs",
+         "test_acc_paper": "paper's rule", "test_acc_best_test": "best test epoch"}  # for figures
 PRIMARY, SECONDARY, OPTIMISTIC = "primary", "secondary", "optimistic"
 FAMILY = {"test_acc_best_val": PRIMARY, "test_acc_authors": SECONDARY, "test_acc_last": SECONDARY,
           "test_acc_last10": SECONDARY, "test_acc_paper": OPTIMISTIC, "test_acc_best_test": OPTIMISTIC}

@@ -193,7 +193,7 @@ def verdict_forest(claims: pd.DataFrame, paper: dict[tuple[str, str], float] | N
         if paper and (claim, noise) in paper:
             ax.axvline(paper[(claim, noise)], color="black", lw=1, ls="--", label="paper")
             ax.legend(loc="lower right", frameon=False, fontsize="small")
-        ax.set_yticks(y, [(rules or {}).get(r, r).split(" (")[0] for r in part["rule"]])
+        ax.set_yticks(y, [(rules or {}).get(r, r) for r in part["rule"]])
         ax.set(xlabel="difference in test accuracy (points)", title=f"{claim}\n(label noise {noise})")
     return fig
 
@@ -284,7 +284,7 @@ def arm_differences(versus: pd.DataFrame, rules: dict[str, str]) -> Figure:
             ax.plot([lo, hi], [yi, yi], color=color, lw=2.5)
             ax.plot(100 * r.mean, yi, "o", color=color)
         ax.axvline(0, color="black", lw=0.8, ls=":")
-        ax.set(xlabel="lead in test accuracy (points)", title=rules[rule].split(" (")[0])
+        ax.set(xlabel="lead in test accuracy (points)", title=rules[rule])
     levels = {noise for _, noise in rows}
     labels = [arm if len(levels) == 1 else f"{arm} (noise {noise})" for arm, noise in rows[::-1]]
     axes[0].set_yticks(range(len(rows)), labels)

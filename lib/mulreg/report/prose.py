@@ -14,7 +14,7 @@ from mulreg.engine.selection import AS_THE_PAPER, SELECTED_ON, failed, reads_tes
 from mulreg.engine.sweep import SweepSpec
 from mulreg.protocols import PENALTY_NAMES, Penalty
 from mulreg.results import arms, claims
-from mulreg.results.paper import PROTOCOL
+from mulreg.results.paper import FIG3_LAMBDA, PROTOCOL
 from mulreg.results.stats import GROUP, in_paper_order
 
 
@@ -42,8 +42,11 @@ def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
         for m, s in zip(best["mean"], best["std"])]
     out["λ"] = ["—" if pd.isna(v) else ("0" if v == 0 else f"{v:.0e}") for v in best["lam"]]
     out["runs used"] = best["n_used"].fillna(0).astype(int)
+    out["at grid end"] = best["grid_end"] if "grid_end" in best else ""
+    out["paper's λ (Fig. 3)"] = [f"{FIG3_LAMBDA[p]:.0e}" if p in FIG3_LAMBDA else "—" for p in best["penalty"]]
     cols = [c for c in ("penalty", "label_noise") if c in out]
-    cols += ["λ", f"selected on: {on}", f"reported: {reported}", "runs used", "n_runs", "n_excluded"]
+    cols += ["λ", "at grid end", "paper's λ (Fig. 3)", f"selected on: {on}", f"reported: {reported}", "runs used",
+             "n_runs", "n_excluded"]
     return out[cols].rename(columns={"n_runs": "runs in group", "n_excluded": "excluded"})
 
 
@@ -160,34 +163,6 @@ def flatness_sentences(verdicts: pd.DataFrame) -> list[str]:
             f"The additive model is flatter by: {names('additive')}."]
 
 
-def conclusion(table: pd.DataFrame, stage: str, patience: int | None = None) -> list[str]:
-    """What the verdict says, written from its outcomes: the primary rule's claims grouped by
-    outcome, then, per claim, the rules under which it holds or is reversed."""
-    from mulreg.core.epochs import HEADLINE
-
-    if table.empty:
-        return [f"{stage}: no claim could be tested."]
-    names = rule_names(patience)
-    primary = table[table["rule"] == HEADLINE]
-    out = [f"{stage}, primary rule ({names[HEADLINE]}), Holm-corrected over {int(primary['family'].max())} claims:"]
-    for label in ("holds", "reversed", "not resolved", "not tested"):
-        hit = primary[primary["outcome"].str.startswith(label)]
-        if len(hit):
-            items = "; ".join(f"{c} ({n}, {_pp(m)} points)" for c, n, m in zip(hit["claim"], hit["noise"], hit["mean"]))
-            out.append(f"  {label}: {items}.")
-    decisive = table["outcome"].isin(["holds", "reversed"])
-    if not decisive.any():
-        out.append("No claim holds or is reversed under any epoch rule.")
-    for (claim, noise), g in table[table.groupby(["claim", "noise"])["outcome"].transform(
-            lambda o: o.isin(["holds", "reversed"]).any())].groupby(["claim", "noise"], sort=False):
-        decided = {o: [names[r].split(" (")[0] for r, oc in zip(g["rule"], g["outcome"]) if oc == o]
-                   for o in ("holds", "reversed")}
-        said = [f"{o} under {', '.join(rs)}" for o, rs in decided.items() if rs]
-        out.append(f"'{claim}' ({noise}): " + "; ".join(said) + f"; not resolved under the other "
-                   f"{len(g) - sum(map(len, decided.values()))} rules.")
-    return out
-
-
 def rule_names(patience: int | None = None) -> dict[str, str]:
     """`mulreg.core.epochs.RULES` for reading, with the paper's rule's patience written in."""
     if patience is None:
@@ -201,52 +176,6 @@ def _pp(x: float) -> str:
 
 def _p(x: float) -> str:
     return "—" if pd.isna(x) else f"{x:.2g}"
-
-
-def verdict_table(table: pd.DataFrame, rule: str) -> pd.DataFrame:
-    """One rule's family of `claims.claims` for reading: per claim its pairs, the per-seed
-    differences, mean and 95 % t interval (points), t, permutation and Holm-adjusted p, outcome,
-    and the smallest gap resolvable at this n (80 % power at Holm's first-step level)."""
-    part = table[table["rule"] == rule]
-    return pd.DataFrame({
-        "claim": part["claim"], "noise": part["noise"], "pairs (n)": part["n"],
-        "per-seed differences (pp)": [", ".join(f"{100 * d:+.2f}" for d in ds) or "—" for ds in part["diffs"]],
-        "mean (pp)": [_pp(m) for m in part["mean"]],
-        "95 % t interval (pp)": ["—" if pd.isna(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                                 for lo, hi in zip(part["low"], part["high"])],
-        "t p": [_p(x) for x in part["p_t"]], "permutation p (exact)": [_p(x) for x in part["p_perm"]],
-        f"Holm p (of {part['family'].max() if len(part) else 0})": [_p(x) for x in part["p_holm"]],
-        "outcome": part["outcome"],
-        "resolvable gap (pp)": ["—" if pd.isna(g) else f"{100 * g:.1f}" for g in part["resolvable"]],
-    }).reset_index(drop=True)
-
-
-def verdict_sentences(table: pd.DataFrame, rule: str, stage: str, patience: int | None = None) -> list[str]:
-    """One sentence per claim of `rule`'s family, written from its computed outcome, and one on
-    what the test could resolve at its n."""
-    part = table[table["rule"] == rule]
-    if part.empty:
-        return [f"{rule_names(patience)[rule]}: no claim could be tested."]
-    out = []
-    for r in part.to_dict("records"):
-        if r["outcome"].startswith("not tested") or r["n"] == 0:
-            said = r["outcome"] if r["outcome"].startswith("not tested") else "no pairs"
-            out.append(f"'{r['claim']}' ({r['noise']}): {said}.")
-            continue
-        span = "" if pd.isna(r["low"]) else f", 95 % interval {_pp(r['low'])} to {_pp(r['high'])}"
-        test = ("every difference equal, so the exact permutation p decides" if r["zero_sd"]
-                else f"t p {_p(r['p_t'])}, exact permutation p {_p(r['p_perm'])}")
-        holm = (f"Holm-adjusted p {_p(r['p_holm'])} of {r['family']}" if pd.notna(r["p_holm"])
-                else "too few pairs for the decision rule")
-        out.append(f"'{r['claim']}' (noise {r['noise']}): {_pp(r['mean'])} points over {r['n']} seed pair"
-                   f"{'s' * (r['n'] != 1)}{span} ({test}; {holm}): {r['outcome']}.")
-    counts = part["outcome"].map(lambda o: o.split(" (")[0]).value_counts()
-    gaps = part["resolvable"].dropna()
-    reach = (f" At n = {int(part['n'].max())} a true gap had to be at least {100 * gaps.min():.1f}-"
-             f"{100 * gaps.max():.1f} points (by claim) to be resolved with 80 % power." if len(gaps) else "")
-    head = (f"{stage}, {rule_names(patience)[rule]}: " + ", ".join(f"{n} {o}" for o, n in counts.items())
-            + f" of {len(part)} claims." + reach)
-    return [head] + out
 
 
 def norm_ratios(stats: pd.DataFrame) -> list[str]:

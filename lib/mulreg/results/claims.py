@@ -144,8 +144,8 @@ def against(diffs: Sequence[float], claimed: float, level: float = LEVEL) -> dic
     """What the data exclude about a claimed true difference: the one-sided paired test of "the
     true mean is at least `claimed`" (`p_excl` = P(T ≤ t), t = (mean − claimed)/(sd/√n); the exact
     one-sided sign-flip p where every difference is equal) and `excluded_above`: the one-sided
-    `level` upper bound mean + t_level·sd/√n, above which every true mean is excluded. NaN below
-    `MIN_PAIRS` pairs."""
+    `level` upper bound mean + t_level·sd/√n, above which every true mean is excluded (NaN when
+    every difference is equal). Both NaN below `MIN_PAIRS` pairs."""
     d = _finite(diffs)
     n = len(d)
     if n < MIN_PAIRS:
@@ -155,7 +155,7 @@ def against(diffs: Sequence[float], claimed: float, level: float = LEVEL) -> dic
     if sd == 0:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
         p = float(np.mean((signs * shifted).mean(axis=1) <= shifted.mean() + 1e-12))
-        return {"p_excl": p, "excluded_above": float(d.mean())}
+        return {"p_excl": p, "excluded_above": math.nan}  # a t bound needs a spread
     se = sd / math.sqrt(n)
     p = float(stats.t.cdf(shifted.mean() / se, n - 1))
     return {"p_excl": p, "excluded_above": float(d.mean() + stats.t.ppf(level, n - 1) * se)}
