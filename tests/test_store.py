@@ -1,6 +1,7 @@
 """The run store: round trip, atomic completion, claims, and resuming after SIGKILL."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,3 +241,81 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_sweep(tiny
         assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert not [p.name for p in (killed.root / "runs").iterdir() if p.name.startswith(".")]
     assert not list((killed.root / "checkpoints").iterdir())
+
+
+# ---- issue 28: every file of a run checked, a run whose config no longer matches its name, stores read only
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _edit_lam(path: Path) -> None:
+    import json
+
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "penalty": "mul", "lam": 0.5}))
+
+
+DAMAGE = [("config.json", _edit_lam, "config.json is the config of run"),
+          ("provenance.json", _truncate, "provenance.json is not valid JSON"),
+          ("history.parquet", _truncate, "history.parquet cannot be read"),
+          ("weights.pt", _truncate, "weights.pt cannot be read"),
+          ("test_correct.npz", _truncate, "test_correct.npz cannot be read"),
+          ("margins.npy", _truncate, "margins.npy cannot be read"),
+          ("metrics.json", lambda p: p.write_text("[1, 2]"), "metrics.json is not what a run stores")]
+
+
+@pytest.mark.parametrize("name, damage, problem", DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_every_file_of_a_run_is_checked_and_a_damaged_run_set_aside_and_stored_again(
+        tmp_path, tiny_cifar_image_folder, name, damage, problem):
+    """They passed `runs --check` and crashed `runs`, a sweep or a notebook later (or, an edited
+    config, were listed with the edited λ)."""
+    store, cfg = _stored_run(tmp_path, tiny_cifar_image_folder)
+    key = cfg.key()
+    damage(store.run_dir(key) / name)
+    fresh = Store(store.root)
+    assert not fresh.is_complete(key) and problem in fresh.unreadable()[key]
+    with pytest.warns(UserWarning, match=f"run {key} at .* cannot be read"):
+        assert fresh.load_runs().empty
+    fresh.save(train(cfg, root=tiny_cifar_image_folder, progress=False))  # what the next sweep does
+    again = Store(store.root)
+    assert again.is_complete(key) and not again.unreadable() and again.load(key).config == cfg
+    assert list((store.root / "runs").glob(f".broken-{key}-*")), "the damaged copy is kept aside"
+
+
+def test_runs_check_names_a_run_whose_config_was_edited_and_the_listing_leaves_it_out(tmp_path,
+                                                                                      tiny_cifar_image_folder):
+    store, cfg = _stored_run(tmp_path, tiny_cifar_image_folder)
+    _edit_lam(store.run_dir(cfg.key()) / "config.json")
+    cli = [sys.executable, "-m", "mulreg", "runs", "--store", str(store.root)]
+    check = subprocess.run([*cli, "--check"], capture_output=True, text=True)
+    assert check.returncode == 1 and cfg.key() in check.stdout and "config.json is the config of run" in check.stdout
+    listing = subprocess.run(cli, capture_output=True, text=True)
+    assert listing.returncode == 0 and "no runs" in listing.stdout and "5e-01" not in listing.stdout, listing.stdout
+
+
+def test_runs_lists_a_read_only_store_and_creates_nothing_in_a_folder_that_is_no_store(
+        tmp_path, tiny_cifar_image_folder, monkeypatch, capsys):
+    from mulreg.__main__ import main
+
+    store, cfg = _stored_run(tmp_path, tiny_cifar_image_folder)
+    shutil.rmtree(store.root / "checkpoints")  # an archive: only runs/ was kept
+    shutil.rmtree(store.root / "claims")
+    real_access = os.access
+    for folder in [store.root, *store.root.rglob("*")]:
+        folder.chmod(0o555 if folder.is_dir() else 0o444)  # read-only for everyone but root, ...
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK and str(p).startswith(
+        str(store.root)) else real_access(p, mode, **kw))  # ... and for root as well
+    try:
+        assert main(["runs", "--store", str(store.root)]) == 0
+        assert cfg.key() in capsys.readouterr().out
+        assert main(["runs", "--store", str(store.root), "--check"]) == 0
+    finally:
+        for folder in [store.root, *store.root.rglob("*")]:
+            folder.chmod(0o755 if folder.is_dir() else 0o644)
+    assert sorted(p.name for p in store.root.iterdir()) == ["runs"]
+
+    elsewhere = tmp_path / "not-a-store"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("mine")
+    assert main(["runs", "--store", str(elsewhere)]) == 0
+    assert "no runs" in capsys.readouterr().out and [p.name for p in elsewhere.iterdir()] == ["notes.txt"]

@@ -167,9 +167,10 @@ def _runs(args) -> int:
     if args.store is not None and not Path(args.store).is_dir():
         problem = "is a file, not a folder" if Path(args.store).exists() else "no such folder"
         raise ConfigError(f"--store {args.store}: {problem}")
-    store = Store(args.store)
+    store = Store(args.store, create=False)  # listing reads only: an archived store, or a folder that is none
     if not store.keys():
-        print(f"no runs in {store.root}")
+        none = "" if (store.root / "runs").is_dir() else " (no runs/ folder: not a store, or none trained yet)"
+        print(f"no runs in {store.root}{none}")
         return 0
     if args.check:
         broken = store.unreadable()

@@ -31,10 +31,12 @@ import shutil
 import tempfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from mulreg.config import PROJECT_ROOT, ConfigError, MulregError, RunConfig
@@ -65,11 +67,14 @@ def writable_folder(path: Path, what: str) -> Path:
 
 
 class Store:
-    def __init__(self, root: str | os.PathLike | None = None, checkpoint_every: int = 10):
+    def __init__(self, root: str | os.PathLike | None = None, checkpoint_every: int = 10, create: bool = True):
+        """The store at `root`; with `create` (writers: sweeps) its folders are made and must be
+        writable, without (readers: `mulreg runs`) nothing is created or written, so an archived,
+        read-only store can be listed and a folder that is no store is left as it is."""
         self.root = Path(root or os.environ.get("MULREG_RESULTS") or PROJECT_ROOT / "results")
         self.every = checkpoint_every
         self._readable: set[str] = set()  # keys whose folder was read successfully
-        for sub in ("runs", "checkpoints", "claims"):
+        for sub in ("runs", "checkpoints", "claims") if create else ():
             writable_folder(self.root / sub, f"store {self.root}")
 
     def __repr__(self) -> str:
@@ -163,7 +168,8 @@ class Store:
             return np.unpackbits(f["bits"], axis=1, count=int(f["n"])).astype(bool)
 
     def keys(self) -> list[str]:
-        return sorted(p.name for p in (self.root / "runs").iterdir() if not p.name.startswith("."))
+        runs = self.root / "runs"
+        return sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) if runs.is_dir() else []
 
     def load_runs(self, keys: list[str] | None = None, histories: bool = False):
         """One row per complete run: config columns (nested ones dotted), final metrics, stop
@@ -240,18 +246,51 @@ class _Checkpoints:
 
 
 def _broken(run_dir: Path) -> str | None:
-    """What makes a run folder unreadable, or None: a missing file, invalid JSON, an empty history."""
+    """What makes a run folder unreadable, or None: a missing or damaged file (each file of the run is
+    opened as its reader would: JSON, parquet footer, zip directory, npy header and size), or a config
+    whose key is not the folder's name (edited by hand: its numbers belong to another run)."""
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             return f"{name} missing"
-    for name in ("config.json", "metrics.json"):
+    for name in ("config.json", "metrics.json", PROVENANCE):
         try:
-            json.loads((run_dir / name).read_text())
+            if name == PROVENANCE and not (run_dir / name).exists():
+                continue  # runs stored before provenance was recorded
+            value = json.loads((run_dir / name).read_text())
         except (ValueError, OSError) as err:
             return f"{name} is not valid JSON: {err}"
-    if (run_dir / "history.parquet").stat().st_size == 0:
-        return "history.parquet is empty"
+        if not isinstance(value, dict) or (name == "metrics.json" and "stop_reason" not in value):
+            return f"{name} is not what a run stores (a mapping{' with stop_reason' * (name == 'metrics.json')})"
+    try:
+        key = RunConfig.parse(json.loads((run_dir / "config.json").read_text())).key()
+    except ConfigError as err:
+        return f"config.json is not a valid run config: {str(err).splitlines()[-1].strip()}"
+    if key != run_dir.name:
+        return f"config.json is the config of run {key}, not of {run_dir.name} (edited after the run was stored?)"
+    return _damaged_file(run_dir)
+
+
+def _damaged_file(run_dir: Path) -> str | None:
+    """The first of a run's binary files that its reader would refuse, with why."""
+    readers = {"history.parquet": lambda p: pq.read_metadata(p), "weights.pt": _zip_directory,
+               TEST_CORRECT: _zip_directory, "margins.npy": lambda p: np.load(p, mmap_mode="r")}
+    for name, read in readers.items():
+        path = run_dir / name
+        if name == TEST_CORRECT and not path.exists():
+            continue  # runs stored before it was recorded
+        try:
+            if path.stat().st_size == 0:
+                return f"{name} is empty"
+            read(path)
+        except Exception as err:  # noqa: BLE001 - any failure to read it means the same: damaged
+            return f"{name} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     return None
+
+
+def _zip_directory(path: Path) -> None:
+    """torch.save and np.savez files are zip archives: a truncated one has no central directory."""
+    with zipfile.ZipFile(path) as z:
+        z.namelist()
 
 
 def _fsync(path: Path) -> None:
