@@ -300,3 +300,15 @@ def test_a_damaged_data_folder_or_cache_names_the_file_in_one_line(tmp_path, tin
     out = mulreg(*train_args(tmp_path), env=env)
     assert_one_message(out, named)
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
+
+
+def test_a_sweep_whose_every_run_diverges_says_no_lambda_qualified(tmp_path, tiny_cifar_image_folder):
+    """It trained, then failed in `select` with a KeyError."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"store: {tmp_path / 'store'}\nstrategy: inline\n"
+                    "base: {device: cpu, n_train: 8, n_test: 4, max_epochs: 2, lr: 1.0e+8, batch_size: 4, "
+                    "early_stopping: null}\ngrid: {penalty: [none, mul], lam: [1.0e+30], seed: [1]}\n")
+    out = mulreg("sweep", str(path), env=tiny_env(tmp_path, tiny_cifar_image_folder))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "no λ for mul qualified at noise 0: 1 of its 1 runs failed" in out.stdout, out.stdout
+    assert "no run of the unregularised baseline qualified" in out.stdout

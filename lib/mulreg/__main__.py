@@ -150,6 +150,11 @@ def _sweep(args) -> int:
     if "penalty" in done.selection and "lam" in done.selection:
         table = select(stages.read_rules(spec, done.selection))
         print(table.to_string(index=False))
+        for row in table[table["lam"].isna()].itertuples():
+            what = "no run of the unregularised baseline" if row.penalty == "none" else f"no λ for {row.penalty}"
+            print(f"{what} qualified at noise {row.label_noise:g}: {row.n_excluded} of its {row.n_runs} runs "
+                  "failed (diverged, or stayed at chance level); as docs/PREREGISTRATION.md says, its claims are "
+                  "not tested")
     if done.plan is not None:
         print(f"confirmation plan ({confirm.folder(spec.open_store().root)}):")
         print(confirm.describe(done.plan).to_string(index=False))
