@@ -37,7 +37,7 @@ def test_each_run_is_counted_once_for_the_first_notebook_that_trains_it():
     assert table["runs in sweep"]["06_beyond_the_paper"] == 38
     assert all(table["hours here"][nb] > 0 for nb in ("01_noise_robustness", "05_multiclass", "06_beyond_the_paper"))
     assert math.isnan(table["hours here"]["03_rank_table"])
-    spec = estimate.sweep_of("smoke", "05_multiclass")
+    spec = estimate.sweeps_of("smoke", "05_multiclass")[0]
     flop = sum(c.max_epochs * training_flops_per_image(c) * estimate.Work.of(c).units for c in spec.configs())
     assert table["TFLOP"]["05_multiclass"] == pytest.approx(flop / 1e12)
 

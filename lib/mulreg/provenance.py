@@ -131,6 +131,21 @@ def prereg_commit(document: str | None = None) -> str | None:
     return out or None
 
 
+def registered_before(runs: pd.DataFrame, document: str) -> str:
+    """Whether `document` was committed before the first of `runs` started training, in words, with
+    both times (the runs' `started` provenance): what a pre-registration has to show."""
+    found = prereg_commit(document)
+    if found is None:
+        return f"{document}: no commit found (not a git checkout, or never committed): nothing to check."
+    if not len(runs):
+        return f"{document}: committed {found.split()[1]} ({found.split()[0][:10]}); none of its runs is stored yet."
+    committed = pd.Timestamp(found.split()[1])
+    first = pd.to_datetime(runs["started"], format="%Y-%m-%dT%H:%M:%S%z", utc=True).min()
+    order = "before" if committed <= first else "AFTER"
+    return (f"{document}: committed {committed.isoformat()} ({found.split()[0][:10]}), {order} the first of its "
+            f"{len(runs)} runs started training ({first.isoformat()}).")
+
+
 def provenance_note(runs: pd.DataFrame) -> str:
     """Which commit(s) and device(s) produced `runs`; a warning when there is more than one."""
     missing = pd.Series(np.nan, index=runs.index, dtype=object)

@@ -18,15 +18,17 @@ from mulreg.results.paper import FIG3_LAMBDA, PROTOCOL
 from mulreg.results.stats import GROUP, in_paper_order
 
 
-def preregistration_note() -> str:
-    """Which pre-registration the verdict below is judged under: the commit of docs/PREREGISTRATION.md."""
+def preregistration_note(document: str | None = None) -> str:
+    """Which pre-registration the verdict below is judged under: the commit of `document`
+    (default docs/PREREGISTRATION.md)."""
     from mulreg.provenance import PREREGISTRATION, prereg_commit
 
-    found = prereg_commit()
+    document = document or PREREGISTRATION
+    found = prereg_commit(document)
     if found is None:
-        return f"Pre-registration: {PREREGISTRATION} (its commit cannot be read: not a git checkout)."
+        return f"Pre-registration: {document} (its commit cannot be read: not a git checkout)."
     commit, date = found.split()
-    return f"Pre-registration: {PREREGISTRATION} as of commit {commit[:10]} ({date}); the verdict follows its rules."
+    return f"Pre-registration: {document} as of commit {commit[:10]} ({date}); the verdict follows its rules."
 
 
 def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:

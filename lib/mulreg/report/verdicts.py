@@ -164,7 +164,7 @@ def edge_sentences(best: pd.DataFrame) -> list[str]:
     a better value may lie beyond the grid, and at the weak end the penalty may be close to none."""
     out = []
     for r in best.dropna(subset=["lam"]).to_dict("records"):
-        if not r.get("grid_end"):
+        if r.get("grid_end") not in ("strongest", "weakest"):  # inside, one value, or read back from CSV as NaN
             continue
         paper = f" (the paper's best λ, Fig. 3: {FIG3_LAMBDA[r['penalty']]:.0e})" if r["penalty"] in FIG3_LAMBDA else ""
         beyond = "weaker" if r["grid_end"] == "weakest" else "stronger"
@@ -172,3 +172,45 @@ def edge_sentences(best: pd.DataFrame) -> list[str]:
                    f"{r['grid_end']} of its grid{paper}: a {beyond} value was not tried, so the choice may be "
                    "limited by the grid.")
     return out
+
+
+def family_table(table: pd.DataFrame, excluded: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Family B (`mulreg.results.replication.family_b`) for reading, in each hypothesis' own units:
+    id, claim, statistic, test, n, per-seed values, mean with its 95 % t interval, p, Holm p,
+    outcome, and, where the paper gives a number, whether the data exclude it and the bound."""
+    ex = excluded.set_index("id") if excluded is not None and len(excluded) else pd.DataFrame()
+    m = int(table["family"].max()) if len(table) else 0
+    out = pd.DataFrame({
+        "id": table["id"], "claim": table["claim"], "noise": table["noise"], "statistic": table["statistic"],
+        "test": table["test"], "n": table["n"],
+        "per seed": [", ".join(f"{d:+.3g}" for d in ds) or "—" for ds in table["diffs"]],
+        "mean": [_num(x) for x in table["mean"]],
+        "95 % t interval": ["—" if pd.isna(lo) else f"[{lo:+.3g}, {hi:+.3g}]"
+                            for lo, hi in zip(table["low"], table["high"])],
+        "p": [_p(x) for x in table["p"]], f"Holm p (of {m})": [_p(x) for x in table["p_holm"]],
+        "outcome": table["outcome"],
+        "paper": [_num(ex.at[i, "paper"]) if i in ex.index else "—" for i in table["id"]],
+        "paper's value excluded? (Holm)": [f"{'yes' if ex.at[i, 'excludes'] else 'no'} ({_p(ex.at[i, 'p_excl_holm'])})"
+                                           if i in ex.index else "—" for i in table["id"]],
+        "excluded above (95 %)": [_num(ex.at[i, "excluded_above"]) if i in ex.index else "—" for i in table["id"]],
+    })
+    return out.reset_index(drop=True)
+
+
+def family_sentences(table: pd.DataFrame) -> list[str]:
+    """One sentence per hypothesis of family B, from its outcome."""
+    counts = table["outcome"].map(lambda o: o.split(" (")[0]).value_counts()
+    out = ["Family B (the paper's other claims), Holm over the registered " + f"{int(table['family'].max())}: "
+           + ", ".join(f"{n} {o}" for o, n in counts.items()) + "."]
+    for r in table.to_dict("records"):
+        if r["n"] == 0:
+            out.append(f"{r['id']} '{r['claim']}' ({r['noise']}): {r['outcome']}.")
+            continue
+        span = "" if pd.isna(r["low"]) else f", 95 % interval {r['low']:+.3g} to {r['high']:+.3g}"
+        out.append(f"{r['id']} '{r['claim']}' ({r['noise']}): {r['statistic']} = {_num(r['mean'])} over n = {r['n']}"
+                   f"{span} ({r['test']} p {_p(r['p'])}, Holm p {_p(r['p_holm'])}): {r['outcome']}.")
+    return out
+
+
+def _num(x) -> str:
+    return "—" if pd.isna(x) else f"{x:+.3g}"

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from mulreg.core import metrics as M
-from mulreg.engine import stages
+from mulreg.engine import confirm, stages
 from mulreg.core.devices import on_this_machine, resolve_device
 from mulreg.core.models import layer_names
 from mulreg.protocols import EXCLUDED, PENALTY_NAMES, Penalty, Split
@@ -258,3 +258,52 @@ def paired_gaps(hist: pd.DataFrame) -> pd.DataFrame:
     parts = [paired_over_epochs(hist, Penalty.MUL, other).assign(other=other)
              for other in (Penalty.SUM, Penalty.NONE)]
     return pd.concat(parts, ignore_index=True)
+
+
+def stored_stages(spec: SweepSpec, patience: int | None = None) -> tuple[stages.Stages, list[str]]:
+    """Both stages of `spec` as its store holds them, training nothing, with every epoch rule read,
+    and what is missing in words: a stage is returned only when every one of its runs is stored
+    (an incomplete one is None, and named), so nothing is decided on part of a stage."""
+
+
+    store = spec.open_store()
+    missing = []
+    wanted = stages.selection_spec(spec).configs()
+    done = [c.key() for c in wanted if store.is_complete(c.key())]
+    if len(done) < len(wanted):
+        missing.append(f"selection stage: {len(done)} of {len(wanted)} runs stored in {store.root}")
+        return stages.Stages(pd.DataFrame()), missing
+    selection = stages.read_rules(spec, store.load_runs(done), patience)
+    plan = confirm.load(store.root) if spec.confirmation is not None else None
+    if plan is None:
+        missing += ["confirmation stage: not planned yet"] if spec.confirmation is not None else []
+        return stages.Stages(selection), missing
+    planned = stages.confirmation_spec(spec, plan).configs()
+    keys = [c.key() for c in planned if store.is_complete(c.key())]
+    if len(keys) < len(planned):
+        missing.append(f"confirmation stage: {len(keys)} of {len(planned)} runs stored in {store.root}")
+        return stages.Stages(selection, None, plan), missing
+    confirmation = stages.read_rules(spec, store.load_runs(keys), patience)
+    return stages.Stages(selection, confirmation, plan), missing
+
+
+def sharpness_by_seed(store: Store | str, runs: pd.DataFrame, noise: float, radius: float,
+                      directions: Sequence[int], images: int, progress: bool = True) -> pd.DataFrame:
+    """Filter-normalised sharpness of each run at label noise `noise`: the mean over `directions`
+    of L(θ + radius·d) − L(θ), data loss on the first `images` of the run's training split
+    (`landscape_data`); one row per seed, one column per penalty."""
+    from tqdm.auto import tqdm
+
+    from mulreg.results.landscape import sharpness
+
+    store = Store(store) if isinstance(store, str) else store
+    at = runs[np.isclose(runs["label_noise"], noise)]
+    rows = []
+    for r in tqdm(list(at.itertuples()), desc="sharpness", disable=not progress):
+        result = store.load(r.key)
+        x, y, _ = landscape_data(result.config, images)
+        rise = sharpness(result.model(), x, y, [radius], directions)
+        rows.append({"seed": r.seed, "penalty": r.penalty, "sharpness": float(rise.mean())})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).pivot(index="seed", columns="penalty", values="sharpness")

@@ -123,10 +123,12 @@ def measure(config: RunConfig, root=None, runs: int = 1) -> Rate:
     return clock.rate(runs, Work.of(probe).units)
 
 
-def sweep_of(profile: str, stem: str) -> SweepSpec | None:
-    """The sweep file a notebook's profile parameters name (None: the notebook has none)."""
-    path = parameters(profile, stem).get("sweep")
-    return None if path is None else SweepSpec.from_yaml((NOTEBOOKS / path).resolve())
+def sweeps_of(profile: str, stem: str) -> list[SweepSpec]:
+    """The sweep files a notebook's profile parameters name (`sweep`, and any other `*sweep`, such as
+    notebook 07's `init_sweep`); none for a notebook that trains nothing."""
+    params = parameters(profile, stem)
+    paths = [v for k, v in params.items() if k.endswith("sweep") and isinstance(v, str)]
+    return [SweepSpec.from_yaml((NOTEBOOKS / path).resolve()) for path in paths]
 
 
 def stacked(config: RunConfig, pending: list[RunConfig]) -> int:
@@ -152,11 +154,14 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
     flops: dict[tuple, int] = {}  # training FLOPs per image of each shape
     rows = []
     for nb in notebooks(prefix, every):
-        spec = sweep_of(profile, nb.stem)
-        configs = all_configs(spec) if spec else []
-        store = spec.open_store() if spec else None
-        pending = [c for c in configs if c.key() not in counted and (fresh or not store.is_complete(c.key()))]
-        counted |= {c.key() for c in configs}
+        specs = sweeps_of(profile, nb.stem)
+        pending, configs = [], []
+        for spec in specs:
+            mine = all_configs(spec)
+            store = spec.open_store()
+            pending += [c for c in mine if c.key() not in counted and (fresh or not store.is_complete(c.key()))]
+            counted |= {c.key() for c in mine}
+            configs += mine
         seconds = flop = trained = evaluated = epochs = 0.0
         for c in pending:
             work = Work.of(c)
@@ -173,7 +178,7 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
         rows.append({"notebook": nb.stem, "runs to train": len(pending), "runs in sweep": len(configs),
                      "run-epochs": int(epochs), "images trained": int(trained), "images evaluated": int(evaluated),
                      "TFLOP": flop / 1e12,
-                     "hours here": seconds / workers(spec, pending) / 3600 if pending else math.nan,
+                     "hours here": seconds / workers(specs[0], pending) / 3600 if pending else math.nan,
                      "H100 hours at best": flop / 1e12 / H100_FP32_TFLOPS / 3600 if pending else math.nan,
                      "device": ", ".join(sorted({c.device for c in pending}))})
     return pd.DataFrame(rows)

@@ -1,0 +1,171 @@
+"""The second replication's hypotheses beyond Fig. 1 (docs/PREREGISTRATION-2.md, family B), each
+computed from stored runs and tested as registered:
+
+- B1-B4 (Fig. 2): log10 Π‖W_i‖_F, additive over multiplicative and none over additive, paired by seed;
+- B5-B6 (Fig. 2, §5): the fraction of flipped training labels fitted, additive and none over multiplicative;
+- B7-B8 (Table 1): effective rank of conv4 and fc1, additive over multiplicative;
+- B9-B10 (§5): Spearman ρ(test loss, log Π) − ρ(test loss, log Σ) across runs (Williams' t);
+- B11 (Fig. 3): filter-normalised sharpness, additive over multiplicative;
+- B12-B13 (§6): the multiplicative lead at init scale 0.2 over that at the larger scale;
+- B14 (issue 30): the λ window, multiplicative wider than additive (exact sign test).
+
+Every row has the columns of `mulreg.results.claims.test`, so `claims.decide` applies Holm over the
+registered family of `FAMILY_B` and the decision rule of the pre-registration.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mulreg.core.epochs import HEADLINE
+from mulreg.protocols import EXCLUDED, PENALTY_NAMES, Penalty
+from mulreg.results import claims
+
+FAMILY_B = 14  # registered hypotheses of family B
+WINDOW_FIT = 0.5  # a λ is in the window if its run fits at most this share of the flipped training labels
+POINTS_PER_DECADE = 3  # the grid's 1, 2, 5 steps
+SHARPNESS_RADIUS = 0.25
+SHARPNESS_DIRECTIONS = (0, 1, 2)
+SHARPNESS_IMAGES = 500
+PAPER_B = {"B1": 1.0, "B2": 1.0, "B3": 1.0, "B4": 1.0, "B7": 128 - 47, "B8": 256 - 2}  # Fig. 2 (10×), Table 1
+MUL, SUM, NONE = Penalty.MUL.value, Penalty.SUM.value, Penalty.NONE.value
+
+
+# ---- per-seed values
+def per_seed(runs: pd.DataFrame, column: str, noise: float) -> pd.DataFrame:
+    """`column` of each run at label noise `noise`, one row per seed, one column per penalty."""
+    at = runs[np.isclose(runs["label_noise"], noise)]
+    return at.pivot_table(index="seed", columns="penalty", values=column)
+
+
+def _paired(wide: pd.DataFrame, a: str, b: str) -> list[float]:
+    if not {a, b} <= set(wide.columns):
+        return []
+    return (wide[a] - wide[b]).dropna().tolist()
+
+
+def _row(hid: str, claim: str, noise: str, statistic: str, test: str, result: dict) -> dict:
+    return {"id": hid, "claim": claim, "noise": noise, "statistic": statistic, "test": test, **result}
+
+
+# ---- the tests that are not a paired t-test
+def williams(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> dict:
+    """Williams' t-test of ρ(x, y) = ρ(x, z) for two dependent Spearman correlations sharing x:
+    t = (r_xy − r_xz)·√[(n−1)(1+r_yz) / (2(n−1)/(n−3)·|R| + r̄²(1−r_yz)³)], df = n − 3."""
+    ranks = [stats.rankdata(v) for v in (x, y, z)]
+    r = np.corrcoef(ranks)
+    r12, r13, r23 = r[0, 1], r[0, 2], r[1, 2]
+    n = len(x)
+    det = 1 - r12 ** 2 - r13 ** 2 - r23 ** 2 + 2 * r12 * r13 * r23
+    mean_r = (r12 + r13) / 2
+    t = (r12 - r13) * math.sqrt((n - 1) * (1 + r23) / (2 * (n - 1) / (n - 3) * det + mean_r ** 2 * (1 - r23) ** 3))
+    p = float(2 * stats.t.sf(abs(t), n - 3))
+    return {"n": n, "mean": r12 - r13, "sd": math.nan, "low": math.nan, "high": math.nan, "p_t": p,
+            "p_perm": math.nan, "p": p, "zero_sd": False, "diffs": (), "rho_product": r12, "rho_sum": r13}
+
+
+def window(selection: pd.DataFrame) -> pd.DataFrame:
+    """The λ window of each penalty and seed (noise of the selection stage): one row per run with
+    its grid `position` (0 = weakest), `learned`, the flipped labels it fits and `in_window`."""
+    runs = selection[selection["penalty"].isin([SUM, MUL])].copy()
+    runs["position"] = runs.groupby("penalty")["lam"].rank(method="dense").astype(int) - 1
+    runs["learned"] = ~runs["stop_reason"].isin(EXCLUDED)
+    runs["in_window"] = runs["learned"] & (runs["train_acc_flipped"] <= WINDOW_FIT)
+    return runs.sort_values(["penalty", "seed", "lam"]).reset_index(drop=True)
+
+
+def window_widths(win: pd.DataFrame) -> pd.DataFrame:
+    """Per seed and penalty: the window's width in decades and whether it reaches a grid end."""
+    last = win.groupby("penalty")["position"].transform("max")
+    edge = win["in_window"] & ((win["position"] == 0) | (win["position"] == last))
+    out = win.assign(edge=edge).groupby(["seed", "penalty"]).agg(points=("in_window", "sum"), censored=("edge", "any"))
+    return out.assign(width=out["points"] / POINTS_PER_DECADE).reset_index()
+
+
+def window_test(win: pd.DataFrame) -> dict:
+    """B14: the exact two-sided sign test on the (seed, position) pairs whose two runs disagree
+    about being in their window, beside the t interval of the per-seed width differences."""
+    both = win.pivot_table(index=["seed", "position"], columns="penalty", values="in_window", aggfunc="first")
+    if not {SUM, MUL} <= set(both.columns):
+        return claims.test([])
+    only_mul = int((both[MUL].astype(bool) & ~both[SUM].astype(bool)).sum())
+    only_sum = int((both[SUM].astype(bool) & ~both[MUL].astype(bool)).sum())
+    widths = window_widths(win).pivot(index="seed", columns="penalty", values="width")
+    result = claims.test(_paired(widths, MUL, SUM))
+    p = stats.binomtest(only_mul, only_mul + only_sum, 0.5).pvalue if only_mul + only_sum else 1.0
+    return result | {"p": float(p), "p_perm": math.nan, "only_mul": only_mul, "only_sum": only_sum}
+
+
+# ---- family B
+def family_b(confirmation: pd.DataFrame, selection: pd.DataFrame, sharp: pd.DataFrame | None = None,
+             larger_scale: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every hypothesis of family B that the runs given can test, and the rest as 'not tested',
+    decided together with Holm over `FAMILY_B`. `confirmation`: the replication's confirmation runs
+    (with `HEADLINE` read); `selection`: its selection stage; `sharp`: sharpness per seed (columns
+    by penalty, noise 0.2); `larger_scale`: the init-scale arm's confirmation runs."""
+    log_pi = confirmation.assign(log_product=np.log10(confirmation["norm_product"]))
+    rows = []
+    for i, noise in enumerate((0.0, 0.2)):
+        wide = per_seed(log_pi, "log_product", noise)
+        rows.append(_row(f"B{1 + i}", "Π‖W‖ smaller under multiplicative than additive", f"{noise:g}",
+                         "log10 Π(add) − log10 Π(mul)", "paired t", claims.test(_paired(wide, SUM, MUL))))
+        rows.append(_row(f"B{3 + i}", "Π‖W‖ smaller under additive than none", f"{noise:g}",
+                         "log10 Π(none) − log10 Π(add)", "paired t", claims.test(_paired(wide, NONE, SUM))))
+    fit = per_seed(confirmation, "train_acc_flipped", 0.2)
+    for hid, other in (("B5", SUM), ("B6", NONE)):
+        rows.append(_row(hid, f"flipped labels memorised by {PENALTY_NAMES[Penalty(other)]}, not by multiplicative", "0.2",
+                         f"flipped fit {other} − mul", "paired t", claims.test(_paired(fit, other, MUL))))
+    for hid, layer in (("B7", "conv4"), ("B8", "fc1")):
+        rank = per_seed(confirmation, f"rank_{layer}", 0.0)
+        rows.append(_row(hid, f"multiplicative cuts the rank of {layer}", "0", f"rank_{layer} add − mul",
+                         "paired t", claims.test(_paired(rank, SUM, MUL))))
+    rows += [_correlation_row(f"B{9 + i}", confirmation, noise) for i, noise in enumerate((0.0, 0.2))]
+    rows.append(_row("B11", "the multiplicative minimum is flatter", "0.2", "sharpness add − mul", "paired t",
+                     claims.test(_paired(sharp, SUM, MUL) if sharp is not None else [])))
+    rows += _init_scale_rows(confirmation, larger_scale)
+    rows.append(_row("B14", "multiplicative prevents memorisation over a wider range of λ", "0.2",
+                     "window width mul − add (decades)", "exact sign test", window_test(window(selection))))
+    rows.sort(key=lambda r: int(r["id"][1:]))
+    table = claims.decide(pd.DataFrame(rows))
+    untested = table["p"].isna()
+    table.loc[untested & table["n"].eq(0), "outcome"] = "not tested (no runs)"
+    return table
+
+
+def _correlation_row(hid: str, runs: pd.DataFrame, noise: float) -> dict:
+    at = runs[np.isclose(runs["label_noise"], noise)].dropna(subset=["test_loss", "norm_product", "norm_sq_sum"])
+    claim = "test loss follows Π‖W‖ more than Σ‖W‖²"
+    statistic = "ρ(test loss, log Π) − ρ(test loss, log Σ)"
+    if len(at) < 4:
+        return _row(hid, claim, f"{noise:g}", statistic, "Williams' t", claims.test([]))
+    result = williams(at["test_loss"].to_numpy(), np.log(at["norm_product"].to_numpy()),
+                      np.log(at["norm_sq_sum"].to_numpy()))
+    return _row(hid, claim, f"{noise:g}", statistic, "Williams' t", result)
+
+
+def _init_scale_rows(confirmation: pd.DataFrame, larger: pd.DataFrame | None) -> list[dict]:
+    rows = []
+    small = per_seed(claims.as_trained(confirmation, HEADLINE), HEADLINE, 0.2)
+    big = per_seed(claims.as_trained(larger, HEADLINE), HEADLINE, 0.2) if larger is not None else None
+    scale = f"{larger['init_scale'].iloc[0]:g}" if larger is not None and len(larger) else "the larger scale"
+    for hid, other in (("B12", SUM), ("B13", NONE)):
+        both = big is not None and {MUL, other} <= set(big.columns) and {MUL, other} <= set(small.columns)
+        diffs = (small[MUL] - small[other] - (big[MUL] - big[other])).dropna().tolist() if both else []
+        rows.append(_row(hid, f"the lead over {PENALTY_NAMES[Penalty(other)]} narrows at init scale {scale}", "0.2",
+                         f"[mul − {other}](s 0.2) − [mul − {other}](s {scale})", "paired t", claims.test(diffs)))
+    return rows
+
+
+def excluded_b(table: pd.DataFrame) -> pd.DataFrame:
+    """Family C for family B: the rows with a published number (`PAPER_B`), the one-sided test of
+    'the true difference is at least the paper's', Holm over them, and the excluded bound."""
+    rows = table[table["id"].isin(list(PAPER_B))].copy()
+    tested = pd.DataFrame([claims.against(d, PAPER_B[i]) for i, d in zip(rows["id"], rows["diffs"])], index=rows.index)
+    rows = rows.join(tested).assign(paper=[PAPER_B[i] for i in rows["id"]], family_excl=len(PAPER_B))
+    rows["p_excl_holm"] = claims.holm(rows["p_excl"].to_numpy(), len(PAPER_B))
+    rows["excludes"] = rows["p_excl_holm"] < claims.ALPHA
+    return rows
