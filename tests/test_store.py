@@ -319,3 +319,62 @@ def test_runs_lists_a_read_only_store_and_creates_nothing_in_a_folder_that_is_no
     (elsewhere / "notes.txt").write_text("mine")
     assert main(["runs", "--store", str(elsewhere)]) == 0
     assert "no runs" in capsys.readouterr().out and [p.name for p in elsewhere.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 half a zip"], ids=["zero bytes", "truncated"])
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_again(tmp_path, content):
+    """A zero-byte checkpoint ended in IndexError."""
+    store = Store(tmp_path / "store")
+    store.checkpoint_path("0123456789abcdef").write_bytes(content)
+    with pytest.warns(UserWarning, match="checkpoint .*0123456789abcdef.pt cannot be read .* set aside"):
+        assert store.checkpoints().load("0123456789abcdef") is None
+    assert [p.name.startswith(".broken-0123456789abcdef-") for p in (store.root / "checkpoints").iterdir()] == [True]
+
+
+def test_a_full_disk_names_the_run_and_leaves_no_partial_files(tmp_path, tiny_cifar_image_folder, monkeypatch):
+    """It read as `[enforce fail at inline_container.cc]` with no path, and left the temporary folder."""
+    from mulreg.config import MulregError
+
+    cfg = RunConfig(device="cpu", init_scale=1.0, lr=0.01, batch_size=4, max_epochs=1, n_train=8, early_stopping=None)
+    result = train(cfg, root=tiny_cifar_image_folder, progress=False)
+    store = Store(tmp_path / "store")
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(MulregError, match=f"cannot write run {cfg.key()} in {store.root / 'runs'} "
+                                          r"\(RuntimeError: \[enforce fail"):
+        store.save(result)
+    with pytest.raises(MulregError, match=f"cannot write the checkpoint of run {cfg.key()}"):
+        store.checkpoints().save(cfg.key(), {"epoch": 1})
+    assert not list((store.root / "runs").iterdir()) and not list((store.root / "checkpoints").iterdir())
+
+
+def test_run_folders_follow_the_umask(tmp_path, tiny_cifar_image_folder):
+    """They were mode 700 whatever the umask: a shared store could not be read by the group."""
+    old = os.umask(0o022)
+    try:
+        store, cfg = _stored_run(tmp_path, tiny_cifar_image_folder)
+    finally:
+        os.umask(old)
+    assert store.run_dir(cfg.key()).stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_an_anticipated_error_in_a_worker_is_one_line(tmp_path, tiny_cifar_image_folder):
+    """A refused checkpoint in a worker process came out as a traceback."""
+    import pickle
+
+    spec = SweepSpec(base={**BASE, "max_epochs": 2}, grid={"seed": [1, 2]}, store=str(tmp_path / "store"),
+                     strategy="processes", workers=2, group_size=1)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(spec.model_dump_json())
+    victim = spec.configs()[1].key()
+    with open(Store(spec.store).checkpoint_path(victim), "wb") as f:
+        pickle.dump({"epoch": 1, "state": os.system}, f)  # would run code: refused, never loaded
+    out = subprocess.run([sys.executable, "-m", "mulreg", "sweep", str(path)], capture_output=True, text=True,
+                         env={**os.environ, "MULREG_DATA": str(tiny_cifar_image_folder)}, timeout=600)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "error: 1 of 2 groups failed (the finished runs are stored); first error: checkpoint " in out.stderr
+    assert victim in out.stderr and Store(spec.store).is_complete(spec.configs()[0].key())

@@ -28,7 +28,6 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 import time
 import warnings
 import zipfile
@@ -122,18 +121,19 @@ class Store:
     def save(self, result: RunResult) -> None:
         """Write a finished run atomically and drop its checkpoint."""
         key = result.config.key()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root / "runs"))
-        (tmp / "config.json").write_text(result.config.model_dump_json(indent=1))
-        result.history.to_parquet(tmp / "history.parquet")
-        torch.save(result.state_dict, tmp / "weights.pt")
-        np.save(tmp / "margins.npy", result.test_margins)
-        metrics = {"stop_reason": result.stop_reason, **_plain(result.metrics)}
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        (tmp / PROVENANCE).write_text(json.dumps(result.provenance, indent=1))
-        if result.test_correct is not None:
-            right = np.asarray(result.test_correct, dtype=bool)
-            np.savez_compressed(tmp / TEST_CORRECT, bits=np.packbits(right, axis=1), n=right.shape[1])
-        _fsync_folder(tmp)
+        with _writing(f"run {key}", self.root / "runs") as tmp:
+            tmp.mkdir(mode=0o777)  # as the umask allows, like every other folder (mkdtemp's would be 700)
+            (tmp / "config.json").write_text(result.config.model_dump_json(indent=1))
+            result.history.to_parquet(tmp / "history.parquet")
+            torch.save(result.state_dict, tmp / "weights.pt")
+            np.save(tmp / "margins.npy", result.test_margins)
+            metrics = {"stop_reason": result.stop_reason, **_plain(result.metrics)}
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            (tmp / PROVENANCE).write_text(json.dumps(result.provenance, indent=1))
+            if result.test_correct is not None:
+                right = np.asarray(result.test_correct, dtype=bool)
+                np.savez_compressed(tmp / TEST_CORRECT, bits=np.packbits(right, axis=1), n=right.shape[1])
+            _fsync_folder(tmp)
         target = self.run_dir(key)
         if target.exists() and _broken(target):  # an unreadable earlier copy: keep it aside, store this one
             target.rename(self.root / "runs" / f".broken-{key}-{int(time.time())}")
@@ -227,22 +227,37 @@ class _Checkpoints:
         self.store, self.every = store, every
 
     def load(self, key: str) -> dict | None:
+        """The run's last checkpoint, or None. One that would run code is refused; a damaged one
+        (empty, truncated) is set aside (`.broken-<key>-<time>.pt`) and the run starts again."""
         path = self.store.checkpoint_path(key)
         if not path.exists():
             return None
         try:
             return torch.load(path, weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise CheckpointError(f"checkpoint {path} was refused: it is corrupt or holds objects other than "
-                                  f"tensors, numbers, strings, lists and dicts ({str(err).splitlines()[0]}). "
-                                  "Delete it to train the run from the start.") from None
+        except pickle.UnpicklingError as err:
+            if "weights only" not in str(err).lower():
+                return self._set_aside(path, err)
+            raise CheckpointError(f"checkpoint {path} was refused: it holds objects other than tensors, numbers, "
+                                  f"strings, lists and dicts ({_first_line(err)}). Delete it to train the "
+                                  "run from the start.") from None
+        except Exception as err:  # noqa: BLE001 - torch reports damage as RuntimeError, IndexError, EOFError, ...
+            return self._set_aside(path, err)
+
+    @staticmethod
+    def _set_aside(path: Path, err: BaseException) -> None:
+        aside = path.with_name(f".broken-{path.stem}-{int(time.time())}.pt")
+        with contextlib.suppress(OSError):
+            path.rename(aside)
+        warnings.warn(f"checkpoint {path} cannot be read ({_first_line(err)}); set "
+                      f"aside as {aside.name}, the run starts again", stacklevel=3)
+        return None
 
     def save(self, key: str, state: dict) -> None:
         path = self.store.checkpoint_path(key)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
+        with _writing(f"the checkpoint of run {key}", path.parent, path.with_suffix(f".tmp{os.getpid()}")) as tmp:
+            torch.save(state, tmp)
+            _fsync(tmp)
+            os.replace(tmp, path)
 
 
 def _broken(run_dir: Path) -> str | None:
@@ -283,7 +298,7 @@ def _damaged_file(run_dir: Path) -> str | None:
                 return f"{name} is empty"
             read(path)
         except Exception as err:  # noqa: BLE001 - any failure to read it means the same: damaged
-            return f"{name} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            return f"{name} cannot be read ({_first_line(err)})"
     return None
 
 
@@ -291,6 +306,30 @@ def _zip_directory(path: Path) -> None:
     """torch.save and np.savez files are zip archives: a truncated one has no central directory."""
     with zipfile.ZipFile(path) as z:
         z.namelist()
+
+
+class StoreWriteError(MulregError, OSError):
+    """A run or checkpoint could not be written (a full disk, say); its temporary file is removed."""
+
+
+@contextlib.contextmanager
+def _writing(what: str, folder: Path, tmp: Path | None = None):
+    """Yields a temporary path in `folder` (default: a new hidden one) to write `what` into; on failure
+    the temporary path is removed and one error names `what`, the folder and the cause."""
+    tmp = tmp or folder / f".{what.split()[-1]}-{os.getpid()}-{time.time_ns()}"
+    try:
+        yield tmp
+    except (OSError, RuntimeError) as err:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        cause = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+        raise StoreWriteError(f"cannot write {what} in {folder} ({cause}); free space there and rerun: "
+                              "finished runs are kept") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The error's kind and the first line of its message (some have none: an empty file's EOFError)."""
+    text = str(err).strip()
+    return type(err).__name__ + (f": {text.splitlines()[0][:200]}" if text else "")
 
 
 def _fsync(path: Path) -> None:

@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
 
-from mulreg.config import PROJECT_ROOT, ConfigError, RunConfig, deep_merge, describe, load_yaml, nest
+from mulreg.config import PROJECT_ROOT, ConfigError, MulregError, RunConfig, deep_merge, describe, load_yaml, nest
 from mulreg.core.data import check_caps
 from mulreg.core.devices import resolve_device
 from mulreg.engine.confirm import Confirmation
@@ -351,7 +351,10 @@ def _run_processes(groups, store: Store, spec: SweepSpec, bar: tqdm, epochs: tqd
     pool.shutdown()
     _report_new(store, keys, reported, bar)
     if errors:  # the other groups ran on; the finished runs are stored
-        raise RuntimeError(f"{len(errors)} of {len(groups)} groups failed; first error: {errors[0]!r}") from errors[0]
+        failed = f"{len(errors)} of {len(groups)} groups failed (the finished runs are stored)"
+        if isinstance(errors[0], MulregError):  # anticipated (a damaged file, a full disk): one line, no traceback
+            raise MulregError(f"{failed}; first error: {errors[0]}")
+        raise RuntimeError(f"{failed}; first error: {errors[0]!r}") from errors[0]
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
