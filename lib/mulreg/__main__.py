@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from mulreg.config import ConfigError, MulregError, RunConfig, deep_merge, load_yaml, nest
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--fresh", action="store_true", help="as on a fresh clone: count the runs already stored too")
 
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         commands = {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures, "estimate": _estimate}
         return commands[args.command](args)
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 128 + getattr(stop, "signum", signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class Terminated(KeyboardInterrupt):
