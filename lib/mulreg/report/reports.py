@@ -1,6 +1,6 @@
 """Batch execution of the paper notebooks: papermill on the `mulreg` kernel, nbconvert to HTML.
 
-`run_notebooks(profile)` executes the paper's notebooks (`PAPER`, 01-05; another one by its
+`run_notebooks(profile)` executes the paper's notebooks (`PAPER`, 01-05 and the ledger 08; another one by its
 number) with `params/<profile>/<stem>.yaml`, writes the executed copy, two HTML exports (full, and
 code hidden) and its outcome (`<stem>.outcome.json`) to `reports/<profile>/`, and rebuilds
 `index.html` from every outcome there, so notebooks run one at a time still make one index. A
@@ -32,8 +32,9 @@ from mulreg.progress import REPORT_ENV
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 KERNEL = "mulreg"
-PAPER = ("01", "02", "03", "04", "05")  # the paper's figures and tables: what `make figures` runs
+PAPER = ("01", "02", "03", "04", "05", "08")  # the paper's figures and tables, then the claims ledger: `make figures`
 OUTCOME = ".outcome.json"
+LEDGER = "claims_ledger"  # the table notebook 08 saves, shown first in the index
 
 
 class IPCKernelManager(AsyncKernelManager):
@@ -231,6 +232,7 @@ def write_index(out_dir: Path, profile: str, outcomes: list[Outcome], costs: dic
         f"<h1>mulreg: paper notebooks, profile <code>{profile}</code></h1>"
         f"<p>{html.escape(provenance.caption(profile))} · {html.escape(provenance.device_name('cpu'))} (this "
         "machine; each notebook states the commit and device of the runs it read)</p>"
+        + _ledger_section(outcomes, out_dir, profile)
         + _verdict_section(outcomes, out_dir)
         + "<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>run time</th><th>report</th>"
         "<th>figures</th></tr>" + "".join(rows) + "</table>"
@@ -256,6 +258,20 @@ def _thumbnail(png: Path, out_dir: Path, width: int = THUMBNAIL_PX) -> str:
     href = html.escape(os.path.relpath(png, out_dir))
     name = html.escape(png.stem)
     return f'<a href="{href}" title="{name}"><img src="{href}" width="{width}" alt="{name}"></a>'
+
+
+def _ledger_section(outcomes: list[Outcome], out_dir: Path, profile: str) -> str:
+    """The claims ledger notebook 08 saved (`plots.save_table`), first: which of the paper's claims hold."""
+    tables = [f for o in outcomes for f in o.figures if f.stem.endswith(LEDGER) and f.suffix == ".html" and f.exists()]
+    if not tables:
+        return (f"<h2>Which of the paper's claims hold?</h2><p>No claims ledger yet: <code>make figures "
+                f"PROFILE={profile} NB=08</code> (it trains nothing; it reads the stores of 01 and 07).</p>")
+    png = tables[0].with_suffix(".png")
+    figure = f"<p>{_thumbnail(png, out_dir, width=900)}</p>" if png.exists() else ""
+    return ("<h2>Which of the paper's claims hold?</h2><p>The claims ledger (notebook 08, "
+            '<a href="08_claims_ledger.html">its report</a>): one row per claim, the outcome of its registered test '
+            "under the primary rule, what the data exclude, and which pre-registered replication decided it.</p>"
+            + figure + tables[0].read_text())
 
 
 def _verdict_section(outcomes: list[Outcome], out_dir: Path) -> str:

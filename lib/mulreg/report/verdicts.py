@@ -4,7 +4,9 @@ secondary, optimistic); the selection's choices at the end of a grid."""
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
 from mulreg.core.epochs import RULES
 from mulreg.protocols import PENALTY_NAMES, Penalty
@@ -214,3 +216,23 @@ def family_sentences(table: pd.DataFrame) -> list[str]:
 
 def _num(x) -> str:
     return "—" if pd.isna(x) else f"{x:+.3g}"
+
+
+OUTCOME_FILL = {"holds": "#009E73", "reversed": "#D55E00", "not resolved": "#BBBBBB"}  # anything else: white
+
+
+def ledger_figure(ledger: pd.DataFrame) -> Figure:
+    """The ledger at a glance: one row per claim, coloured by its outcome (green holds, red reversed,
+    grey not resolved, white not tested), with the outcome and who decided it written in."""
+    fig, ax = plt.subplots(figsize=(11, 0.32 * len(ledger) + 0.8))
+    for y, (outcome, by) in enumerate(zip(ledger["outcome"], ledger["decided by"])):
+        fill = OUTCOME_FILL.get(outcome.split(" (")[0], "white")
+        ax.add_patch(plt.Rectangle((0, y - 0.4), 1, 0.8, facecolor=fill, edgecolor="#666666", lw=0.5))
+        ax.text(1.05, y, f"{outcome} · {by.split(' (')[0]}", va="center", fontsize="small")
+    ax.set_yticks(range(len(ledger)), [f"{w}: {c}" for w, c in zip(ledger["where"], ledger["claim"])],
+                  fontsize="small")
+    ax.set(xlim=(0, 4), ylim=(len(ledger) - 0.5, -0.5), xticks=[], title="The paper's claims, as tested here")
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    return fig

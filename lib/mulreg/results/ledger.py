@@ -1,0 +1,138 @@
+"""The claims ledger: one row per claim of the paper, the paper's number, ours with its interval, the
+test, the outcome, what the data exclude, and which replication decided it (docs/PREREGISTRATION.md
+for replication 1, docs/PREREGISTRATION-2.md for replication 2). Every cell is computed from the
+tables `mulreg.results.claims` and `mulreg.results.replication` produce; a claim no stored run has
+tested says so, with the command that tests it and its cost here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from mulreg.core.epochs import HEADLINE
+from mulreg.results.claims import COMPARED
+from mulreg.protocols import PENALTY_NAMES
+
+REPLICATION_1 = "replication 1 (docs/PREREGISTRATION.md)"
+REPLICATION_2 = "replication 2 (docs/PREREGISTRATION-2.md)"
+FIG1 = [(f"{PENALTY_NAMES[a]} beats {PENALTY_NAMES[b]}", noise) for a, b in COMPARED for noise in ("0", "0.2")]
+FIG1 += [(f"gap to {PENALTY_NAMES[b]} grows with noise", "0.2 vs 0") for _, b in COMPARED]
+WHERE_B = {"B1": "Fig. 2", "B2": "Fig. 2", "B3": "Fig. 2", "B4": "Fig. 2", "B5": "Fig. 2, §5", "B6": "Fig. 2, §5",
+           "B7": "Table 1", "B8": "Table 1", "B9": "§5", "B10": "§5", "B11": "Fig. 3", "B12": "§6", "B13": "§6",
+           "B14": "issue 30"}
+PAPER_SAYS = {"B1": "≥ 10× (1 decade)", "B2": "≥ 10× (1 decade)", "B3": "≥ 10× (1 decade)", "B4": "≥ 10× (1 decade)",
+              "B5": "memorised by additive, not multiplicative (no number)",
+              "B6": "memorised by none, not multiplicative (no number)",
+              "B7": "conv4 rank 47 vs 128 (gap 81)", "B8": "fc1 rank 2 vs 256 (gap 254)",
+              "B9": "stronger with Π (no number)", "B10": "stronger with Π (no number)",
+              "B11": "broader, flatter basin (no number)", "B12": "narrows (no number)", "B13": "narrows (no number)",
+              "B14": "— (a question about the grid)"}
+TABLE2 = ("multiclass: multiplicative beats additive and none (Table 2)", "Table 2", "68.7 vs 65.1 / 65.0 %")
+COLUMNS = ["claim", "where", "paper", "ours (95 % interval, n)", "test", "outcome", "what the data exclude",
+           "decided by"]
+
+
+def fig1_rows(verdict: pd.DataFrame | None, excluded: pd.DataFrame | None, paper: dict, source: str,
+              untested: str) -> list[dict]:
+    """Fig. 1's six claims under the primary rule, from `claims.claims` and `claims.exclusion` of one
+    replication (or 'not tested', with `untested` saying how to test them)."""
+    rows = []
+    for claim, noise in FIG1:
+        row = {"claim": f"{claim} (noise {noise})", "where": "Fig. 1", "paper": _pp(paper.get((claim, noise)))}
+        hit = None if verdict is None else verdict[(verdict["rule"] == HEADLINE) & (verdict["claim"] == claim)
+                                                   & (verdict["noise"] == noise)]
+        if hit is None or hit.empty:
+            rows.append(row | _untested(untested))
+            continue
+        r = hit.iloc[0]
+        rows.append(row | {"ours (95 % interval, n)": _interval(r, 100, " pp"), "test": "paired t, Holm over 6",
+                           "outcome": r["outcome"], "what the data exclude": _excludes(excluded, r, 100, " pp"),
+                           "decided by": source})
+    return rows
+
+
+def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, untested: str) -> list[dict]:
+    """The fourteen hypotheses of family B (`replication.family_b`), or 'not tested'."""
+    rows = []
+    for hid, where in WHERE_B.items():
+        hit = None if family is None else family[family["id"] == hid]
+        base = {"where": where, "paper": PAPER_SAYS[hid]}
+        if hit is None or hit.empty:
+            rows.append(base | {"claim": hid} | _untested(untested))
+            continue
+        if hit.iloc[0]["n"] == 0:  # replication 2 ran, and no run could test it (no eligible λ, say)
+            r = hit.iloc[0]
+            rows.append(base | {"claim": f"{hid}: {r['claim']} (noise {r['noise']})"} | _untested(REPLICATION_2)
+                        | {"outcome": r["outcome"]})
+            continue
+        r = hit.iloc[0]
+        ex = None if excluded is None else excluded.set_index("id")
+        rows.append(base | {"claim": f"{hid}: {r['claim']} (noise {r['noise']})",
+                            "ours (95 % interval, n)": f"{r['statistic']}: " + _interval(r, 1, ""),
+                            "test": f"{r['test']}, Holm over {int(r['family'])}", "outcome": r["outcome"],
+                            "what the data exclude": _excludes_b(ex, hid), "decided by": REPLICATION_2})
+    return rows
+
+
+def ledger(fig1: list[dict], family: list[dict]) -> pd.DataFrame:
+    """The ledger's rows in the paper's order, Table 2 last (a demonstration on a CPU)."""
+    table2 = {"claim": TABLE2[0], "where": TABLE2[1], "paper": TABLE2[2], "ours (95 % interval, n)": "—",
+              "test": "registered for the `paper` profile on a GPU (T1, T2)", "outcome": "not tested here",
+              "what the data exclude": "—",
+              "decided by": "notebook 05 is a labelled demonstration (¼ width, 3,000 images): it tests nothing"}
+    return pd.DataFrame(fig1 + family + [table2], columns=COLUMNS)
+
+
+def _untested(how: str) -> dict:
+    return {"ours (95 % interval, n)": "—", "test": "—", "outcome": "not tested yet", "what the data exclude": "—",
+            "decided by": how}
+
+
+def _pp(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.1f} pp"
+
+
+def _interval(r, scale: float, unit: str) -> str:
+    span = "" if pd.isna(r["low"]) else f" [{scale * r['low']:+.3g}, {scale * r['high']:+.3g}]"
+    return f"{scale * r['mean']:+.3g}{unit}{span}, n {r['n']}"
+
+
+def _excludes(excluded: pd.DataFrame | None, r, scale: float, unit: str) -> str:
+    if excluded is None or excluded.empty:
+        return "—"
+    hit = excluded[(excluded["rule"] == r["rule"]) & (excluded["claim"] == r["claim"]) & (excluded["noise"] == r["noise"])]
+    if hit.empty or pd.isna(hit.iloc[0]["p_excl_holm"]):
+        return "—"
+    e = hit.iloc[0]
+    said = "the paper's gap excluded" if e["excludes"] else "the paper's gap not excluded"
+    bound = "" if pd.isna(e["excluded_above"]) else f"; every gap above {scale * e['excluded_above']:+.3g}{unit}"
+    return f"{said} (Holm p {e['p_excl_holm']:.2g}){bound}"
+
+
+def _excludes_b(ex: pd.DataFrame | None, hid: str) -> str:
+    if ex is None or hid not in ex.index or pd.isna(ex.at[hid, "p_excl_holm"]):
+        return "—"
+    said = "the paper's value excluded" if ex.at[hid, "excludes"] else "the paper's value not excluded"
+    bound = "" if pd.isna(ex.at[hid, "excluded_above"]) else f"; everything above {ex.at[hid, 'excluded_above']:+.3g}"
+    return f"{said} (Holm p {ex.at[hid, 'p_excl_holm']:.2g}){bound}"
+
+
+def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_selection: pd.DataFrame | None,
+          larger_scale: pd.DataFrame | None, sharp: pd.DataFrame | None, paper: dict, untested: str) -> pd.DataFrame:
+    """The ledger from the stored confirmation runs of replication 1 (`first`) and 2 (`second`, with
+    its selection stage, the init-scale arm's confirmation and the sharpness per seed): Fig. 1 is
+    decided by replication 2 where it is complete (its λ chosen on the fair grid), else by
+    replication 1; family B only by replication 2. `untested` says how to test what is not."""
+    from mulreg.results import claims, replication
+
+    decider = second if second is not None and len(second) else first
+    source = REPLICATION_2 if decider is second else REPLICATION_1
+    verdict = claims.claims(decider, confirmed=True) if decider is not None and len(decider) else None
+    excluded = claims.exclusion(verdict, paper) if verdict is not None and len(verdict) else None
+    fig1 = fig1_rows(verdict, excluded, paper, source, untested)
+    if decider is not second:
+        return ledger(fig1, family_b_rows(None, None, untested))
+    family = replication.family_b(second, second_selection, sharp, larger_scale)
+    return ledger(fig1, family_b_rows(family, replication.excluded_b(family), untested))
