@@ -54,11 +54,11 @@ def sizes(short: bool, cuda: bool) -> dict:
                     c=dict(ks=(SWEEP_K, 1), n_train=2000, n_test=1000, epochs=3),
                     d=dict(ks=(SWEEP_K, 1, 16, 64, 128), n_train=2000, n_test=1000),
                     e=dict(n_train=None, n_test=None, epochs=2), f=dict())
-    return dict(data=(1000, 300), a=dict(n_train=600, n_test=300, epochs=3),
-                b=dict(n_train=400, n_test=200, warm=1, timed=2, ks=(1, 4), format_ks=(1,),
+    return dict(data=(1000, 300), a=dict(n_train=400, n_test=200, epochs=2),
+                b=dict(n_train=300, n_test=150, warm=1, timed=2, ks=(1, 2), format_ks=(1,),
                        compiled_ks=(1,), compiled_format_ks=()),
                 c=dict(ks=(1,), n_train=200, n_test=100, epochs=2), d=dict(ks=(1, 4), n_train=400, n_test=200),
-                e=dict(n_train=200, n_test=100, epochs=2, most=4), f=dict(max_epochs=2, n_train=200, n_test=100))
+                e=dict(n_train=100, n_test=50, epochs=2, most=2), f=dict(max_epochs=1, n_train=160, n_test=80))
 
 
 def arms_of_sweep() -> list[dict]:
@@ -107,26 +107,24 @@ def _agreement(add, cuda: bool, sz: dict, short: bool) -> None:
     if cuda:  # how far the engine on this host's CPU is from the loop: the scale for the GPU rows
         add(f"baseline: engine on this host's CPU, eager, {what}", "max |Δ|", compile=False, device="cpu")
     add(f"eager {what}", "max |Δ|", compile=False)
-    if cuda or not short:
+    if cuda:  # a CPU compiles once, in b (a cold compile costs minutes on a loaded 2-core CPU)
         add(f"compiled {what}", "max |Δ|", later=True, compile=True)
 
 
 def _throughput(add, cuda: bool, sz: dict, short: bool) -> None:
+    """Eager, then compiled, at each K (the first K in the first pass: on CUDA the stack the quick sweep
+    would use); then the memory formats and, on CUDA, deterministic algorithms."""
     s = sz["b"]
     unit = "images·runs/s"
-    first = {s["ks"][0]}  # the first pass: on CUDA the stack the quick sweep would use
-    compiled = cuda or not short
-    for k in s["ks"]:
-        add(f"eager K={k} memory_format=auto", unit, later=k not in first, k=k, compile=False, memory_format="auto")
-        if compiled and k in first and k in s["compiled_ks"]:
-            add(f"compiled K={k} memory_format=auto", unit, k=k, compile=True, memory_format="auto")
-    for k in s["compiled_ks"] if compiled else ():
-        if k not in first:
-            add(f"compiled K={k} memory_format=auto", unit, later=True, k=k, compile=True, memory_format="auto")
+    compiled = () if short and not cuda else s["compiled_ks"]  # a CPU compiles once, --short never
+    for n, k in enumerate(s["ks"]):
+        add(f"eager K={k} memory_format=auto", unit, later=n > 0, k=k, compile=False, memory_format="auto")
+        if k in compiled:
+            add(f"compiled K={k} memory_format=auto", unit, later=n > 0, k=k, compile=True, memory_format="auto")
     for fmt in ("channels_last", "contiguous"):
         for k in s["format_ks"]:
             add(f"eager K={k} memory_format={fmt}", unit, later=True, k=k, compile=False, memory_format=fmt)
-        for k in s["compiled_format_ks"] if compiled else ():
+        for k in s["compiled_format_ks"] if cuda else ():
             add(f"compiled K={k} memory_format={fmt}", unit, later=True, k=k, compile=True, memory_format=fmt)
     if cuda:
         k = s["format_ks"][-1]
@@ -135,7 +133,7 @@ def _throughput(add, cuda: bool, sz: dict, short: bool) -> None:
 
 
 def _graphs(add, cuda: bool, sz: dict, short: bool) -> None:
-    if cuda or not short:
+    if cuda:  # a CPU captures no CUDA graphs
         for n, k in enumerate(sz["c"]["ks"]):
             add(f"compiled reduce-overhead K={k}", "CUDA graphs recorded", later=n > 0, k=k)
 
