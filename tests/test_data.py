@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -349,3 +350,19 @@ def test_check_caps_refuses_an_n_train_the_pool_cannot_fill(tiny_cifar_image_fol
     with pytest.raises(DataError, match=r"n_train 14 asks for 7 training images per class, but .* holds 12 of cat, "
                                         r"deer in all \(too few of cat, deer\)"):
         check_caps([RunConfig(n_train=2 * TINY_TRAIN_PER_CLASS + 2)], tiny_cifar_image_folder)
+
+
+def test_a_cache_that_cannot_be_written_is_named_and_leaves_no_partial_file(tiny_cifar_image_folder, mulreg_cache,
+                                                                             monkeypatch):
+    """A full disk read as `Errno 28` with no path and left a partial cache file (≈ 180 MB on CIFAR-10)."""
+    from mulreg.core.data import DataError
+
+    def full(path, **arrays):
+        Path(path).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(DataError, match=rf"decoded-data cache {mulreg_cache} \(MULREG_CACHE\): cannot write "
+                                        r"cifar10-.*\.npz \(No space left on device\)"):
+        load_cifar10(root=tiny_cifar_image_folder, download=False)
+    assert not list(mulreg_cache.iterdir())
