@@ -1,0 +1,129 @@
+"""The second replication's tests (`mulreg.results.replication`) and the claims ledger
+(`mulreg.results.ledger`) on hand-made runs tables whose answers can be worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mulreg.results import ledger, replication
+
+RNG_SEED = 7
+
+
+def null_rejections(ranks: bool, draws: int = 2000) -> float:
+    """Share of draws with ρ(x, y) = ρ(x, z) by construction that Williams' t rejects at α 0.05."""
+    rng = np.random.default_rng(RNG_SEED)
+    rejected = 0
+    for _ in range(draws):
+        x = rng.normal(size=15)
+        y, z = x + rng.normal(size=15), x + rng.normal(size=15)
+        rejected += replication.williams(x, y, z, ranks)["p"] < 0.05
+    return rejected / draws
+
+
+def test_williams_t_keeps_its_level_on_pearson_and_is_mildly_liberal_on_ranks():
+    """Pearson's r: about 5 % rejected (binomial sd at 2,000 draws: 0.5 %); Spearman's (what B9-B10
+    use): about 7 %, the liberal level the pre-registration's dated note discloses."""
+    assert 0.035 < null_rejections(ranks=False) < 0.065
+    assert 0.05 < null_rejections(ranks=True) < 0.09
+
+
+def test_williams_t_finds_a_real_difference():
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.normal(size=15)
+    strong = replication.williams(x, x + 0.1 * rng.normal(size=15), rng.normal(size=15))
+    assert strong["p"] < 0.01 and strong["mean"] > 0.5 and strong["rho_product"] > strong["rho_sum"]
+
+
+def selection_runs(mul_in: list[list[bool]], sum_in: list[list[bool]]) -> pd.DataFrame:
+    """Per seed, which of 4 grid positions are in each penalty's window (fit 0.2 in, 0.9 out)."""
+    rows = []
+    for pen, grid, table in (("mul", (1e-8, 1e-7, 1e-6, 1e-5), mul_in), ("sum", (1e-6, 1e-5, 1e-4, 1e-3), sum_in)):
+        for seed, flags in zip((11, 12, 13), table):
+            for lam, inside in zip(grid, flags):
+                rows.append({"penalty": pen, "lam": lam, "seed": seed, "label_noise": 0.2,
+                             "stop_reason": "after_escape", "train_acc_flipped": 0.2 if inside else 0.9})
+    rows += [{"penalty": "none", "lam": 0.0, "seed": s, "label_noise": 0.2, "stop_reason": "after_escape",
+              "train_acc_flipped": 1.0} for s in (11, 12, 13)]
+    return pd.DataFrame(rows)
+
+
+def test_the_window_counts_grid_points_flags_censoring_and_sign_tests_the_pairs():
+    mul = [[False, True, True, True], [False, True, True, False], [True, True, True, False]]
+    add = [[False, False, True, False], [False, False, False, False], [False, False, True, False]]
+    runs = selection_runs(mul, add)
+    runs.loc[(runs["penalty"] == "sum") & (runs["lam"] == 1e-3) & (runs["seed"] == 12), "stop_reason"] = "chance_level"
+    win = replication.window(runs)
+    widths = replication.window_widths(win).set_index(["seed", "penalty"])
+    assert widths.loc[(11, "mul"), "points"] == 3 and widths.loc[(11, "mul"), "width"] == pytest.approx(1.0)
+    assert bool(widths.loc[(11, "mul"), "censored"]) and bool(widths.loc[(13, "mul"), "censored"])
+    assert not bool(widths.loc[(12, "mul"), "censored"]) and widths.loc[(12, "sum"), "points"] == 0
+    test = replication.window_test(win)
+    assert (test["only_mul"], test["only_sum"]) == (6, 0)  # 8 in mul's windows, 2 in add's, both in 2
+    assert test["p"] == pytest.approx(2 * 0.5 ** 6)
+    assert test["mean"] == pytest.approx(np.mean([2 / 3, 2 / 3, 2 / 3]))
+
+
+def confirmation_runs(scale: float = 0.2) -> pd.DataFrame:
+    """Seeds 6-8 at noise 0 and 0.2: mul has Π 100× below add, add 10× below none; mul fits fewer
+    flipped labels and has lower ranks; accuracies leave a 2-point lead at noise 0.2."""
+    rows = []
+    for seed in (6, 7, 8):
+        for noise in (0.0, 0.2):
+            for pen, pi, fit, rank, acc in (("mul", 1e2, 0.2, 40, 0.82), ("sum", 1e4, 0.9, 128, 0.80),
+                                           ("none", 1e5, 1.0, 128, 0.80)):
+                wobble = 0.001 * seed
+                rows.append({"key": f"{pen}{seed}{noise}", "penalty": pen, "lam": 0.0, "seed": seed,
+                             "label_noise": noise, "init_scale": scale, "stop_reason": "after_escape",
+                             "task": "binary", "norm_product": pi * (1 + wobble), "norm_sq_sum": 50 + seed,
+                             "train_acc_flipped": fit + wobble, "rank_conv4": rank - seed % 2,
+                             "rank_fc1": 2 * rank - seed,
+                             "test_loss": 0.3 + 0.01 * math.log10(pi) + wobble,
+                             "test_acc_best_val": acc + (0.0 if scale == 0.2 else -0.02 * (pen == "mul")) + wobble
+                             + 0.0005 * (seed * 7 % 3) * (pen == "mul")})
+    return pd.DataFrame(rows)
+
+
+def test_family_b_decides_fourteen_registered_hypotheses_with_holm_over_fourteen():
+    runs = confirmation_runs()
+    sharp = pd.DataFrame({"mul": [0.01, 0.011, 0.012], "sum": [0.05, 0.052, 0.049]}, index=[6, 7, 8])
+    selection = selection_runs([[False, True, True, True]] * 3, [[False, False, True, False]] * 3)
+    family = replication.family_b(runs, selection, sharp, confirmation_runs(0.8)).set_index("id")
+    assert list(family.index) == [f"B{i}" for i in range(1, 15)]
+    assert (family["family"] == replication.FAMILY_B).all()
+    assert family.loc["B1", "mean"] == pytest.approx(2.0, abs=1e-2)  # log10 1e4 − log10 1e2
+    assert family.loc["B3", "mean"] == pytest.approx(1.0, abs=1e-2)
+    assert family.loc["B5", "mean"] == pytest.approx(0.7) and family.loc["B7", "mean"] == pytest.approx(88)
+    assert family.loc["B12", "mean"] == pytest.approx(0.02, abs=1e-3)
+    assert family.loc["B12", "claim"].endswith("scale 0.8")
+    assert family.loc["B11", "outcome"] == "holds"
+    excluded = replication.excluded_b(family.reset_index()).set_index("id")
+    assert set(excluded.index) == set(replication.PAPER_B) and (excluded["family_excl"] == 6).all()
+    assert not excluded.loc["B1", "excludes"]  # 2 decades: the paper's "≥ 1 decade" stands
+
+
+def test_family_b_without_the_larger_scale_leaves_its_rows_untested():
+    family = replication.family_b(confirmation_runs(), selection_runs([[True] * 4] * 3, [[True] * 4] * 3))
+    untested = family[family["outcome"] == "not tested (no runs)"]["id"].tolist()
+    assert untested == ["B11", "B12", "B13"] and (family["family"] == 14).all()
+
+
+def test_the_ledger_is_decided_by_replication_two_once_complete_else_by_one():
+    paper = {("multiplicative beats additive", "0.2"): 9.4}
+    runs = confirmation_runs()
+    only_first = ledger.build(runs, None, None, None, None, paper, "not yet: make figures NB=07 (1 h)")
+    assert len(only_first) == 6 + 14 + 1
+    fig1 = only_first[only_first["where"] == "Fig. 1"]
+    assert (fig1["decided by"] == ledger.REPLICATION_1).all()
+    assert only_first.loc[only_first["claim"] == "B5", "decided by"].item() == "not yet: make figures NB=07 (1 h)"
+    row = fig1[fig1["claim"] == "multiplicative beats additive (noise 0.2)"].iloc[0]
+    assert row["paper"] == "+9.4 pp" and row["outcome"] == "holds" and row["ours (95 % interval, n)"].startswith("+2")
+    assert row["what the data exclude"].startswith("the paper's gap excluded")
+    selection = selection_runs([[True] * 4] * 3, [[True] * 4] * 3)
+    both = ledger.build(runs, runs, selection, confirmation_runs(0.8), None, paper, "unused")
+    assert (both[both["where"] == "Fig. 1"]["decided by"] == ledger.REPLICATION_2).all()
+    assert both.loc[both["where"] == "Table 2", "outcome"].item() == "not tested here"
