@@ -32,8 +32,9 @@ def test_each_run_is_counted_once_for_the_first_notebook_that_trains_it():
     runs = table["runs to train"].to_dict()
     # 01 trains the binary sweep's two stages (20 selection + 18 confirmation runs); 02-04 read it;
     # 06 shares the selection stage's noise-0.2 runs (10 of its 38)
+    # 07 trains the replication (15 selection + 18 confirmation) and its init-scale arm (15 + 9); 08 reads
     assert runs == {"01_noise_robustness": 38, "02_training_dynamics": 0, "03_rank_table": 0, "04_loss_landscape": 0,
-                    "05_multiclass": 3, "06_beyond_the_paper": 28}
+                    "05_multiclass": 3, "06_beyond_the_paper": 28, "07_replication": 57, "08_claims_ledger": 0}
     assert table["runs in sweep"]["06_beyond_the_paper"] == 38
     assert all(table["hours here"][nb] > 0 for nb in ("01_noise_robustness", "05_multiclass", "06_beyond_the_paper"))
     assert math.isnan(table["hours here"]["03_rank_table"])
@@ -51,7 +52,7 @@ def test_the_command_refuses_an_unknown_profile_in_one_line():
 def test_the_paper_profile_is_counted_but_not_timed_on_a_machine_without_its_gpu():
     table = estimate.estimate("paper", fresh=True, every=True)
     trained = table[table["runs to train"] > 0]
-    assert set(trained["notebook"]) == {"01_noise_robustness", "05_multiclass", "06_beyond_the_paper"}
+    assert set(trained["notebook"]) == {"01_noise_robustness", "05_multiclass", "06_beyond_the_paper", "07_replication"}
     assert (trained["TFLOP"] > 0).all() and trained["hours here"].isna().all()
     at_best = trained.set_index("notebook")["H100 hours at best"]
     assert at_best["05_multiclass"] == pytest.approx(trained.set_index("notebook")["TFLOP"]["05_multiclass"]

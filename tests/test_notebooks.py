@@ -137,7 +137,8 @@ def test_sweeps_of_every_profile_are_valid(profile, task):
     configs = spec.configs()
     quick = SweepSpec.from_yaml(ROOT / "params" / "quick" / f"{task}_sweep.yaml").configs()
     assert configs and {c.task for c in configs} == {quick[0].task}  # one task, the same in every profile
-    assert spec.store == str(ROOT / "results" / profile)
+    # the profile's store, or one of its own for a separately registered replication (its stage plans apart)
+    assert spec.store in (str(ROOT / "results" / profile), str(ROOT / "results" / f"{profile}-{task}"))
 
 
 def test_quick_binary_sweep_is_in_the_papers_regime():
@@ -187,7 +188,8 @@ def smoke_run():
     try:
         from mulreg.report.reports import run_notebooks
 
-        code = run_notebooks("smoke") + run_notebooks("smoke", "06")  # `make figures`, then `NB=06`
+        # `NB=07` (the replication, on request), then `make figures` (01-05 and the ledger), then `NB=06`
+        code = run_notebooks("smoke", "07") + run_notebooks("smoke") + run_notebooks("smoke", "06")
     finally:
         if saved is not None:
             os.environ["MULREG_CACHE"] = saved
@@ -296,11 +298,19 @@ def test_the_index_is_built_from_every_recorded_report_and_lists_the_others_with
     assert "make figures PROFILE=quick NB=06" in index and "40 runs to train, about 150 min here" in index
     assert "make figures PROFILE=quick NB=03" in index  # not run either: listed, not silently left out
     assert "PREREGISTRATION.md" in index
+    assert "No claims ledger yet" in index and "make figures PROFILE=quick NB=08" in index
+    ledger = tmp_path / "08_claims_ledger.html"
+    ledger.write_text("<table><tr><td>the ledger row</td></tr></table>")
+    (tmp_path / f"08_claims_ledger{OUTCOME}").write_text(json.dumps({"stem": "08_claims_ledger", "seconds": 1.0,
+                                                                     "error": None, "figures": [str(ledger)]}))
+    write_index(tmp_path, "quick", recorded(tmp_path))
+    index = (tmp_path / "index.html").read_text()
+    assert index.index("the ledger row") < index.index("the verdict")  # the ledger opens the index
 
 
 def test_make_figures_runs_the_papers_notebooks_and_another_by_its_number():
     from mulreg.report.reports import notebooks
 
-    assert [nb.stem for nb in notebooks()] == list(STEMS[:5])
+    assert [nb.stem for nb in notebooks()] == list(STEMS[:5]) + ["08_claims_ledger"]  # the ledger reads, trains nothing
     assert [nb.stem for nb in notebooks("06")] == ["06_beyond_the_paper"]
     assert [nb.stem for nb in notebooks(every=True)] == list(STEMS)
