@@ -127,3 +127,18 @@ def test_the_ledger_is_decided_by_replication_two_once_complete_else_by_one():
     both = ledger.build(runs, runs, selection, confirmation_runs(0.8), None, paper, "unused")
     assert (both[both["where"] == "Fig. 1"]["decided by"] == ledger.REPLICATION_2).all()
     assert both.loc[both["where"] == "Table 2", "outcome"].item() == "not tested here"
+
+
+def test_the_registration_is_the_commit_that_added_the_document_and_is_checked_against_run_starts():
+    from mulreg import provenance
+
+    found = provenance.registration_commit("docs/PREREGISTRATION-2.md")
+    if found is None:
+        pytest.skip("not a git checkout")
+    added = pd.Timestamp(found.split()[1])
+    later = (added + pd.Timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S%z")
+    earlier = (added - pd.Timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S%z")
+    assert ", before the first of its 2 runs" in provenance.registered_before(
+        pd.DataFrame({"started": [later, later]}), "docs/PREREGISTRATION-2.md")
+    assert "AFTER the first of its 2 runs" in provenance.registered_before(
+        pd.DataFrame({"started": [later, earlier]}), "docs/PREREGISTRATION-2.md")

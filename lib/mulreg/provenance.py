@@ -131,19 +131,32 @@ def prereg_commit(document: str | None = None) -> str | None:
     return out or None
 
 
+@functools.lru_cache(maxsize=None)
+def registration_commit(document: str) -> str | None:
+    """'<hash> <ISO time>' of the commit that added `document`: when it was registered (later
+    commits can only add dated notes); None outside a git checkout or before it is committed."""
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "--diff-filter=A", "--format=%H %cI", "--",
+                              document], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[-1] if out else None
+
+
 def registered_before(runs: pd.DataFrame, document: str) -> str:
-    """Whether `document` was committed before the first of `runs` started training, in words, with
-    both times (the runs' `started` provenance): what a pre-registration has to show."""
-    found = prereg_commit(document)
+    """Whether `document` was registered (the commit that added it) before the first of `runs`
+    started training, in words, with both times (the runs' `started` provenance): what a
+    pre-registration has to show."""
+    found = registration_commit(document)
     if found is None:
         return f"{document}: no commit found (not a git checkout, or never committed): nothing to check."
     if not len(runs):
-        return f"{document}: committed {found.split()[1]} ({found.split()[0][:10]}); none of its runs is stored yet."
+        return f"{document}: registered {found.split()[1]} ({found.split()[0][:10]}); none of its runs is stored yet."
     committed = pd.Timestamp(found.split()[1])
     first = pd.to_datetime(runs["started"], format="%Y-%m-%dT%H:%M:%S%z", utc=True).min()
     order = "before" if committed <= first else "AFTER"
-    return (f"{document}: committed {committed.isoformat()} ({found.split()[0][:10]}), {order} the first of its "
-            f"{len(runs)} runs started training ({first.isoformat()}).")
+    return (f"{document}: registered (committed) {committed.isoformat()} ({found.split()[0][:10]}), {order} the "
+            f"first of its {len(runs)} runs started training ({first.isoformat()}).")
 
 
 def provenance_note(runs: pd.DataFrame) -> str:
