@@ -4,6 +4,7 @@ nothing trained twice."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -83,3 +84,51 @@ def test_sigterm_ends_the_sweeps_process_tree_frees_its_locks_and_a_rerun_comple
     assert sorted(p.name for p in (store.root / "runs").iterdir()) == sorted(keys)  # each once, no leftovers
     assert not list((store.root / "checkpoints").iterdir())
     assert all(store.load(k).metrics["epochs"] == 150 for k in keys)
+
+
+def ray_processes(session_marker: str) -> list[str]:
+    """Live processes whose command line or environment names `session_marker` (Ray's own daemons
+    may leave the process group; they all carry the sweep's MULREG_DATA in their environment)."""
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            zombie = (proc / "stat").read_text().split(")")[-1].split()[0] == "Z"
+            if session_marker.encode() in (proc / "environ").read_bytes() and not zombie:
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ")[:80].decode(errors="replace")
+                out.append(f"{proc.name} {command}")
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_sigterm_to_a_ray_sweep_ends_its_tasks_and_its_private_ray(tmp_path, tiny_cifar_image_folder):
+    pytest.importorskip("ray")
+    spec = SweepSpec(base={**BASE, "max_epochs": 150}, grid={"seed": [1, 2]}, store=str(tmp_path / "store"),
+                     executor="ray", ray_address="local", workers=2, checkpoint_every=1)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(spec.model_dump_json())
+    data = tmp_path / "ray-data-marker"  # a path of its own: every process of this sweep has it in its environment
+    data.symlink_to(tiny_cifar_image_folder)
+    env = {**os.environ, "MULREG_DATA": str(data)}
+    store = Store(spec.store)
+    keys = [c.key() for c in spec.configs()]
+    proc = subprocess.Popen([sys.executable, "-m", "mulreg", "sweep", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        assert wait_until(lambda: any(store.checkpoint_path(k).exists() for k in keys) or proc.poll() is not None,
+                          300), "no Ray task wrote a checkpoint"
+        assert proc.poll() is None, "the sweep finished before it could be terminated: make it longer"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        wait_until(lambda: not group_members(proc.pid) and not ray_processes(str(data)), 60)
+        left = group_members(proc.pid) + ray_processes(str(data))
+        assert not left, f"processes of the Ray sweep still running after SIGTERM: {left}"
+    finally:
+        for pid in {int(p.split()[0]) for p in group_members(proc.pid) + ray_processes(str(data))}:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err and "interrupted: finished runs and checkpoints are kept" in err, err
+    with store.claim(keys, only_incomplete=False) as free:
+        assert free == keys, "run locks still held after SIGTERM"

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--fresh", action="store_true", help="as on a fresh clone: count the runs already stored too")
 
     args = parser.parse_args(argv)
+    Terminated.received = False
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
@@ -77,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     except MulregError as err:  # anticipated: bad input, missing data, unavailable device
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (`_terminated`): workers already stopped
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`_terminated`): workers already stopped
         print("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume",
               file=sys.stderr)
-        return 128 + getattr(stop, "signum", signal.SIGINT)
+        return 128 + (signal.SIGTERM if Terminated.received else signal.SIGINT)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
@@ -90,11 +91,12 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is: the sweep stops its workers (or its Ray tasks), keeps what is
     finished and checkpointed, and exits with 128 + 15."""
 
-    signum = signal.SIGTERM
+    received = False  # set by `_terminated`: some callers (Ray) re-raise a plain KeyboardInterrupt
 
 
 def _terminated(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    Terminated.received = True
     raise Terminated()
 
 

@@ -39,9 +39,11 @@ import collections
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -222,6 +224,24 @@ def _connect(ray, spec) -> bool:
     """Initialise Ray as `spec.ray_address` says; True when this call did (and must shut it down)."""
     if ray.is_initialized():
         return False
+    with _sigterm_kept():
+        return _init(ray, spec)
+
+
+@contextlib.contextmanager
+def _sigterm_kept():
+    """Ray's core worker replaces the process's SIGTERM handler with one that aborts the driver; put
+    back a Python one that was there (`mulreg.__main__`'s: SIGTERM stops the sweep as Ctrl-C does,
+    cancelling its tasks)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _init(ray, spec) -> bool:
     quiet = dict(logging_level=logging.WARNING, log_to_driver=True)
     if spec.ray_address == "local":
         ray.init(address="local", num_cpus=spec.workers or os.cpu_count() or 1, include_dashboard=False, **quiet)
