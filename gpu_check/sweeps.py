@@ -77,7 +77,7 @@ def sweep(w) -> dict:
 
 def sweep_file(w) -> tuple[Path, Path]:
     """The quick binary sweep as the check runs it: on this device, a store in the work folder; smaller
-    (and on a CPU eager, one inline stack: a dry run of the GPU path) where sizes say so."""
+    where sizes say so; on a CPU a dry run of the GPU path: eager, one inline stack, fewer runs."""
     import yaml
 
     from mulreg.config import load_yaml
@@ -89,9 +89,13 @@ def sweep_file(w) -> tuple[Path, Path]:
     s = w.sz["f"]
     if s:
         values["base"] |= {k: s[k] for k in ("max_epochs", "n_train", "n_test")}
-    if not w.cuda:
+    if not w.cuda:  # every stage and store step, on one seed and one λ per penalty (9 runs, not 32)
         values["base"]["compile"] = False
         values |= {"strategy": "inline", "group_size": 32}
+        grid = values["grid"]
+        grid["seed"] = grid["seed"][:1]
+        grid["lam"] = {kind: lams[:1] for kind, lams in grid["lam"].items()}
+        values["confirmation"]["seeds"] = values["confirmation"]["seeds"][:1]
     path = w.work / "quick_binary_sweep.yaml"
     path.write_text(yaml.safe_dump(values, sort_keys=False))
     return path, store
