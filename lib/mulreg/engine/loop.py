@@ -23,7 +23,8 @@ from mulreg.core.models import build_model, direction_parameters, layer_names
 from mulreg.core.penalties import penalty
 from mulreg.protocols import EFF_LR, Split
 
-LOSSES = ("train_loss", "val_loss")  # a run whose loss is not finite has diverged (never read on the test set)
+# A run whose loss is not finite has diverged; the test set is never read to decide it.
+LOSSES = ("train_loss", "val_loss")
 
 
 def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataFrame]:
