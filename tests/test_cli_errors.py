@@ -314,3 +314,12 @@ def test_a_sweep_whose_every_run_diverges_says_no_lambda_qualified(tmp_path, tin
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert "no λ for mul qualified at noise 0: 1 of its 1 runs failed" in out.stdout, out.stdout
     assert "no run of the unregularised baseline qualified" in out.stdout
+
+
+def test_train_refuses_an_n_test_larger_than_the_pool_before_training(tmp_path, tiny_cifar_image_folder):
+    """It evaluated on the 6 test images there are and recorded the 100 asked for."""
+    args = train_args(tmp_path)
+    args[args.index("--n-test") + 1] = "100"
+    out = mulreg(*args, env=tiny_env(tmp_path, tiny_cifar_image_folder))
+    assert_one_message(out, "n_test 100", "test images per class", "too few of cat, deer")
+    assert not (tmp_path / "r.json").exists()

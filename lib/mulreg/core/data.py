@@ -294,19 +294,26 @@ def load_pool(
 
 
 def check_caps(configs: list[RunConfig], root: str | os.PathLike | None = None) -> None:
-    """Refuse, before any training, a run whose `n_train` asks for more training images of its classes
-    than the data holds (it would train on fewer than it records). Decodes and caches the data once."""
-    train, _ = load_cifar10(root)
-    counts = torch.bincount(train.labels, minlength=len(CLASSES))
-    for config in {(c.task, c.classes, c.n_train): c for c in configs if c.n_train is not None}.values():
-        wanted = config.classes if config.task == "binary" else tuple(range(len(CLASSES)))
-        per_class = config.n_train // len(wanted)
-        short = [CLASSES[c] for c in wanted if counts[c] < per_class]
-        if short:
-            have = int(sum(counts[c] for c in wanted))
-            raise DataError(f"n_train {config.n_train} asks for {per_class} training images per class, but "
-                            f"{data_root(root)} holds {have} of {', '.join(CLASSES[c] for c in wanted)} in all "
-                            f"(too few of {', '.join(short)}); lower n_train, or leave it unset for the whole pool")
+    """Refuse, before any training, a run whose `n_train` or `n_test` asks for more images of its
+    classes than the data holds (it would use fewer than it records). Decodes and caches the data once."""
+    train, test = load_cifar10(root)
+    for name, images in (("n_train", train), ("n_test", test)):
+        counts = torch.bincount(images.labels, minlength=len(CLASSES))
+        for config in {(c.task, c.classes, getattr(c, name)): c for c in configs
+                       if getattr(c, name) is not None}.values():
+            _check_cap(name, getattr(config, name), config, counts, root)
+
+
+def _check_cap(name: str, asked: int, config: RunConfig, counts: torch.Tensor, root) -> None:
+    wanted = config.classes if config.task == "binary" else tuple(range(len(CLASSES)))
+    per_class = asked // len(wanted)
+    short = [CLASSES[c] for c in wanted if counts[c] < per_class]
+    if short:
+        have = int(sum(counts[c] for c in wanted))
+        split = "training" if name == "n_train" else "test"
+        raise DataError(f"{name} {asked} asks for {per_class} {split} images per class, but {data_root(root)} "
+                        f"holds {have} of {', '.join(CLASSES[c] for c in wanted)} in all (too few of "
+                        f"{', '.join(short)}); lower {name}, or leave it unset for the whole pool")
 
 
 def pool_for(config: RunConfig, root: str | os.PathLike | None = None, device: str = "cpu") -> Pool:

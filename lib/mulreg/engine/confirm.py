@@ -16,6 +16,7 @@ own (one arm per penalty and noise level) over the same store.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -104,13 +105,14 @@ def plan(selection_runs: pd.DataFrame, confirmation: Confirmation, store_root: s
                "selection_label_noise": sorted(float(v) for v in selection_runs["label_noise"].unique()),
                "selection_runs": sorted(selection_runs["key"])}
     where = folder(store_root)
-    stored = load(store_root)
+    stored = _load_or_set_aside(store_root)
     if stored is not None:
         same = {k: stored[k] for k in derived} == derived
         if not same:
             raise ConfigError(f"{where / 'plan.json'}: the confirmation settings derived now differ from those "
                               f"stored on {stored['created']} ({_diff(stored, derived)}); the confirmation is "
-                              "fixed once planned. Remove that folder only to start a new, separate confirmation.")
+                              f"fixed once planned. {ANOTHER_STORE}")
+        _restore_table(selection, where)
         return stored
     where.mkdir(parents=True, exist_ok=True)
     selection.to_csv(where / "selection.csv", index=False)
@@ -128,15 +130,98 @@ def _diff(stored: dict, derived: dict) -> str:
                      and k != "selection_runs") or "the selection runs differ"
 
 
+class DamagedPlan(ConfigError):
+    """A stored plan.json that cannot be read, or lacks what a plan holds."""
+
+
+ANOTHER_STORE = ("To plan another confirmation (another class pair, seeds or grid), give that sweep a store of "
+                 "its own (`store:` in its file, or --store DIR): this store's plan and runs stay as they are.")
+PLAN_KEYS = ("rule", "selected_on", "lam", "seeds", "label_noise", "selection_seeds", "selection_label_noise",
+             "selection_runs", "created")
+TABLE_COLUMNS = ("penalty", "label_noise", "lam")  # what a selection.csv holds at least
+
+
 def load(store_root: str | Path) -> dict | None:
-    """The stored plan, or None before one is written."""
+    """The stored plan, or None before one is written; a damaged one is refused in one line
+    (`python -m mulreg sweep` sets it aside and derives it again from the stored selection runs)."""
     path = folder(store_root) / "plan.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedPlan(f"{path} cannot be read ({err}); {_REDERIVE}") from None
+    lacking = [k for k in PLAN_KEYS if k not in record] if isinstance(record, dict) else list(PLAN_KEYS)
+    if lacking:
+        raise DamagedPlan(f"{path} is incomplete (no {', '.join(lacking)}); {_REDERIVE}")
+    return record
+
+
+_REDERIVE = ("`python -m mulreg sweep <its sweep file>` sets it aside and derives it again from the stored "
+             "selection runs (nothing trained is lost)")
+
+
+def _load_or_set_aside(store_root: str | Path) -> dict | None:
+    """The stored plan; a damaged one is renamed plan.json.damaged-<time> (kept) and None returned."""
+    try:
+        return load(store_root)
+    except DamagedPlan as err:
+        path = folder(store_root) / "plan.json"
+        aside = path.with_name(f"plan.json.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        path.replace(aside)
+        print(f"{str(err).split(';')[0]}: set aside as {aside.name}; the plan is derived again from the selection "
+              "runs", flush=True)
+        return None
+
+
+def check_store(store_root: str | Path, selection_keys: list[str]) -> None:
+    """Refuse, before anything trains, a sweep whose selection stage is not the one this store's plan
+    was derived from (another class pair, seeds or grid in the same store); a damaged plan is set aside."""
+    stored = _load_or_set_aside(store_root)
+    if stored is not None and sorted(selection_keys) != sorted(stored["selection_runs"]):
+        raise ConfigError(f"{folder(store_root) / 'plan.json'} was planned on {stored['created']} from another "
+                          f"selection stage (seeds {stored['selection_seeds']}, noise "
+                          f"{stored['selection_label_noise']}, {len(stored['selection_runs'])} runs) than this "
+                          f"sweep's ({len(selection_keys)} runs). {ANOTHER_STORE}")
+
+
+def _restore_table(selection: pd.DataFrame, where: Path) -> None:
+    """Write selection.csv again where it is missing or differs from the table the plan derives from."""
+    path = where / "selection.csv"
+    text = selection.to_csv(index=False)
+    if path.exists() and path.read_text(errors="replace") == text:
+        return
+    tmp = path.with_name("selection.csv.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    print(f"{path}: {'damaged' if path.exists() else 'missing'}; written again from the stored selection runs",
+          flush=True)
 
 
 def selection_table(store_root: str | Path) -> pd.DataFrame:
-    """The selection table stored with the plan."""
-    return pd.read_csv(folder(store_root) / "selection.csv")
+    """The selection table stored with the plan, checked against it: a missing, cut-off or damaged one
+    is refused in one line."""
+    path = folder(store_root) / "selection.csv"
+    remedy = "`python -m mulreg sweep <its sweep file>` writes it again from the stored selection runs"
+    try:
+        text = path.read_text()
+        table = pd.read_csv(io.StringIO(text))
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # missing, empty, or not a table
+        raise ConfigError(f"{path} cannot be read ({_first_line(err)}); {remedy}") from None
+    lacking = [c for c in TABLE_COLUMNS if c not in table]
+    if lacking or not text.endswith("\n") or table[list(TABLE_COLUMNS[:2])].isna().any().any():
+        raise ConfigError(f"{path} is cut off or damaged; {remedy}")
+    plan = load(store_root)
+    have = set(zip(table["penalty"], table["label_noise"]))
+    penalties = [Penalty.NONE.value, *plan["lam"]] if plan else []
+    wanted = {(p, v) for p in penalties for v in plan["selection_label_noise"]}
+    if wanted - have:
+        raise ConfigError(f"{path} lacks the rows of {sorted(wanted - have)} that its plan was chosen from; {remedy}")
+    return table
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def arms(record: dict) -> list[dict]:

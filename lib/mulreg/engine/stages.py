@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mulreg.config import ConfigError
 from mulreg.core.epochs import with_rules
 from mulreg.engine import confirm
 from mulreg.engine.store import Store
@@ -53,14 +52,10 @@ def run(spec: SweepSpec, *, progress: bool = True, train_confirmation: bool = Tr
     """Train the selection stage, plan the confirmation and (with `train_confirmation`) train it."""
     if spec.confirmation is not None:
         confirm.check_seeds(set(selection_spec(spec).grid.get("seed", [])) | _arm_seeds(spec), spec.confirmation)
-    selection = run_sweep(selection_spec(spec), progress=progress)
+        confirm.check_store(spec.open_store().root, [c.key() for c in selection_spec(spec).configs()])
+    selection = run_sweep(selection_spec(spec), progress=progress)  # refuses a stage with runs missing
     if spec.confirmation is None:
         return Stages(selection)
-    expected = len(selection_spec(spec).configs())
-    if len(selection) < expected:  # claimed by another process, or unreadable: never plan from part of it
-        raise ConfigError(f"the selection stage has {len(selection)} of its {expected} runs stored in {spec.store} "
-                          "(another process may still be training the rest); the confirmation is planned only "
-                          "from a complete selection stage: run this again when it is")
     plan = confirm.plan(read_rules(spec, selection), spec.confirmation, spec.open_store().root)
     second = confirmation_spec(spec, plan)
     if not train_confirmation:

@@ -222,6 +222,19 @@ class Store:
                 f.close()
 
 
+    def is_claimed(self, key: str) -> bool:
+        """Another process holds `key`'s lock (it is training that run now)."""
+        lock = self.root / "claims" / f"{key}.lock"
+        if not lock.exists():
+            return False
+        with open(lock) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        return False
+
+
 class _Checkpoints:
     def __init__(self, store: Store, every: int):
         self.store, self.every = store, every

@@ -209,7 +209,29 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
         else:
             for group in groups:
                 _train_claimed(group, store, root, bar, epochs.update, slots_for(spec, group[0]))
+    require_complete(configs, store)
     return store.load_runs([c.key() for c in configs])
+
+
+class IncompleteStage(MulregError):
+    """Some runs of a sweep are not stored after it ran: another process holds them, or they failed to store."""
+
+
+SHOWN_MISSING = 4  # runs named in an incomplete stage's message; the rest are counted
+
+
+def require_complete(configs: list[RunConfig], store: Store) -> None:
+    """Refuse a sweep with runs not stored, naming them: nothing is read or decided on part of a stage."""
+    missing = [c for c in configs if not store.is_complete(c.key())]
+    if not missing:
+        return
+    held = sum(store.is_claimed(c.key()) for c in missing)
+    names = "; ".join(f"{c.penalty} λ={c.lam:g} noise {c.label_noise:g} seed {c.seed} ({c.key()})"
+                      for c in missing[:SHOWN_MISSING])
+    more = f"; and {len(missing) - SHOWN_MISSING} more" if len(missing) > SHOWN_MISSING else ""
+    raise IncompleteStage(f"{len(missing)} of the sweep's {len(configs)} runs are not stored in {store.root}: "
+                          f"{names}{more}. Another process is training {held} of them now: run this again when it "
+                          "has finished; nothing is decided on part of a sweep")
 
 
 def _cluster_session(spec: SweepSpec, pending: list[RunConfig]):

@@ -89,6 +89,7 @@ def checked_parameters(profile: str, chosen: list[Path], overrides: dict | None 
         used |= set(mine)
         out[nb.stem] = values | mine
         _check_sweep(nb.stem, out[nb.stem], set(mine))
+        _check_levels(nb.stem, out[nb.stem], set(mine), profile)
     unused = sorted(set(overrides or {}) - used)
     if unused:
         raise ConfigError(f"-p/--params: {', '.join(unused)} is not a parameter of "
@@ -129,6 +130,30 @@ def _check_sweep(stem: str, params: dict, overridden: set[str]) -> None:
     except (ConfigError, TypeError, ValueError) as err:
         shown = ", ".join(f"{k}={params[k]!r}" for k in changed)
         raise ConfigError(f"-p/--params {shown}: not accepted by {stem}: {err}") from None
+
+
+# Parameters whose values must be label-noise levels the notebook's sweep reports.
+NOISE_PARAMETERS = ("table_noise", "dynamics_noise", "layer_noise", "landscape_noise")
+
+
+def _check_levels(stem: str, params: dict, overridden: set[str], profile: str) -> None:
+    """Each noise-level parameter names levels the notebook's sweep trains and reports, before any
+    kernel starts (a level it lacks would fail inside the notebook with a KeyError)."""
+    named = [k for k in NOISE_PARAMETERS if params.get(k) is not None]
+    if not named or "sweep" not in params:
+        return
+    from mulreg.results.analysis import load_sweep, reported_levels
+
+    spec = load_sweep(str((NOTEBOOKS / params["sweep"]).resolve()), classes=params.get("classes"),
+                      seeds=params.get("seeds"))
+    levels = reported_levels(spec)
+    for name in named:
+        values = params[name] if isinstance(params[name], list) else [params[name]]
+        wrong = [v for v in values if not any(math.isclose(v, level) for level in levels)]
+        if wrong:
+            where = "-p/--params" if name in overridden else f"params/{profile}/{stem}.yaml:"
+            raise ConfigError(f"{where} {name} {params[name]!r}: {stem}'s sweep ({params['sweep']}) reports "
+                              f"label noise {', '.join(f'{v:g}' for v in levels)} only; choose among those")
 
 
 def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | None = None,

@@ -53,6 +53,13 @@ def load_sweep(path: str, classes: Sequence[int | str] | None = None,
     return spec.model_copy(update={"base": base, "grid": grid, "arms": arms, "confirmation": confirmation})
 
 
+def reported_levels(spec: SweepSpec) -> list[float]:
+    """The label-noise levels a notebook reports: its confirmation's, or, without one, its grid's."""
+    if spec.confirmation is not None:
+        return sorted(spec.confirmation.label_noise)
+    return sorted({c.label_noise for c in spec.configs()})
+
+
 def run_stages(spec: SweepSpec, progress: bool = True, patience: int | None = None) -> stages.Stages:
     """Train what the store lacks of both stages (`mulreg.engine.stages.run`), say in words what happened,
     and return each stage's runs with every epoch rule read off its histories (the paper's literal
