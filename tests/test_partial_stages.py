@@ -138,3 +138,17 @@ def test_a_noise_level_the_sweep_does_not_report_is_refused_before_any_notebook_
     out = mulreg("figures", "--profile", "smoke", "--nb", "03", "-p", "table_noise", value)
     assert_one_message(out, "table_noise", "reports label noise", "03_rank_table")
     assert "[1/" not in out.stdout and "Estimate" not in out.stdout
+
+
+def test_the_notebooks_readers_read_an_archived_store_and_write_nothing_in_it(tmp_path, tiny_cifar_image_folder):
+    """An archive holds runs/ and stages/ only; the readers used to create its checkpoints/ and claims/."""
+    import shutil
+
+    path, _, _ = trained_store(tmp_path, tiny_cifar_image_folder)
+    archive = tmp_path / "archive"
+    shutil.copytree(tmp_path / "store", archive, ignore=shutil.ignore_patterns("checkpoints", "claims"))
+    spec = SweepSpec.from_yaml(path).model_copy(update={"store": str(archive)})
+    done, missing = analysis.stored_stages(spec)
+    assert missing == [] and len(done.selection) == 2 and len(done.confirmation) >= 1
+    analysis.histories(str(archive), done.confirmation)
+    assert sorted(p.name for p in archive.iterdir()) == ["runs", "stages"]

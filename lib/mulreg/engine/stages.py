@@ -44,7 +44,7 @@ def read_rules(spec: SweepSpec, runs: pd.DataFrame, patience: int | None = None)
     literal rule too, given its `patience`)."""
     if not len(runs):
         return runs
-    hist = Store(spec.store).load_histories(list(runs["key"]))
+    hist = Store(spec.store, create=False).load_histories(list(runs["key"]))
     return with_rules(runs, hist, patience)
 
 

@@ -5,6 +5,7 @@ Statistics of those tables live in `mulreg.results.stats`, sentences in `mulreg.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Sequence
 
@@ -53,6 +54,11 @@ def load_sweep(path: str, classes: Sequence[int | str] | None = None,
     return spec.model_copy(update={"base": base, "grid": grid, "arms": arms, "confirmation": confirmation})
 
 
+def reader(store: Store | str) -> Store:
+    """`store` for reading: a path opens the store without creating or writing anything in it."""
+    return Store(store, create=False) if isinstance(store, (str, os.PathLike)) else store
+
+
 def reported_levels(spec: SweepSpec) -> list[float]:
     """The label-noise levels a notebook reports: its confirmation's, or, without one, its grid's."""
     if spec.confirmation is not None:
@@ -95,7 +101,7 @@ def reported_runs(done: stages.Stages) -> pd.DataFrame:
 
 def histories(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch histories of `runs`, long, with penalty, λ, label noise and seed attached."""
-    store = Store(store) if isinstance(store, str) else store
+    store = reader(store)
     if not len(runs):
         return pd.DataFrame()
     hist = store.load_histories(list(runs["key"]))
@@ -116,7 +122,7 @@ def margins(store: Store | str, runs: pd.DataFrame, kind: str = "unit_norm", roo
     store's `margin_std_mean`)."""
     from mulreg.core.data import pool_for
 
-    store = Store(store) if isinstance(store, str) else store
+    store = reader(store)
     parts = []
     for r in runs.itertuples():
         if kind == "unit_norm":
@@ -138,7 +144,7 @@ def margins(store: Store | str, runs: pd.DataFrame, kind: str = "unit_norm", roo
 def spectra(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
     """Singular values of every layer of each run's reported weights (conv kernels reshaped to
     out × in·kh·kw), long: penalty, label_noise, seed, layer, index, sv, sv_rel (÷ the largest)."""
-    store = Store(store) if isinstance(store, str) else store
+    store = reader(store)
     parts = []
     for r in runs.itertuples():
         model = store.load(r.key).model()
@@ -253,7 +259,7 @@ def forward_throughput(model: torch.nn.Module, x: torch.Tensor, repeats: int = 3
 
 def test_correct(store: Store | str, runs: pd.DataFrame) -> dict[str, np.ndarray | None]:
     """Per run key: epochs × test images, bool (`Store.test_correct`; None for runs stored without)."""
-    store = Store(store) if isinstance(store, str) else store
+    store = reader(store)
     return {key: store.test_correct(key) for key in runs["key"]}
 
 
@@ -273,7 +279,7 @@ def stored_stages(spec: SweepSpec, patience: int | None = None) -> tuple[stages.
     (an incomplete one is None, and named), so nothing is decided on part of a stage."""
 
 
-    store = spec.open_store()
+    store = Store(spec.store, create=False)  # reads only: an archived, read-only store is read as it is
     missing = []
     wanted = stages.selection_spec(spec).configs()
     done = [c.key() for c in wanted if store.is_complete(c.key())]
@@ -303,7 +309,7 @@ def sharpness_by_seed(store: Store | str, runs: pd.DataFrame, noise: float, radi
 
     from mulreg.results.landscape import sharpness
 
-    store = Store(store) if isinstance(store, str) else store
+    store = reader(store)
     at = runs[np.isclose(runs["label_noise"], noise)]
     rows = []
     for r in tqdm(list(at.itertuples()), desc="sharpness", disable=not progress):
