@@ -15,7 +15,7 @@ from mulreg.engine.cluster import resources_for, run_groups_on_ray  # noqa: E402
 from mulreg.engine.store import Store  # noqa: E402
 from mulreg.engine.sweep import SweepSpec, plan_groups, run  # noqa: E402
 
-BASE = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, max_epochs=2, init_scale=0.5, lr=0.01,
+BASE = dict(n_train=12, n_test=6, val_fraction=0.25, batch_size=4, max_epochs=2, init_scale=0.5, lr=0.01,
             device="cpu", early_stopping={"patience": 5})
 GRID = {"penalty": ["none", "mul"], "lam": [1e-3], "seed": [1, 2]}  # 4 runs
 

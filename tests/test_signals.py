@@ -17,7 +17,7 @@ import pytest
 from mulreg.engine.store import Store
 from mulreg.engine.sweep import SweepSpec
 
-BASE = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, init_scale=0.5, lr=0.01, device="cpu",
+BASE = dict(n_train=12, n_test=6, val_fraction=0.25, batch_size=4, init_scale=0.5, lr=0.01, device="cpu",
             early_stopping=None, penalty="mul", lam=1e-6)
 
 

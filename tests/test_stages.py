@@ -12,7 +12,7 @@ from mulreg.config import ConfigError
 from mulreg.engine import confirm, stages
 from mulreg.engine.sweep import SweepSpec
 
-BASE = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, max_epochs=2, init_scale=1.0, device="cpu",
+BASE = dict(n_train=12, n_test=6, val_fraction=0.25, batch_size=4, max_epochs=2, init_scale=1.0, device="cpu",
             early_stopping=None, chance_margin=0.0)
 GRID = {"penalty": ["none", "sum", "mul"], "lam": {"sum": [1e-3, 1e-5], "mul": [1e-6, 1e-9]}, "seed": [1, 2],
         "label_noise": [0.2]}
@@ -45,9 +45,12 @@ def test_the_confirmation_is_planned_from_the_selection_runs_stored_and_reused(t
 
 def test_a_plan_that_would_change_is_refused(tiny, tmp_path):
     stages.run(spec(tmp_path), progress=False, train_confirmation=False)
-    fewer = {**GRID, "lam": {"sum": [1e-3], "mul": [1e-6]}}
-    with pytest.raises(ConfigError, match="the confirmation is fixed once planned"):
+    fewer = {**GRID, "lam": {"sum": [1e-3], "mul": [1e-6]}}  # another selection stage: refused before training
+    with pytest.raises(ConfigError, match="planned on .* from another selection stage .* a store of its own"):
         stages.run(spec(tmp_path, fewer), progress=False)
+    rule = confirm.Confirmation(seeds=[3], label_noise=[0.0, 0.2], rule="test_acc_last")
+    with pytest.raises(ConfigError, match="the confirmation is fixed once planned"):  # same runs, another rule
+        stages.run(spec(tmp_path).model_copy(update={"confirmation": rule}), progress=False)
 
 
 def test_confirmation_seeds_must_be_fresh(tiny, tmp_path):

@@ -106,7 +106,7 @@ def test_groups_respect_shapes_and_size():
 
 
 def _tiny_spec(root, store, **grid):
-    base = dict(n_train=12, n_test=10, val_fraction=0.25, batch_size=4, max_epochs=2, init_scale=1.0,
+    base = dict(n_train=12, n_test=6, val_fraction=0.25, batch_size=4, max_epochs=2, init_scale=1.0,
                 device="cpu", early_stopping={"patience": 5})
     return SweepSpec(base=base, grid=grid or {"seed": [1, 2]}, store=str(store), strategy="inline")
 
