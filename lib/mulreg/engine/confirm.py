@@ -139,6 +139,8 @@ ANOTHER_STORE = ("To plan another confirmation (another class pair, seeds or gri
 PLAN_KEYS = ("rule", "selected_on", "lam", "seeds", "label_noise", "selection_seeds", "selection_label_noise",
              "selection_runs", "created")
 TABLE_COLUMNS = ("penalty", "label_noise", "lam")  # what a selection.csv holds at least
+_REDERIVE = ("`python -m mulreg sweep <its sweep file>` sets it aside and derives it again from the stored "
+             "selection runs (nothing trained is lost)")
 
 
 def load(store_root: str | Path) -> dict | None:
@@ -155,10 +157,6 @@ def load(store_root: str | Path) -> dict | None:
     if lacking:
         raise DamagedPlan(f"{path} is incomplete (no {', '.join(lacking)}); {_REDERIVE}")
     return record
-
-
-_REDERIVE = ("`python -m mulreg sweep <its sweep file>` sets it aside and derives it again from the stored "
-             "selection runs (nothing trained is lost)")
 
 
 def _load_or_set_aside(store_root: str | Path) -> dict | None:
@@ -189,13 +187,13 @@ def _restore_table(selection: pd.DataFrame, where: Path) -> None:
     """Write selection.csv again where it is missing or differs from the table the plan derives from."""
     path = where / "selection.csv"
     text = selection.to_csv(index=False)
-    if path.exists() and path.read_text(errors="replace") == text:
+    existed = path.exists()
+    if existed and path.read_text(errors="replace") == text:
         return
     tmp = path.with_name("selection.csv.tmp")
     tmp.write_text(text)
     tmp.replace(path)
-    print(f"{path}: {'damaged' if path.exists() else 'missing'}; written again from the stored selection runs",
-          flush=True)
+    print(f"{path}: {'damaged' if existed else 'missing'}; written again from the stored selection runs", flush=True)
 
 
 def selection_table(store_root: str | Path) -> pd.DataFrame:
