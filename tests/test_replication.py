@@ -110,6 +110,23 @@ def test_family_b_without_the_larger_scale_leaves_its_rows_untested():
     family = replication.family_b(confirmation_runs(), selection_runs([[True] * 4] * 3, [[True] * 4] * 3))
     untested = family[family["outcome"] == "not tested (no runs)"]["id"].tolist()
     assert untested == ["B11", "B12", "B13"] and (family["family"] == 14).all()
+    assert family.set_index("id").loc["B12", "claim"] == "the lead over additive narrows at a larger init scale"
+
+
+def test_equal_differences_are_labelled_with_the_permutation_test_and_its_floor():
+    from mulreg.report import verdicts
+
+    runs = confirmation_runs()
+    runs["rank_fc1"] = np.where(runs["penalty"] == "mul", 2, 256)  # fc1: add − mul = 254 in every seed
+    runs["rank_conv4"] = np.where(runs["penalty"] == "mul", 40 + runs["seed"], 128)  # conv4: 82, 81, 80
+    family = replication.family_b(runs, selection_runs([[True] * 4] * 3, [[True] * 4] * 3))
+    b8 = family.set_index("id").loc["B8"]
+    assert b8["test"] == replication.EQUAL_DIFFERENCES and b8["p"] == pytest.approx(2 / 2 ** 3)
+    assert verdicts.family_table(family).set_index("id").loc["B8", "test"] == replication.EQUAL_DIFFERENCES
+    sentence = next(line for line in verdicts.family_sentences(family) if line.startswith("B8"))
+    assert "with 3 pairs that p cannot go below 0.25" in sentence and sentence.endswith("not resolved.")
+    b7 = next(line for line in verdicts.family_sentences(family) if line.startswith("B7"))
+    assert "(paired t p" in b7 and "cannot go below" not in b7
 
 
 def test_the_ledger_is_decided_by_replication_two_once_complete_else_by_one():

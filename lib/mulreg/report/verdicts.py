@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from mulreg.core.epochs import RULES
 from mulreg.protocols import PENALTY_NAMES, Penalty
 from mulreg.report.prose import _p, _pp, rule_names
+from mulreg.results import claims
 from mulreg.results.paper import FIG3_LAMBDA
 
 
@@ -142,7 +143,7 @@ def verdict_sentences(table: pd.DataFrame, rule: str, stage: str, patience: int 
             out.append(f"'{r['claim']}' ({r['noise']}): {said}.")
             continue
         span = "" if pd.isna(r["low"]) else f", 95 % interval {_pp(r['low'])} to {_pp(r['high'])}"
-        test = ("every difference equal, so the exact permutation p decides" if r["zero_sd"]
+        test = (f"every difference equal, so the exact permutation p decides{_floor(r)}" if r["zero_sd"]
                 else f"t p {_p(r['p_t'])}, exact permutation p {_p(r['p_perm'])}")
         holm = (f"Holm-adjusted p {_p(r['p_holm'])} of {r['family']}" if pd.notna(r["p_holm"])
                 else "too few pairs for the decision rule")
@@ -211,8 +212,15 @@ def family_sentences(table: pd.DataFrame) -> list[str]:
         span = "" if pd.isna(r["low"]) else f", 95 % interval {r['low']:+.3g} to {r['high']:+.3g}"
         level = "; on ranks its level is about 7 % at a nominal 5 %" if r["test"].startswith("Williams") else ""
         out.append(f"{r['id']} '{r['claim']}' ({r['noise']}): {r['statistic']} = {_num(r['mean'])} over n = {r['n']}"
-                   f"{span} ({r['test']} p {_p(r['p'])}, Holm p {_p(r['p_holm'])}{level}): {r['outcome']}.")
+                   f"{span} ({r['test']} p {_p(r['p'])}, Holm p {_p(r['p_holm'])}{level}{_floor(r)}): {r['outcome']}.")
     return out
+
+
+def _floor(r: dict) -> str:
+    """Where every difference is equal, the smallest p its exact permutation test can reach at its n."""
+    if not r.get("zero_sd"):
+        return ""
+    return f"; with {r['n']} pairs that p cannot go below {_p(claims.smallest_permutation_p(r['n']))}"
 
 
 def _num(x) -> str:

@@ -72,6 +72,12 @@ def permutation_pvalue(diffs: Sequence[float]) -> float:
     return float(np.mean(flipped >= observed - 1e-12))
 
 
+def smallest_permutation_p(n: int) -> float:
+    """The smallest two-sided p the exact sign-flip test can give with `n` pairs: 2 of the 2ⁿ sign
+    assignments (all +, all −) reach the observed |mean| when every difference is equal."""
+    return 2 / 2 ** n
+
+
 def holm(pvalues: Sequence[float], family: int | None = None) -> np.ndarray:
     """Holm's step-down adjustment of the finite p values among `pvalues` (NaN stays NaN):
     sorted ascending, p_(i) × (m − i + 1), made monotone, capped at 1. m is the registered

@@ -28,6 +28,7 @@ from mulreg.results import claims
 FAMILY_B = 14  # registered hypotheses of family B
 WINDOW_FIT = 0.5  # a λ is in the window if its run fits at most this share of the flipped training labels
 POINTS_PER_DECADE = 3  # the grid's 1, 2, 5 steps
+EQUAL_DIFFERENCES = "exact permutation (every difference equal)"  # the registered test where sd is 0
 SHARPNESS_RADIUS = 0.25
 SHARPNESS_DIRECTIONS = (0, 1, 2)
 SHARPNESS_IMAGES = 500
@@ -49,7 +50,8 @@ def _paired(wide: pd.DataFrame, a: str, b: str) -> list[float]:
 
 
 def _row(hid: str, claim: str, noise: str, statistic: str, test: str, result: dict) -> dict:
-    return {"id": hid, "claim": claim, "noise": noise, "statistic": statistic, "test": test, **result}
+    decided_by = EQUAL_DIFFERENCES if result.get("zero_sd") else test  # the p that `claims.test` used
+    return {"id": hid, "claim": claim, "noise": noise, "statistic": statistic, "test": decided_by, **result}
 
 
 # ---- the tests that are not a paired t-test
@@ -153,11 +155,12 @@ def _init_scale_rows(confirmation: pd.DataFrame, larger: pd.DataFrame | None) ->
     rows = []
     small = per_seed(claims.as_trained(confirmation, HEADLINE), HEADLINE, 0.2)
     big = per_seed(claims.as_trained(larger, HEADLINE), HEADLINE, 0.2) if larger is not None else None
-    scale = f"{larger['init_scale'].iloc[0]:g}" if larger is not None and len(larger) else "the larger scale"
+    scale = f"{larger['init_scale'].iloc[0]:g}" if larger is not None and len(larger) else "larger"
+    at = f"at init scale {scale}" if scale != "larger" else "at a larger init scale"
     for hid, other in (("B12", SUM), ("B13", NONE)):
         both = big is not None and {MUL, other} <= set(big.columns) and {MUL, other} <= set(small.columns)
         diffs = (small[MUL] - small[other] - (big[MUL] - big[other])).dropna().tolist() if both else []
-        rows.append(_row(hid, f"the lead over {PENALTY_NAMES[Penalty(other)]} narrows at init scale {scale}", "0.2",
+        rows.append(_row(hid, f"the lead over {PENALTY_NAMES[Penalty(other)]} narrows {at}", "0.2",
                          f"[mul − {other}](s 0.2) − [mul − {other}](s {scale})", "paired t", claims.test(diffs)))
     return rows
 
