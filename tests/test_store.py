@@ -139,6 +139,35 @@ def test_every_run_records_its_provenance(tmp_path, tiny_cifar_image_folder):
     assert provenance_note(mixed).startswith("WARNING")
 
 
+
+def test_the_provenance_note_warns_only_when_the_code_that_trained_differs(tmp_path, monkeypatch):
+    """Runs from two commits that differ only outside the training code (here: in report/) get a
+    note, not a warning; a change in core/, an unknown commit or more than one device is said."""
+    from mulreg import provenance
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path), *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    commits = []
+    git("init", "-q")
+    for path, text in (("lib/mulreg/core/m.py", "x = 1"), ("lib/mulreg/report/r.py", "a plot"),
+                       ("lib/mulreg/core/m.py", "x = 2")):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+        git("add", path)
+        git("commit", "-qm", path)
+        commits.append(git("rev-parse", "HEAD"))
+    monkeypatch.setattr(provenance, "PROJECT_ROOT", tmp_path)
+    runs = pd.DataFrame({"git_commit": commits[:2], "git_dirty": False, "device_name": "cpu A",
+                         "finished": "2026-12-03T14:00:00+0000"})
+    note = provenance.provenance_note(runs)
+    assert not note.startswith("WARNING") and "the code that trained is unchanged" in note
+    assert provenance.provenance_note(runs.assign(git_commit=commits[1:])).startswith("WARNING")
+    assert provenance.provenance_note(runs.assign(git_commit=[commits[0], None])).startswith("WARNING")
+    mixed_hosts = provenance.provenance_note(runs.assign(device_name=["cpu A", "cpu B"]))
+    assert not mixed_hosts.startswith("WARNING") and "More than one device" in mixed_hosts
+
 def _stored_run(tmp_path, root) -> tuple[Store, RunConfig]:
     cfg = RunConfig(device="cpu", init_scale=1.0, lr=0.01, batch_size=4, max_epochs=1, n_train=8,
                     early_stopping=None)

@@ -159,8 +159,29 @@ def registered_before(runs: pd.DataFrame, document: str) -> str:
             f"first of its {len(runs)} runs started training ({first.isoformat()}).")
 
 
+# What decides a run's numbers besides its config and device: the modules that train (not those that
+# record, report or draw: provenance, progress, results/, report/, tools/) and the locked libraries.
+TRAINING_CODE = ("lib/mulreg/core", "lib/mulreg/engine", "lib/mulreg/config.py", "lib/mulreg/protocols.py",
+                 "lib/mulreg/__init__.py", "requirements.lock")
+CODE_DIFFERS = "training code differs (or is unknown): numbers may not be comparable"
+
+
+def same_training_code(commits: list[str]) -> bool:
+    """Whether every one of `commits` holds the same `TRAINING_CODE` (False where git cannot tell:
+    no checkout, or a commit it does not have)."""
+    first, *rest = commits
+    for other in rest:
+        try:
+            subprocess.run(["git", "-C", str(PROJECT_ROOT), "diff", "--quiet", first, other, "--", *TRAINING_CODE],
+                           capture_output=True, check=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return True
+
+
 def provenance_note(runs: pd.DataFrame) -> str:
-    """Which commit(s) and device(s) produced `runs`; a warning when there is more than one."""
+    """Which commit(s) and device(s) produced `runs`: a warning when commits whose training code
+    differs (or is unknown) produced them; a note when only commits outside it, or devices, differ."""
     missing = pd.Series(np.nan, index=runs.index, dtype=object)
     dirty = runs.get("git_dirty", missing).fillna(False).astype(bool)
     commits = sorted({"not recorded" if pd.isna(c) else c[:10] + "+" * d
@@ -174,7 +195,12 @@ def provenance_note(runs: pd.DataFrame) -> str:
     n = f"{len(runs)} run{'s' * (len(runs) != 1)}"
     text = (f"{n}, produced by commit {', '.join(commits)} on {', '.join(devices)}{legend}, {dates}; "
             f"this report executed {time.strftime('%Y-%m-%d %H:%M %Z')}.")
-    if len(commits) > 1 or len(devices) > 1:
-        return ("WARNING: these runs come from more than one commit or device; numbers may not be comparable. "
-                + text)
+    code_changed = len(commits) > 1 and ("not recorded" in commits or bool(legend)
+                                         or not same_training_code(sorted(runs["git_commit"].unique())))
+    if code_changed:
+        return f"WARNING: these runs come from commits whose {CODE_DIFFERS}. {text}"
+    if len(commits) > 1:
+        text += f" The commits hold the same {', '.join(TRAINING_CODE)}: the code that trained is unchanged."
+    if len(devices) > 1:
+        text += " More than one device: a run's numbers are reproducible on the device its provenance names."
     return text
