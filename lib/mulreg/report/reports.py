@@ -88,8 +88,8 @@ def checked_parameters(profile: str, chosen: list[Path], overrides: dict | None 
             _check_type(name, value, known[name].get("default"), nb.stem)
         used |= set(mine)
         out[nb.stem] = values | mine
-        _check_sweep(nb.stem, out[nb.stem], set(mine))
-        _check_levels(nb.stem, out[nb.stem], set(mine), profile)
+        spec = _checked_sweep(nb.stem, out[nb.stem], set(mine))
+        _check_levels(nb.stem, out[nb.stem], set(mine), profile, spec)
     unused = sorted(set(overrides or {}) - used)
     if unused:
         raise ConfigError(f"-p/--params: {', '.join(unused)} is not a parameter of "
@@ -116,36 +116,39 @@ def _check_type(name: str, value, default_source: str | None, stem: str) -> None
                           f"{type(default).__name__} (its default: {default!r})")
 
 
-def _check_sweep(stem: str, params: dict, overridden: set[str]) -> None:
-    """The notebook's sweep with its class pair and seeds overridden, expanded into run configs: a
-    value no run accepts is refused here, naming the parameter, before any kernel starts."""
-    changed = sorted({"classes", "seeds"} & overridden)
-    if not changed or "sweep" not in params:
-        return
+def _checked_sweep(stem: str, params: dict, overridden: set[str]):
+    """The notebook's sweep (None for a notebook without one) with its class pair and seeds
+    overridden, expanded into run configs: a value no run accepts is refused here, naming the
+    parameter, before any kernel starts."""
+    if "sweep" not in params:
+        return None
     from mulreg.results.analysis import load_sweep
 
+    changed = sorted({"classes", "seeds"} & overridden)
     try:
-        load_sweep(str((NOTEBOOKS / params["sweep"]).resolve()), classes=params.get("classes"),
-                   seeds=params.get("seeds")).configs()
+        spec = load_sweep(str((NOTEBOOKS / params["sweep"]).resolve()), classes=params.get("classes"),
+                          seeds=params.get("seeds"))
+        spec.configs()
     except (ConfigError, TypeError, ValueError) as err:
+        if not changed:
+            raise
         shown = ", ".join(f"{k}={params[k]!r}" for k in changed)
         raise ConfigError(f"-p/--params {shown}: not accepted by {stem}: {err}") from None
+    return spec
 
 
 # Parameters whose values must be label-noise levels the notebook's sweep reports.
 NOISE_PARAMETERS = ("table_noise", "dynamics_noise", "layer_noise", "landscape_noise")
 
 
-def _check_levels(stem: str, params: dict, overridden: set[str], profile: str) -> None:
-    """Each noise-level parameter names levels the notebook's sweep trains and reports, before any
-    kernel starts (a level it lacks would fail inside the notebook with a KeyError)."""
+def _check_levels(stem: str, params: dict, overridden: set[str], profile: str, spec) -> None:
+    """Each noise-level parameter names levels the notebook's sweep (`spec`) trains and reports,
+    before any kernel starts (a level it lacks would fail inside the notebook with a KeyError)."""
     named = [k for k in NOISE_PARAMETERS if params.get(k) is not None]
-    if not named or "sweep" not in params:
+    if not named or spec is None:
         return
-    from mulreg.results.analysis import load_sweep, reported_levels
+    from mulreg.results.analysis import reported_levels
 
-    spec = load_sweep(str((NOTEBOOKS / params["sweep"]).resolve()), classes=params.get("classes"),
-                      seeds=params.get("seeds"))
     levels = reported_levels(spec)
     for name in named:
         values = params[name] if isinstance(params[name], list) else [params[name]]

@@ -277,8 +277,6 @@ def stored_stages(spec: SweepSpec, patience: int | None = None) -> tuple[stages.
     """Both stages of `spec` as its store holds them, training nothing, with every epoch rule read,
     and what is missing in words: a stage is returned only when every one of its runs is stored
     (an incomplete one is None, and named), so nothing is decided on part of a stage."""
-
-
     store = Store(spec.store, create=False)  # reads only: an archived, read-only store is read as it is
     missing = []
     wanted = stages.selection_spec(spec).configs()
