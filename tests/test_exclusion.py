@@ -14,6 +14,7 @@ from mulreg.config import RunConfig
 from mulreg.core.epochs import RULES, with_rules
 from mulreg.engine import selection
 from mulreg.engine.train import train
+from mulreg.report import prose, verdicts
 from mulreg.results import claims
 from test_selection import grid_runs
 
@@ -91,6 +92,18 @@ def test_a_choice_at_an_end_of_its_grid_is_flagged():
     extra[[c for c in extra if c.startswith("val_acc")]] = 0.1
     best = selection.select(pd.concat([inner, extra]), "test_acc_best_val").set_index("penalty")
     assert best.loc["mul", "lam"] == 1e-7 and best.loc["mul", "grid_end"] == ""
+
+
+def test_the_selection_table_and_its_edge_sentence_read_a_choice_as_stored(tmp_path):
+    best = selection.select(grid_runs(), "test_acc_best_val")
+    best.loc[best["penalty"] == "sum", "lam"] = 3.125e-7  # the init-scale arm's λ: not to be shown as 3e-07
+    best.to_csv(tmp_path / "selection.csv", index=False)
+    stored = pd.read_csv(tmp_path / "selection.csv")  # as notebooks read it back: "" becomes NaN
+    table = prose.selection_table(stored).set_index("penalty")
+    assert table.loc["additive", "λ"] == "3.125e-07" and table.loc["additive", "at grid end"] == "strongest"
+    assert table.loc["none", "at grid end"] == "—"
+    sentence = next(s for s in verdicts.edge_sentences(stored) if s.startswith("The additive"))
+    assert "λ = 3.125e-07 is the strongest of its grid" in sentence
 
 
 def _diverged(root, **values):

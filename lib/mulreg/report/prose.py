@@ -31,6 +31,12 @@ def preregistration_note(document: str | None = None) -> str:
     return f"Pre-registration: {document} as of commit {commit[:10]} ({date}); the verdict follows its rules."
 
 
+def lam_text(lam: float) -> str:
+    """A λ as read in tables and sentences: up to four significant digits, so that the init-scale arm's
+    3.125e-07 and 2.98e-14 are not shown as 3e-07 and 3e-14; 5e-05 stays 5e-05."""
+    return f"{lam:.4g}"
+
+
 def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
     """`mulreg.engine.selection.select`'s table for reading: chosen λ, the mean it was selected on, the
     reported rule's mean ± std, runs used / excluded; the column names say what was read."""
@@ -42,9 +48,10 @@ def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
     out[f"reported: {reported}"] = [
         "—" if pd.isna(m) else f"{scale * m:.2f} ± {scale * s:.2f}" if pd.notna(s) else f"{scale * m:.2f}"
         for m, s in zip(best["mean"], best["std"])]
-    out["λ"] = ["—" if pd.isna(v) else ("0" if v == 0 else f"{v:.0e}") for v in best["lam"]]
+    out["λ"] = ["—" if pd.isna(v) else ("0" if v == 0 else lam_text(v)) for v in best["lam"]]
     out["runs used"] = best["n_used"].fillna(0).astype(int)
-    out["at grid end"] = best["grid_end"] if "grid_end" in best else ""
+    ends = best["grid_end"].fillna("") if "grid_end" in best else pd.Series("", index=best.index)
+    out["at grid end"] = ends.replace("", "—")  # "" (inside the grid) is read back from a CSV as NaN
     out["paper's λ (Fig. 3)"] = [f"{FIG3_LAMBDA[p]:.0e}" if p in FIG3_LAMBDA else "—" for p in best["penalty"]]
     cols = [c for c in ("penalty", "label_noise") if c in out]
     cols += ["λ", "at grid end", "paper's λ (Fig. 3)", f"selected on: {on}", f"reported: {reported}", "runs used",

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from mulreg.core.epochs import RULES
 from mulreg.protocols import PENALTY_NAMES, Penalty
-from mulreg.report.prose import _p, _pp, rule_names
+from mulreg.report.prose import _p, _pp, lam_text, rule_names
 from mulreg.results import claims
 from mulreg.results.paper import FIG3_LAMBDA
 
@@ -171,7 +171,7 @@ def edge_sentences(best: pd.DataFrame) -> list[str]:
             continue
         paper = f" (the paper's best λ, Fig. 3: {FIG3_LAMBDA[r['penalty']]:.0e})" if r["penalty"] in FIG3_LAMBDA else ""
         beyond = "weaker" if r["grid_end"] == "weakest" else "stronger"
-        out.append(f"The {PENALTY_NAMES[Penalty(r['penalty'])]} penalty's chosen λ = {r['lam']:.0e} is the "
+        out.append(f"The {PENALTY_NAMES[Penalty(r['penalty'])]} penalty's chosen λ = {lam_text(r['lam'])} is the "
                    f"{r['grid_end']} of its grid{paper}: a {beyond} value was not tried, so the choice may be "
                    "limited by the grid.")
     return out
@@ -241,6 +241,7 @@ def ledger_figure(ledger: pd.DataFrame) -> Figure:
     ax.set_yticks(range(len(ledger)), [f"{w}: {c}" for w, c in zip(ledger["where"], ledger["claim"])],
                   fontsize="small")
     ax.set(xlim=(0, 4), ylim=(len(ledger) - 0.5, -0.5), xticks=[], title="The paper's claims, as tested here")
+    ax.grid(False)  # the style's grid lines would run under the outcome text
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()

@@ -9,11 +9,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mulreg.protocols import PENALTY_NAMES, Penalty
+from mulreg.report.prose import lam_text
 from mulreg.report.style import penalty_color
 from mulreg.results.replication import WINDOW_FIT, window_widths
 
-PANELS = (("test_acc_best_val", "test accuracy, best val-loss epoch"), ("test_acc_last", "test accuracy, last epoch"),
-          ("train_acc_flipped", "flipped training labels fitted"))
+# Labels on two lines, so that the three rows' labels do not overlap.
+PANELS = (("test_acc_best_val", "test accuracy (%),\nbest val-loss epoch"),
+          ("test_acc_last", "test accuracy (%),\nlast epoch"),
+          ("train_acc_flipped", "flipped training\nlabels fitted (%)"))
 
 
 def window_figure(win: pd.DataFrame) -> Figure:
@@ -37,7 +40,7 @@ def window_figure(win: pd.DataFrame) -> Figure:
             if column == "train_acc_flipped":
                 ax.axhline(100 * WINDOW_FIT, color="black", lw=0.8, ls="--")
             ax.set_xscale("log")
-            ax.set(ylabel=f"{label} (%)" if col == 0 else None, xlabel="λ" if row == len(PANELS) - 1 else None)
+            ax.set(ylabel=label if col == 0 else None, xlabel="λ" if row == len(PANELS) - 1 else None)
         axes[0, col].set_title(f"{PENALTY_NAMES[Penalty(pen)]}: λ window shaded")
     fig.tight_layout()
     return fig
@@ -50,8 +53,9 @@ def window_sentences(win: pd.DataFrame, test: dict) -> list[str]:
     for (pen, seed), part in win[win["in_window"]].groupby(["penalty", "seed"]):
         w = widths[(widths["penalty"] == pen) & (widths["seed"] == seed)].iloc[0]
         edge = " (reaches a grid end: censored)" if w["censored"] else ""
+        span = f"{lam_text(part['lam'].min())} to {lam_text(part['lam'].max())}"
         out.append(f"{PENALTY_NAMES[Penalty(pen)]}, seed {seed}: {int(w['points'])} of the grid's λ in the window, "
-                   f"{part['lam'].min():.0e} to {part['lam'].max():.0e}, width {w['width']:.2f} decades{edge}.")
+                   f"{span}, width {w['width']:.2f} decades{edge}.")
     empty = widths[widths["points"] == 0]
     out += [f"{PENALTY_NAMES[Penalty(r.penalty)]}, seed {r.seed}: no λ of the grid in the window." for r in
             empty.itertuples()]
