@@ -50,8 +50,8 @@ def selection_table(best: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
         for m, s in zip(best["mean"], best["std"])]
     out["λ"] = ["—" if pd.isna(v) else ("0" if v == 0 else lam_text(v)) for v in best["lam"]]
     out["runs used"] = best["n_used"].fillna(0).astype(int)
-    ends = best["grid_end"].fillna("") if "grid_end" in best else pd.Series("", index=best.index)
-    out["at grid end"] = ends.replace("", "—")  # "" (inside the grid) is read back from a CSV as NaN
+    # inside the grid: "" as selected, NaN as read back from selection.csv
+    out["at grid end"] = best["grid_end"].fillna("").replace("", "—") if "grid_end" in best else "—"
     out["paper's λ (Fig. 3)"] = [f"{FIG3_LAMBDA[p]:.0e}" if p in FIG3_LAMBDA else "—" for p in best["penalty"]]
     cols = [c for c in ("penalty", "label_noise") if c in out]
     cols += ["λ", "at grid end", "paper's λ (Fig. 3)", f"selected on: {on}", f"reported: {reported}", "runs used",
