@@ -47,10 +47,8 @@ def mulreg_cache(tmp_path_factory, monkeypatch) -> Path:
     return cache
 
 
-@pytest.fixture
-def tiny_cifar_image_folder(tmp_path) -> Path:
-    """{train,test}/<class>/NNNN.jpg with 6 train and 3 test random JPEGs per class."""
-    root = tmp_path / "cifar-images"
+def write_tiny_image_folder(root: Path) -> Path:
+    """{train,test}/<class>/NNNN.jpg with 6 train and 3 test random JPEGs per class, under `root`."""
     rng = np.random.default_rng(12345)
     for split, per_class in (("train", TINY_TRAIN_PER_CLASS), ("test", TINY_TEST_PER_CLASS)):
         for label, name in enumerate(CIFAR_CLASSES):
@@ -59,6 +57,18 @@ def tiny_cifar_image_folder(tmp_path) -> Path:
             for i in range(per_class):
                 Image.fromarray(tiny_image(rng, label)).save(folder / f"{i:04d}.jpg", quality=95)
     return root
+
+
+@pytest.fixture
+def tiny_cifar_image_folder(tmp_path) -> Path:
+    """{train,test}/<class>/NNNN.jpg with 6 train and 3 test random JPEGs per class."""
+    return write_tiny_image_folder(tmp_path / "cifar-images")
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar_image_folder_module(tmp_path_factory) -> Path:
+    """The same images, once for a module whose tests share what was trained on them."""
+    return write_tiny_image_folder(tmp_path_factory.mktemp("cifar-images") / "cifar-images")
 
 
 def _write_pickle(path: Path, obj) -> str:

@@ -51,6 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--store")
     s.add_argument("--selection-only", action="store_true",
                    help="train the selection stage and write the confirmation plan, but train no confirmation run")
+    s.add_argument("--record", action="store_true",
+                   help="write each stage into the results of record (record/, or $MULREG_RECORD) as it completes")
+
+    rec = sub.add_parser("record", help="write every complete stage of a sweep's store into the results of record "
+                         "(record/, or $MULREG_RECORD), with the manifest of sizes and SHA-256 hashes")
+    rec.add_argument("file", help="the sweep file whose store to record")
+
+    v = sub.add_parser("verify", help="compare a sweep's store with the results of record, run by run; exit 0 when "
+                       "every decision (runs, λ chosen, outcomes) agrees")
+    v.add_argument("file", help="the sweep file whose store to compare")
+    v.add_argument("--retrain", type=int, metavar="N",
+                   help="instead, retrain N recorded runs (a seeded draw) into a temporary store and compare them")
+    v.add_argument("--seed", type=int, default=0, help="the draw's seed for --retrain (default: %(default)s)")
 
     r = sub.add_parser("runs", help="list the runs of a store (one line each), or --check its folders")
     r.add_argument("--store", help="the store folder (default: results/, or env MULREG_RESULTS)")
@@ -73,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        commands = {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures, "estimate": _estimate}
+        commands = {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures, "estimate": _estimate,
+                    "record": _record, "verify": _verify}
         return commands[args.command](args)
     except MulregError as err:  # anticipated: bad input, missing data, unavailable device
         print(f"error: {err}", file=sys.stderr)
@@ -150,7 +164,8 @@ def _sweep(args) -> int:
     overrides = {k: v for k, v in (("executor", args.executor), ("ray_address", args.ray_address),
                                    ("store", args.store)) if v}
     spec = spec.model_copy(update=overrides)
-    done = stages.run(spec, train_confirmation=not args.selection_only)
+    done = stages.run(spec, train_confirmation=not args.selection_only,
+                      on_stage=_recorder(spec) if args.record else None)
     print(f"selection stage: {len(done.selection)} runs in {spec.open_store().root}")
     if "penalty" in done.selection and "lam" in done.selection:
         table = select(stages.read_rules(spec, done.selection))
@@ -166,6 +181,50 @@ def _sweep(args) -> int:
         trained = 0 if done.confirmation is None else len(done.confirmation)
         print(f"confirmation stage: {trained} runs stored")
     return 0
+
+
+def _recorder(spec):
+    """Writes a completed stage into the record, and says so."""
+    from mulreg.results import record
+
+    def write(stage: str) -> None:
+        folder = record.write_stage(spec, stage)
+        print(f"recorded the {stage} stage in {folder} (commit it: git add {folder.parent.parent.name})", flush=True)
+
+    return write
+
+
+def _record(args) -> int:
+    from mulreg.engine.sweep import SweepSpec
+    from mulreg.results import record
+
+    spec = SweepSpec.from_yaml(args.file)
+    written = record.write_complete(spec)
+    if not written:
+        raise ConfigError(f"{args.file}: its store {spec.store} holds no complete stage; nothing recorded")
+    sizes = record.Record().size()
+    print(f"recorded {', '.join(written)} of {record.store_name(spec)} in {record.record_root()} "
+          f"({sizes[record.store_name(spec)] / 1e6:.2f} MB for this store, {sum(sizes.values()) / 1e6:.2f} MB in all)")
+    return 0
+
+
+def _verify(args) -> int:
+    from mulreg.engine.sweep import SweepSpec
+    from mulreg.results import record
+
+    spec = SweepSpec.from_yaml(args.file)
+    patience = record.patience_for(args.file)
+    rec = record.Record()
+    if args.retrain is not None:
+        lines, differs = record.retrain(spec, rec, args.retrain, args.seed, patience)
+    else:
+        lines, differs = record.compare(spec, rec, patience)
+    print(f"{spec.store} against the results of record ({rec.root / record.store_name(spec)}):")
+    print("\n".join(lines))
+    for line in differs:
+        print(f"differs: {line}")
+    print("every decision agrees with the record" if not differs else f"{len(differs)} decision(s) differ")
+    return 1 if differs else 0
 
 
 def _runs(args) -> int:

@@ -9,6 +9,7 @@ stages share the sweep file's `base` and store; a killed call resumes where it s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 
@@ -48,21 +49,28 @@ def read_rules(spec: SweepSpec, runs: pd.DataFrame, patience: int | None = None)
     return with_rules(runs, hist, patience)
 
 
-def run(spec: SweepSpec, *, progress: bool = True, train_confirmation: bool = True) -> Stages:
-    """Train the selection stage, plan the confirmation and (with `train_confirmation`) train it."""
+def run(spec: SweepSpec, *, progress: bool = True, train_confirmation: bool = True,
+        on_stage: Callable[[str], None] | None = None) -> Stages:
+    """Train the selection stage, plan the confirmation and (with `train_confirmation`) train it;
+    `on_stage(name)` is called as each stage is complete in the store (the record writes it then)."""
+    done = on_stage or (lambda name: None)
     if spec.confirmation is not None:
         confirm.check_seeds(set(selection_spec(spec).grid.get("seed", [])) | _arm_seeds(spec), spec.confirmation)
         confirm.check_store(spec.open_store().root, [c.key() for c in selection_spec(spec).configs()])
     selection = run_sweep(selection_spec(spec), progress=progress)  # refuses a stage with runs missing
     if spec.confirmation is None:
+        done("selection")
         return Stages(selection)
     plan = confirm.plan(read_rules(spec, selection), spec.confirmation, spec.open_store().root)
+    done("selection")  # with its plan: the stage files the confirmation is read with
     second = confirmation_spec(spec, plan)
     if not train_confirmation:
         store = second.open_store()
         keys = [c.key() for c in second.configs() if store.is_complete(c.key())]
         return Stages(selection, store.load_runs(keys) if keys else None, plan)
-    return Stages(selection, run_sweep(second, progress=progress), plan)
+    confirmation = run_sweep(second, progress=progress)
+    done("confirmation")
+    return Stages(selection, confirmation, plan)
 
 
 def _arm_seeds(spec: SweepSpec) -> set[int]:

@@ -14,14 +14,16 @@ import pandas as pd
 import torch
 
 from mulreg.core import metrics as M
-from mulreg.engine import confirm, stages
 from mulreg.core.devices import on_this_machine, resolve_device
 from mulreg.core.models import layer_names
-from mulreg.protocols import EXCLUDED, PENALTY_NAMES, Penalty, Split
-from mulreg.provenance import provenance_note
-from mulreg.results.stats import in_paper_order
+from mulreg.engine import confirm, stages
 from mulreg.engine.store import Store
 from mulreg.engine.sweep import SweepSpec, run
+from mulreg.protocols import EXCLUDED, PENALTY_NAMES, Penalty
+from mulreg.provenance import provenance_note
+from mulreg.results import record
+from mulreg.results.landscape import landscape_data
+from mulreg.results.stats import in_paper_order
 
 
 def set_threads(threads: int | None) -> int:
@@ -69,7 +71,15 @@ def reported_levels(spec: SweepSpec) -> list[float]:
 def run_stages(spec: SweepSpec, progress: bool = True, patience: int | None = None) -> stages.Stages:
     """Train what the store lacks of both stages (`mulreg.engine.stages.run`), say in words what happened,
     and return each stage's runs with every epoch rule read off its histories (the paper's literal
-    rule too, given its `patience`)."""
+    rule too, given its `patience`). A stage the store lacks and the record holds is read from the
+    record and not trained (`stored_stages`); each runs table's `source` column says which."""
+    recorded, missing = stored_stages(spec, patience)
+    parts = [("selection", recorded.selection), ("confirmation", recorded.confirmation)]
+    if not missing and any(len(_split(runs)[1]) for _, runs in parts if runs is not None):
+        for name, runs in parts:
+            if runs is not None:
+                print(f"{name}: {source_line(runs, spec.store)}. {provenance_note(runs)}")
+        return recorded
     store = spec.open_store()
     before = set(store.keys())
     start = time.perf_counter()
@@ -83,7 +93,8 @@ def run_stages(spec: SweepSpec, progress: bool = True, patience: int | None = No
     for name, runs in parts:
         n_failed = runs["stop_reason"].isin(EXCLUDED).sum() if len(runs) else 0
         print(f"{name}: {n_failed} of {len(runs)} runs diverged or never left chance level. {provenance_note(runs)}")
-    rules = {name: stages.read_rules(spec, runs, patience) for name, runs in parts}
+    rules = {name: stages.read_rules(spec, runs.assign(**{record.SOURCE: record.STORE, "record": None}), patience)
+             for name, runs in parts}
     return stages.Stages(rules["selection"], rules.get("confirmation"), done.plan)
 
 
@@ -100,11 +111,14 @@ def reported_runs(done: stages.Stages) -> pd.DataFrame:
 
 
 def histories(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
-    """Per-epoch histories of `runs`, long, with penalty, λ, label noise and seed attached."""
-    store = reader(store)
+    """Per-epoch histories of `runs` (from the store, or the record for runs read from it), long,
+    with penalty, λ, label noise and seed attached."""
     if not len(runs):
         return pd.DataFrame()
-    hist = store.load_histories(list(runs["key"]))
+    local, recorded = _split(runs)
+    parts = [reader(store).load_histories(list(local["key"]))] if len(local) else []
+    parts += [evidence().histories(recorded)] if len(recorded) else []
+    hist = pd.concat(parts, ignore_index=True)
     info = runs[["key", "penalty", "lam", "label_noise", "seed"]]
     return in_paper_order(hist.merge(info, on="key"))
 
@@ -119,41 +133,49 @@ def margins(store: Store | str, runs: pd.DataFrame, kind: str = "unit_norm", roo
     """Test-set margins of `runs`, one row per test image and run: `kind` "unit_norm" reads the
     stored margins of the unit-norm network; "output_std" evaluates the reported model on the
     test set and divides y·f(x) by the std of f(x) (the authors' normalisation, whose mean is the
-    store's `margin_std_mean`)."""
-    from mulreg.core.data import pool_for
-
+    store's `margin_std_mean`). Runs read from the record give both as recorded."""
+    if kind not in MARGIN_KINDS:
+        raise ValueError(f"kind must be one of {list(MARGIN_KINDS)}, got {kind!r}")
+    local, recorded = _split(runs)
+    found = evidence().margins(recorded, kind) if len(recorded) else {}
     store = reader(store)
-    parts = []
-    for r in runs.itertuples():
-        if kind == "unit_norm":
-            m = np.load(store.run_dir(r.key) / "margins.npy")
-        elif kind == "output_std":
-            result = store.load(r.key)
-            c = result.config
-            pool = pool_for(c, root)
-            out = M.predict(result.model(), pool.x_test)
-            m = M.output_std_margins(out, pool.targets(pool.y_test)).numpy()
-        else:
-            raise ValueError(f"kind must be one of {list(MARGIN_KINDS)}, got {kind!r}")
-        parts.append(pd.DataFrame({"margin": m, "correct": m > 0, "penalty": r.penalty,
-                                   "label_noise": r.label_noise, "seed": r.seed, "lam": r.lam}))
+    for r in local.itertuples():
+        found[r.key] = np.load(store.run_dir(r.key) / "margins.npy") if kind == "unit_norm" else \
+            _output_std_margins(store.load(r.key), root)
+    parts = [pd.DataFrame({"margin": found[r.key], "correct": found[r.key] > 0, "penalty": r.penalty,
+                           "label_noise": r.label_noise, "seed": r.seed, "lam": r.lam}) for r in runs.itertuples()]
     return in_paper_order(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(
         columns=["margin", "correct", "penalty", "label_noise", "seed", "lam"])
 
 
+def _output_std_margins(result, root) -> np.ndarray:
+    from mulreg.core.data import pool_for
+
+    pool = pool_for(result.config, root)
+    out = M.predict(result.model(), pool.x_test)
+    return M.output_std_margins(out, pool.targets(pool.y_test)).numpy()
+
+
 def spectra(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
     """Singular values of every layer of each run's reported weights (conv kernels reshaped to
-    out × in·kh·kw), long: penalty, label_noise, seed, layer, index, sv, sv_rel (÷ the largest)."""
+    out × in·kh·kw; from the record for runs read from it), long: penalty, label_noise, seed,
+    layer, index, sv, sv_rel (÷ the largest)."""
+    local, recorded = _split(runs)
     store = reader(store)
-    parts = []
-    for r in runs.itertuples():
+    parts = [evidence().spectra(recorded)] if len(recorded) else []
+    for r in local.itertuples():
         model = store.load(r.key).model()
-        for name, w in zip(layer_names(model), M.weight_matrices(model)):
-            s = M.singular_values(w).numpy()
-            parts.append(pd.DataFrame({"penalty": r.penalty, "label_noise": r.label_noise, "seed": r.seed,
-                                       "layer": name, "index": np.arange(1, len(s) + 1), "sv": s,
-                                       "sv_rel": s / s[0] if s[0] > 0 else s}))
-    return in_paper_order(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame()
+        parts += [pd.DataFrame({"key": r.key, "layer": name, "index": np.arange(1, len(s) + 1), "sv": s})
+                  for name, w in zip(layer_names(model), M.weight_matrices(model))
+                  for s in [M.singular_values(w).numpy()]]
+    if not parts:
+        return pd.DataFrame()
+    sv = pd.concat(parts, ignore_index=True)
+    top = sv.groupby(["key", "layer"])["sv"].transform("max")
+    sv["sv_rel"] = np.where(top > 0, sv["sv"] / top.where(top > 0, 1), sv["sv"])
+    info = runs[["key", "penalty", "label_noise", "seed"]]
+    out = info.merge(sv, on="key")  # runs' order, then layers in network order
+    return in_paper_order(out[["penalty", "label_noise", "seed", "layer", "index", "sv", "sv_rel"]])
 
 
 def ensure_run(spec: SweepSpec, **fields) -> pd.Series:
@@ -199,8 +221,7 @@ def cached_frame(path, compute, **key) -> pd.DataFrame:
     `key` (everything the numbers depend on): a later call with the same key reads the file."""
     import hashlib
     import json
-    from pathlib import Path
-
+    
     tag = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = Path(path)
     path = path.with_name(f"{path.stem}-{tag}{path.suffix or '.csv'}")
@@ -226,27 +247,6 @@ def compute_device(config) -> torch.device:
     return resolve_device(config.device) if on_this_machine(config.device) else torch.device("cpu")
 
 
-def landscape_data(config, n_images: int, split: str = Split.TRAIN, root=None,
-                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, str]:
-    """A fixed, unshuffled subset for landscapes and flatness, on `device` (that of the models it
-    is evaluated with): the first `n_images` images of the run's training split in data-set order,
-    with its (possibly noisy) training targets, or of the test set. Returns (x, y, description)."""
-    from mulreg.core.data import pool_for, split_run
-
-    pool = pool_for(config, root)
-    if Split(split) not in (Split.TRAIN, Split.TEST):  # an unknown name raises ValueError here
-        raise ValueError(f"landscape split: got {split!r}; allowed: train, test")
-    if split == Split.TEST:
-        x, y = pool.x_test[:n_images], pool.targets(pool.y_test[:n_images])
-        return x.to(device), y.to(device), f"first {len(x)} test images (clean labels)"
-    data = split_run(pool, config.seed, config.label_noise, config.val_fraction)
-    idx = data.train_idx.sort().values[:n_images]
-    y = pool.targets(data.labels)[idx]
-    return pool.x_train[idx].to(device), y.to(device), (
-        f"first {len(idx)} images of the training split (seed {config.seed}, "
-        f"data-set order, training labels with noise {config.label_noise:g})")
-
-
 def forward_throughput(model: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
     """Images per second of one model's plain forward pass (eval mode, no gradients), for
     comparison with the batched grid evaluation."""
@@ -258,9 +258,12 @@ def forward_throughput(model: torch.nn.Module, x: torch.Tensor, repeats: int = 3
 
 
 def test_correct(store: Store | str, runs: pd.DataFrame) -> dict[str, np.ndarray | None]:
-    """Per run key: epochs × test images, bool (`Store.test_correct`; None for runs stored without)."""
-    store = reader(store)
-    return {key: store.test_correct(key) for key in runs["key"]}
+    """Per run key: epochs × test images, bool (`Store.test_correct`, or the record's; None for
+    runs stored without)."""
+    local, recorded = _split(runs)
+    found = evidence().test_correct(recorded) if len(recorded) else {}
+    found |= {key: reader(store).test_correct(key) for key in local["key"]}
+    return {key: found[key] for key in runs["key"]}
 
 
 def paired_gaps(hist: pd.DataFrame) -> pd.DataFrame:
@@ -274,43 +277,116 @@ def paired_gaps(hist: pd.DataFrame) -> pd.DataFrame:
 
 
 def stored_stages(spec: SweepSpec, patience: int | None = None) -> tuple[stages.Stages, list[str]]:
-    """Both stages of `spec` as its store holds them, training nothing, with every epoch rule read,
-    and what is missing in words: a stage is returned only when every one of its runs is stored
-    (an incomplete one is None, and named), so nothing is decided on part of a stage."""
+    """Both stages of `spec`, training nothing, with every epoch rule read, and what is missing in
+    words. Each stage is read from the local store when it holds every run of it, else from the
+    record (`mulreg.results.record`) when that holds it; an incomplete one is None (and named), so
+    nothing is decided on part of a stage. Each runs table's `source` column says where it was read."""
     store = Store(spec.store, create=False)  # reads only: an archived, read-only store is read as it is
+    name = record.store_name(spec)
     missing = []
-    wanted = stages.selection_spec(spec).configs()
-    done = [c.key() for c in wanted if store.is_complete(c.key())]
-    if len(done) < len(wanted):
-        missing.append(f"selection stage: {len(done)} of {len(wanted)} runs stored in {store.root}")
+    wanted = [c.key() for c in stages.selection_spec(spec).configs()]
+    if all(store.is_complete(k) for k in wanted):
+        selection = _from_store(spec, store, wanted, patience)
+        plan = confirm.load(store.root) if spec.confirmation is not None else None
+    elif evidence().holds(name, "selection", wanted):
+        selection = _from_record(name, "selection", patience)
+        plan = evidence().plan(name) if spec.confirmation is not None else None
+    else:
+        done = sum(store.is_complete(k) for k in wanted)
+        missing.append(f"selection stage: {done} of {len(wanted)} runs stored in {store.root}, and not in the record")
         return stages.Stages(pd.DataFrame()), missing
-    selection = stages.read_rules(spec, store.load_runs(done), patience)
-    plan = confirm.load(store.root) if spec.confirmation is not None else None
     if plan is None:
         missing += ["confirmation stage: not planned yet"] if spec.confirmation is not None else []
         return stages.Stages(selection), missing
-    planned = stages.confirmation_spec(spec, plan).configs()
-    keys = [c.key() for c in planned if store.is_complete(c.key())]
-    if len(keys) < len(planned):
-        missing.append(f"confirmation stage: {len(keys)} of {len(planned)} runs stored in {store.root}")
+    planned = record.stage_keys(spec, "confirmation", plan)
+    if all(store.is_complete(k) for k in planned):
+        confirmation = _from_store(spec, store, planned, patience)
+    elif evidence().holds(name, "confirmation", planned):
+        confirmation = _from_record(name, "confirmation", patience)
+    else:
+        done = sum(store.is_complete(k) for k in planned)
+        missing.append(f"confirmation stage: {done} of {len(planned)} runs stored in {store.root}, "
+                       "and not in the record")
         return stages.Stages(selection, None, plan), missing
-    confirmation = stages.read_rules(spec, store.load_runs(keys), patience)
     return stages.Stages(selection, confirmation, plan), missing
+
+
+def _from_store(spec: SweepSpec, store: Store, keys: list[str], patience: int | None) -> pd.DataFrame:
+    runs = store.load_runs(keys).assign(**{record.SOURCE: record.STORE, "record": None})
+    return stages.read_rules(spec, runs, patience)
+
+
+def _from_record(name: str, stage: str, patience: int | None) -> pd.DataFrame:
+    from mulreg.core.epochs import with_rules
+
+    runs = evidence().runs(name, stage)
+    return with_rules(runs, evidence().histories(runs), patience)
+
+
+def evidence() -> record.Record:
+    """The results of record (`record/`, or $MULREG_RECORD), checked against its manifest once per
+    process: a damaged file is refused in one line naming it."""
+    root = record.record_root()
+    if _RECORD.get("root") != root:
+        _RECORD.update(root=root, record=record.Record(root))
+    return _RECORD["record"]
+
+
+_RECORD: dict = {}
+
+
+def _split(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`runs` read from a store, and those read from the record."""
+    recorded = runs[record.SOURCE] == record.RECORD if record.SOURCE in runs else pd.Series(False, index=runs.index)
+    return runs[~recorded], runs[recorded]
+
+
+def source_line(runs: pd.DataFrame, store: str | os.PathLike | None = None) -> str:
+    """Where `runs`' numbers come from, in one line: "results of record (<store>/<stage>): host,
+    commit, dates" or "trained here (<store>)"."""
+    local, recorded = _split(runs)
+    parts = []
+    for where, group in recorded.groupby("record"):
+        commits = ", ".join(sorted({str(c)[:10] for c in group.get("git_commit", pd.Series(dtype=object)).dropna()}))
+        hosts = ", ".join(sorted(set(group.get("cpu_model", pd.Series(dtype=object)).dropna())))
+        started = group.get("started", pd.Series(dtype=object)).dropna().astype(str).str[:10]
+        finished = group.get("finished", pd.Series(dtype=object)).dropna().astype(str).str[:10]
+        dates = f"{started.min()} to {finished.max()}" if len(started) and len(finished) else "dates not recorded"
+        parts.append(f"results of record ({where}, {len(group)} runs): host {hosts or 'not recorded'}, "
+                     f"commit {commits or 'not recorded'}, trained {dates}")
+    if len(local):
+        parts.append(f"trained here ({store or 'local store'}, {len(local)} runs)")
+    return "; ".join(parts) or "no runs"
+
+
+def selection_table(spec: SweepSpec) -> pd.DataFrame:
+    """The selection table behind the confirmation plan: the local store's, else the record's."""
+    if confirm.load(spec.store) is not None:
+        return confirm.selection_table(spec.store)
+    return evidence().selection_table(record.store_name(spec))
 
 
 def sharpness_by_seed(store: Store | str, runs: pd.DataFrame, noise: float, radius: float,
                       directions: Sequence[int], images: int, progress: bool = True) -> pd.DataFrame:
     """Filter-normalised sharpness of each run at label noise `noise`: the mean over `directions`
     of L(θ + radius·d) − L(θ), data loss on the first `images` of the run's training split
-    (`landscape_data`); one row per seed, one column per penalty."""
+    (`landscape_data`); one row per seed, one column per penalty. Runs read from the record give
+    it as recorded (at `record.SHARPNESS`'s setting; another setting is refused)."""
     from tqdm.auto import tqdm
 
     from mulreg.results.landscape import sharpness
 
-    store = reader(store)
     at = runs[np.isclose(runs["label_noise"], noise)]
+    local, recorded = _split(at)
     rows = []
-    for r in tqdm(list(at.itertuples()), desc="sharpness", disable=not progress):
+    if len(recorded):
+        asked = {"radius": radius, "directions": tuple(directions), "images": images}
+        if asked != record.SHARPNESS:
+            raise record.RecordError(f"the record holds sharpness at {record.SHARPNESS} only; asked for {asked}")
+        rise = evidence().sharpness(recorded).groupby("key")["rise"].mean()
+        rows += [{"seed": r.seed, "penalty": r.penalty, "sharpness": float(rise[r.key])} for r in recorded.itertuples()]
+    store = reader(store)
+    for r in tqdm(list(local.itertuples()), desc="sharpness", disable=not progress):
         result = store.load(r.key)
         x, y, _ = landscape_data(result.config, images)
         rise = sharpness(result.model(), x, y, [radius], directions)

@@ -37,6 +37,7 @@ from mulreg.core.data import generator
 from mulreg.core.metrics import correct, eval_mode, layer_norms, squared_error
 from mulreg.core.models import ScaledUnitNorm, weight_layers
 from mulreg.progress import bar as progress_bar
+from mulreg.protocols import Split
 
 Params = dict[str, torch.Tensor]
 PASS_SIZE = 2048  # models × images per forward pass: bounds activation memory
@@ -382,3 +383,24 @@ def rebalance(model: nn.Module) -> nn.Module:
             if layer.bias is not None:
                 layer.bias.mul_(cumulative.float())
     return new
+
+
+def landscape_data(config, n_images: int, split: str = Split.TRAIN, root=None,
+                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, str]:
+    """A fixed, unshuffled subset for landscapes and flatness, on `device` (that of the models it
+    is evaluated with): the first `n_images` images of the run's training split in data-set order,
+    with its (possibly noisy) training targets, or of the test set. Returns (x, y, description)."""
+    from mulreg.core.data import pool_for, split_run
+
+    pool = pool_for(config, root)
+    if Split(split) not in (Split.TRAIN, Split.TEST):  # an unknown name raises ValueError here
+        raise ValueError(f"landscape split: got {split!r}; allowed: train, test")
+    if split == Split.TEST:
+        x, y = pool.x_test[:n_images], pool.targets(pool.y_test[:n_images])
+        return x.to(device), y.to(device), f"first {len(x)} test images (clean labels)"
+    data = split_run(pool, config.seed, config.label_noise, config.val_fraction)
+    idx = data.train_idx.sort().values[:n_images]
+    y = pool.targets(data.labels)[idx]
+    return pool.x_train[idx].to(device), y.to(device), (
+        f"first {len(idx)} images of the training split (seed {config.seed}, "
+        f"data-set order, training labels with noise {config.label_noise:g})")
