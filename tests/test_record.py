@@ -162,3 +162,27 @@ def test_recording_an_incomplete_stage_is_refused(tmp_path, tiny_cifar_image_fol
     env = tiny_env(tmp_path, tiny_cifar_image_folder) | {"MULREG_RECORD": str(tmp_path / "record")}
     out = mulreg("record", str(sweep), env=env)
     assert out.returncode == 2 and "holds no complete stage; nothing recorded" in out.stderr
+
+
+def test_the_readme_and_figures_show_the_ledger_the_record_gives():
+    """Issue 37: README.md's ledger and figures/08_claims_ledger.{csv,png} are what the committed
+    record gives; `python -m mulreg readme` writes them again when this fails."""
+    from mulreg.report import readme
+
+    assert readme.stale() == []
+
+
+def test_a_readme_whose_ledger_was_edited_is_found_stale(tmp_path):
+    from mulreg.config import PROJECT_ROOT
+    from mulreg.report import readme
+
+    shutil.copy(PROJECT_ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(PROJECT_ROOT / readme.FIGURES, tmp_path / readme.FIGURES)
+    text = (tmp_path / "README.md").read_text()
+    start = text.index(readme.BEGIN)
+    row = text.index("| multiplicative beats additive (noise 0.2) |", start)
+    (tmp_path / "README.md").write_text(text[:row] + text[row:].replace("| Fig. 1 |", "| Fig. 9 |", 1))
+    (tmp_path / readme.FIGURES / f"{readme.NAME}.csv").write_text("claim\nsomething else\n")
+    stale = readme.stale(tmp_path)
+    assert stale[0] == "README.md: its ledger differs from the record's" and len(stale) == 2
+    assert stale[1].endswith("08_claims_ledger.csv: differs from the record's ledger")

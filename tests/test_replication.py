@@ -146,6 +146,23 @@ def test_the_ledger_is_decided_by_replication_two_once_complete_else_by_one():
     assert both.loc[both["where"] == "Table 2", "outcome"].item() == "not tested here"
 
 
+def test_fig1_rows_show_every_replication_side_by_side():
+    """Issue 37: each replication's outcome, interval and n beside the deciding one (fails on c51d60c)."""
+    paper = {("multiplicative beats additive", "0.2"): 9.4}
+    first = confirmation_runs()
+    second = first.copy()
+    second["test_acc_best_val"] = np.where(second["penalty"] == "mul", second["test_acc_best_val"] - 0.05,
+                                           second["test_acc_best_val"])  # the lead reversed in replication 2
+    table = ledger.build(first, second, selection_runs([[True] * 4] * 3, [[True] * 4] * 3), confirmation_runs(0.8),
+                         None, paper, "unused")
+    row = table[table["claim"] == "multiplicative beats additive (noise 0.2)"].iloc[0]
+    assert row["replication 1"].startswith("holds: +2") and row["replication 1"].endswith(", n 3")
+    assert row["replication 2"].split(":")[0] == row["outcome"] and row["outcome"] != "holds"
+    only_first = ledger.build(first, None, None, None, None, paper, "unused")
+    assert (only_first[only_first["where"] == "Fig. 1"]["replication 2"] == "not tested").all()
+    assert (only_first[only_first["where"] != "Fig. 1"]["replication 1"].isin([ledger.NOT_REGISTERED, "not tested"])).all()
+
+
 def test_the_registration_is_the_commit_that_added_the_document_and_is_checked_against_run_starts():
     from mulreg import provenance
 

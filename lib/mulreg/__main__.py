@@ -81,13 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--nb", help="only notebooks whose name starts with this, e.g. 06")
     e.add_argument("--fresh", action="store_true", help="as on a fresh clone: count the runs already stored too")
 
+    rd = sub.add_parser("readme", help="write the claims ledger of record into README.md and figures/ "
+                        "(--check: say what no longer matches the record, and exit 1)")
+    rd.add_argument("--check", action="store_true")
+
     args = parser.parse_args(argv)
     Terminated.received = False
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         commands = {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures, "estimate": _estimate,
-                    "record": _record, "verify": _verify}
+                    "record": _record, "verify": _verify, "readme": _readme}
         return commands[args.command](args)
     except MulregError as err:  # anticipated: bad input, missing data, unavailable device
         print(f"error: {err}", file=sys.stderr)
@@ -209,22 +213,39 @@ def _record(args) -> int:
 
 
 def _verify(args) -> int:
+    text, differs = _verify_text(args.file, args.retrain, args.seed)
+    print(text)
+    return 1 if differs else 0
+
+
+def _verify_text(path, retrain: int | None, seed: int) -> tuple[str, list[str]]:
+    """`mulreg verify`'s report of one sweep's store against the record, and the decisions that differ."""
     from mulreg.engine.sweep import SweepSpec
     from mulreg.results import record
 
-    spec = SweepSpec.from_yaml(args.file)
-    patience = record.patience_for(args.file)
+    spec = SweepSpec.from_yaml(path)
+    patience = record.patience_for(path)
     rec = record.Record()
-    if args.retrain is not None:
-        lines, differs = record.retrain(spec, rec, args.retrain, args.seed, patience)
+    if retrain is not None:
+        lines, differs = record.retrain(spec, rec, retrain, seed, patience)
     else:
         lines, differs = record.compare(spec, rec, patience)
-    print(f"{spec.store} against the results of record ({rec.root / record.store_name(spec)}):")
-    print("\n".join(lines))
-    for line in differs:
-        print(f"differs: {line}")
-    print("every decision agrees with the record" if not differs else f"{len(differs)} decision(s) differ")
-    return 1 if differs else 0
+    verdict = "every decision agrees with the record" if not differs else f"{len(differs)} decision(s) differ"
+    return "\n".join([f"{spec.store} against the results of record ({rec.root / record.store_name(spec)}):",
+                      *lines, *(f"differs: {line}" for line in differs), verdict]), differs
+
+
+def _readme(args) -> int:
+    from mulreg.report import readme
+
+    if args.check:
+        stale = readme.stale()
+        for line in stale:
+            print(f"stale: {line}; `python -m mulreg readme` writes it again from the record")
+        return 1 if stale else 0
+    for path in readme.render():
+        print(f"wrote {path}")
+    return 0
 
 
 def _runs(args) -> int:
@@ -257,7 +278,9 @@ def _runs(args) -> int:
 def _figures(args) -> int:
     import yaml
 
-    from mulreg.report.reports import checked_parameters, cost_lines, notebooks, run_notebooks
+    from mulreg.engine import stages
+    from mulreg.engine.sweep import SweepSpec
+    from mulreg.report.reports import checked_parameters, cost_lines, notebooks, recorded_sweeps, run_notebooks
 
     overrides = load_yaml(args.params) if args.params else {}
     if not isinstance(overrides, dict):
@@ -273,7 +296,14 @@ def _figures(args) -> int:
     table = estimate(args.profile, every=True)  # every notebook: the index gives the cost of those not run
     chosen = {nb.stem for nb in notebooks(args.nb)}
     print(report(table[table["notebook"].isin(chosen)], args.profile), flush=True)
-    return run_notebooks(args.profile, args.nb, overrides, costs=cost_lines(table))
+    reproduced = [] if args.nb or overrides else recorded_sweeps(args.profile)
+    for path in reproduced:  # trained here first, so the notebooks read this machine's runs, not the record's
+        print(f"reproduction check: training {path.name} here, to compare with the results of record", flush=True)
+        stages.run(SweepSpec.from_yaml(path))
+    code = run_notebooks(args.profile, args.nb, overrides, costs=cost_lines(table))
+    for path in reproduced:
+        print(_verify_text(path, retrain=None, seed=0)[0])
+    return code
 
 
 def _estimate_text(profile: str, prefix: str | None, fresh: bool = False) -> str:

@@ -10,6 +10,7 @@ Fig. 1 and 2: `mulreg.report.interactive`; loss surfaces: `mulreg.report.surface
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -37,14 +38,17 @@ from mulreg.report.style import (
 )
 
 # ---- set-up and saving
+SAVE_DPI = 150  # resolution of every PNG written
 _caption: str | None = None  # the line `save` writes under every figure (set by `setup`)
+_source: str | None = None  # where the numbers were read: the record or this machine's store (`note_source`)
 
 
 def setup(context: str = "notebook", font_scale: float = 1.0, dpi: int = 110, profile: str | None = None) -> None:
     """Seaborn theme, inline figure resolution, offline Plotly: call once at the top of a notebook.
     With `profile`, every figure `save` writes carries a caption: profile, commit and date."""
-    global _caption
+    global _caption, _source
     _caption = None if profile is None else provenance.caption(profile)
+    _source = None
     try:  # figures built with matplotlib.figure.Figure display inline only once this is active
         from IPython import get_ipython
 
@@ -58,8 +62,19 @@ def setup(context: str = "notebook", font_scale: float = 1.0, dpi: int = 110, pr
     offline_plotly()
 
 
+def note_source(line: str) -> None:
+    """Where this notebook's numbers come from ("results of record: host, commit, dates" or
+    "trained here"), written under every figure and table `save` and `save_table` write from now on."""
+    global _source
+    _source = line
+
+
+def _captioned() -> str | None:
+    return " · ".join(part for part in (_caption, _source) if part) or None
+
+
 def save(fig, name: str, figures_dir: str | Path, formats: Sequence[str] = ("png", "svg"),
-         dpi: int = 150) -> list[Path]:
+         dpi: int = SAVE_DPI) -> list[Path]:
     """Write `fig` into `figures_dir` as `<name>.png` and `<name>.svg` (matplotlib figure or seaborn
     grid) or as a self-contained `<name>.html` (Plotly figure, plotly.js embedded). Returns the paths."""
     folder = Path(figures_dir)
@@ -67,13 +82,14 @@ def save(fig, name: str, figures_dir: str | Path, formats: Sequence[str] = ("png
     if isinstance(fig, go.Figure):
         path = folder / f"{name}.html"
         captioned = go.Figure(fig)
-        if _caption:
-            captioned.add_annotation(text=_caption, xref="paper", yref="paper", x=1, y=1.06, showarrow=False,
+        if _captioned():
+            captioned.add_annotation(text=_captioned(), xref="paper", yref="paper", x=1, y=1.06, showarrow=False,
                                      xanchor="right", font={"size": 10, "color": "grey"})
         captioned.write_html(path, include_plotlyjs=True, include_mathjax=False, full_html=True)
         return [path]
     fig = getattr(fig, "figure", fig)  # seaborn FacetGrid / JointGrid
-    text = fig.text(0, 0, _caption, fontsize=7, color="grey", va="top", transform=fig.transFigure) if _caption else None
+    text = fig.text(0, 0, _captioned(), fontsize=7, color="grey", va="top", wrap=True,
+                    transform=fig.transFigure) if _captioned() else None
     paths = []
     for fmt in formats:
         path = folder / f"{name}.{fmt}"
@@ -91,7 +107,8 @@ def save_table(table: pd.DataFrame, name: str, figures_dir: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / f"{name}.csv", index=False)
     path = folder / f"{name}.html"
-    path.write_text(table.to_html(index=False, border=0, na_rep="—"))
+    source = f'<p class="source">{html.escape(_source)}</p>' if _source else ""
+    path.write_text(table.to_html(index=False, border=0, na_rep="—") + source)
     return path
 
 

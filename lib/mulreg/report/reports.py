@@ -183,6 +183,22 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
     return 1 if failed else 0
 
 
+def recorded_sweeps(profile: str) -> list[Path]:
+    """The sweep files the paper's training notebooks (`PAPER`) read whose store the results of
+    record hold: what `make figures` retrains and checks against the record (a reproduction check)."""
+    from mulreg.engine.sweep import SweepSpec
+    from mulreg.results import analysis, record
+
+    found = []
+    for nb in notebooks():
+        sweep = parameters(profile, nb.stem).get("sweep")
+        path = (NOTEBOOKS / sweep).resolve() if sweep else None
+        if path and path not in found and analysis.evidence().has(record.store_name(SweepSpec.from_yaml(path)),
+                                                                  "selection"):
+            found.append(path)
+    return found
+
+
 def execute(nb: Path, params: dict, out_dir: Path) -> Outcome:
     executed = out_dir / nb.name
     start = time.perf_counter()
@@ -197,7 +213,7 @@ def execute(nb: Path, params: dict, out_dir: Path) -> Outcome:
     seconds = time.perf_counter() - start
     if executed.exists():
         export_html(executed)
-    figures_dir = (NOTEBOOKS / params.get("figures_dir", "../figures")).resolve()
+    figures_dir = (NOTEBOOKS / params.get("figures_dir", "../reports/quick/figures")).resolve()
     figures = sorted(figures_dir.glob(f"{nb.stem[:2]}_*")) if error is None else []
     return Outcome(nb.stem, seconds, error, figures)
 

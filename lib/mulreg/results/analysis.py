@@ -276,16 +276,22 @@ def paired_gaps(hist: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def stored_stages(spec: SweepSpec, patience: int | None = None) -> tuple[stages.Stages, list[str]]:
+def stored_stages(spec: SweepSpec, patience: int | None = None,
+                  record_only: bool = False) -> tuple[stages.Stages, list[str]]:
     """Both stages of `spec`, training nothing, with every epoch rule read, and what is missing in
     words. Each stage is read from the local store when it holds every run of it, else from the
     record (`mulreg.results.record`) when that holds it; an incomplete one is None (and named), so
-    nothing is decided on part of a stage. Each runs table's `source` column says where it was read."""
+    nothing is decided on part of a stage. Each runs table's `source` column says where it was read;
+    with `record_only`, no local store is read (what the README shows)."""
     store = Store(spec.store, create=False)  # reads only: an archived, read-only store is read as it is
+
+    def stored(keys: list[str]) -> bool:
+        return not record_only and all(store.is_complete(k) for k in keys)
+
     name = record.store_name(spec)
     missing = []
     wanted = [c.key() for c in stages.selection_spec(spec).configs()]
-    if all(store.is_complete(k) for k in wanted):
+    if stored(wanted):
         selection = _from_store(spec, store, wanted, patience)
         plan = confirm.load(store.root) if spec.confirmation is not None else None
     elif evidence().holds(name, "selection", wanted):
@@ -299,7 +305,7 @@ def stored_stages(spec: SweepSpec, patience: int | None = None) -> tuple[stages.
         missing += ["confirmation stage: not planned yet"] if spec.confirmation is not None else []
         return stages.Stages(selection), missing
     planned = record.stage_keys(spec, "confirmation", plan)
-    if all(store.is_complete(k) for k in planned):
+    if stored(planned):
         confirmation = _from_store(spec, store, planned, patience)
     elif evidence().holds(name, "confirmation", planned):
         confirmation = _from_record(name, "confirmation", patience)
@@ -357,6 +363,12 @@ def source_line(runs: pd.DataFrame, store: str | os.PathLike | None = None) -> s
     if len(local):
         parts.append(f"trained here ({store or 'local store'}, {len(local)} runs)")
     return "; ".join(parts) or "no runs"
+
+
+def stages_source(done: stages.Stages, store: str | os.PathLike | None = None) -> str:
+    """`source_line` of both stages' runs together."""
+    parts = [runs for runs in (done.selection, done.confirmation) if runs is not None and len(runs)]
+    return source_line(pd.concat(parts, ignore_index=True), store) if parts else "no runs"
 
 
 def selection_table(spec: SweepSpec) -> pd.DataFrame:

@@ -30,19 +30,22 @@ PAPER_SAYS = {"B1": "≥ 10× (1 decade)", "B2": "≥ 10× (1 decade)", "B3": "�
               "B11": "broader, flatter basin (no number)", "B12": "narrows (no number)", "B13": "narrows (no number)",
               "B14": "— (a question about the grid)"}
 TABLE2 = ("multiclass: multiplicative beats additive and none (Table 2)", "Table 2", "68.7 vs 65.1 / 65.0 %")
+REPLICATIONS = ("replication 1", "replication 2")  # a column each: Fig. 1's outcome under each, side by side
 COLUMNS = ["claim", "where", "paper", "ours (95 % interval, n)", "test", "outcome", "what the data exclude",
-           "decided by"]
+           "decided by", *REPLICATIONS]
+NOT_REGISTERED = "— (not registered)"
 
 
 def fig1_rows(verdict: pd.DataFrame | None, excluded: pd.DataFrame | None, paper: dict, source: str,
-              untested: str) -> list[dict]:
-    """Fig. 1's six claims under the primary rule, from `claims.claims` and `claims.exclusion` of one
-    replication (or 'not tested', with `untested` saying how to test them)."""
+              untested: str, each: dict[str, pd.DataFrame | None] | None = None) -> list[dict]:
+    """Fig. 1's six claims under the primary rule, from `claims.claims` and `claims.exclusion` of the
+    deciding replication (or 'not tested', with `untested` saying how to test them), and, side by
+    side, each replication's outcome, interval and n (`each`: column name → its `claims.claims`)."""
     rows = []
     for claim, noise in FIG1:
         row = {"claim": f"{claim} (noise {noise})", "where": "Fig. 1", "paper": _pp(paper.get((claim, noise)))}
-        hit = None if verdict is None else verdict[(verdict["rule"] == HEADLINE) & (verdict["claim"] == claim)
-                                                   & (verdict["noise"] == noise)]
+        row |= {name: _side(table, claim, noise) for name, table in (each or {}).items()}
+        hit = _hit(verdict, claim, noise)
         if hit is None or hit.empty:
             rows.append(row | _untested(untested))
             continue
@@ -53,26 +56,42 @@ def fig1_rows(verdict: pd.DataFrame | None, excluded: pd.DataFrame | None, paper
     return rows
 
 
+def _hit(verdict: pd.DataFrame | None, claim: str, noise: str) -> pd.DataFrame | None:
+    """The primary rule's row of one claim, or None."""
+    if verdict is None or verdict.empty:
+        return None
+    return verdict[(verdict["rule"] == HEADLINE) & (verdict["claim"] == claim) & (verdict["noise"] == noise)]
+
+
+def _side(verdict: pd.DataFrame | None, claim: str, noise: str) -> str:
+    """One replication's cell beside the others: its outcome, mean [interval], n; or 'not tested'."""
+    hit = _hit(verdict, claim, noise)
+    if hit is None or hit.empty:
+        return "not tested"
+    return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 100, ' pp')}"
+
+
 def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, untested: str) -> list[dict]:
     """The fourteen hypotheses of family B (`replication.family_b`), or 'not tested'."""
     rows = []
     for hid, where in WHERE_B.items():
         hit = None if family is None else family[family["id"] == hid]
-        base = {"where": where, "paper": PAPER_SAYS[hid]}
+        base = {"where": where, "paper": PAPER_SAYS[hid], "replication 1": NOT_REGISTERED}
         if hit is None or hit.empty:
-            rows.append(base | {"claim": hid} | _untested(untested))
+            rows.append(base | {"claim": hid, "replication 2": "not tested"} | _untested(untested))
             continue
         if hit.iloc[0]["n"] == 0:  # replication 2 ran, and no run could test it (no eligible λ, say)
             r = hit.iloc[0]
             rows.append(base | {"claim": f"{hid}: {r['claim']} (noise {r['noise']})"} | _untested(REPLICATION_2)
-                        | {"outcome": r["outcome"]})
+                        | {"outcome": r["outcome"], "replication 2": r["outcome"]})
             continue
         r = hit.iloc[0]
         ex = None if excluded is None else excluded.set_index("id")
         rows.append(base | {"claim": f"{hid}: {r['claim']} (noise {r['noise']})",
                             "ours (95 % interval, n)": f"{r['statistic']}: " + _interval(r, 1, ""),
                             "test": f"{r['test']}, Holm over {int(r['family'])}", "outcome": r["outcome"],
-                            "what the data exclude": _excludes_b(ex, hid), "decided by": REPLICATION_2})
+                            "what the data exclude": _excludes_b(ex, hid), "decided by": REPLICATION_2,
+                            "replication 2": f"{r['outcome']}: {_interval(r, 1, '')}"})
     return rows
 
 
@@ -81,7 +100,8 @@ def ledger(fig1: list[dict], family: list[dict]) -> pd.DataFrame:
     table2 = {"claim": TABLE2[0], "where": TABLE2[1], "paper": TABLE2[2], "ours (95 % interval, n)": "—",
               "test": "registered for the `paper` profile on a GPU (T1, T2)", "outcome": "not tested here",
               "what the data exclude": "—",
-              "decided by": "notebook 05 is a labelled demonstration (¼ width, 3,000 images): it tests nothing"}
+              "decided by": "notebook 05 is a labelled demonstration (¼ width, 3,000 images): it tests nothing",
+              **{name: "not tested" for name in REPLICATIONS}}
     return pd.DataFrame(fig1 + family + [table2], columns=COLUMNS)
 
 
@@ -127,12 +147,47 @@ def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_select
     replication 1; family B only by replication 2. `untested` says how to test what is not."""
     from mulreg.results import claims, replication
 
-    decider = second if second is not None and len(second) else first
-    source = REPLICATION_2 if decider is second else REPLICATION_1
-    verdict = claims.claims(decider, confirmed=True) if decider is not None and len(decider) else None
+    each = {name: claims.claims(runs, confirmed=True) if runs is not None and len(runs) else None
+            for name, runs in zip(REPLICATIONS, (first, second))}
+    decider = "replication 2" if each["replication 2"] is not None else "replication 1"
+    source = REPLICATION_2 if decider == "replication 2" else REPLICATION_1
+    verdict = each[decider]
     excluded = claims.exclusion(verdict, paper) if verdict is not None and len(verdict) else None
-    fig1 = fig1_rows(verdict, excluded, paper, source, untested)
-    if decider is not second:
+    fig1 = fig1_rows(verdict, excluded, paper, source, untested, each)
+    if decider != "replication 2":
         return ledger(fig1, family_b_rows(None, None, untested))
     family = replication.family_b(second, second_selection, sharp, larger_scale)
     return ledger(fig1, family_b_rows(family, replication.excluded_b(family), untested))
+
+
+
+def assemble(first, second, scaled, second_store: str, untested: str, progress: bool = True) -> pd.DataFrame:
+    """The ledger from the three sweeps' `analysis.stored_stages` (replication 1; replication 2, whose
+    store is `second_store`; its init-scale arm): family B, and the sharpness it reads, only once
+    replication 2 is complete."""
+    from mulreg.results import analysis, claims, paper, replication
+
+    complete = second.confirmation is not None and scaled.confirmation is not None
+    sharp = None
+    if complete:
+        sharp = analysis.sharpness_by_seed(second_store, second.confirmation, 0.2, replication.SHARPNESS_RADIUS,
+                                           replication.SHARPNESS_DIRECTIONS, replication.SHARPNESS_IMAGES, progress)
+    return build(first.confirmation, second.confirmation if complete else None, second.selection,
+                 scaled.confirmation, sharp, claims.paper_gaps(paper.published("fig1")), untested)
+
+
+README_UNTESTED = "not yet: `make figures NB=07`"  # the README's ledger names the command, not this host's cost
+
+
+def of_record(profile: str = "quick") -> tuple[pd.DataFrame, list]:
+    """The ledger as the results of record alone give it (no local store is read): the README's table.
+    Returns it with the stages read, for their source lines."""
+    from mulreg.config import PROJECT_ROOT, load_yaml
+    from mulreg.results import analysis
+
+    params = load_yaml(PROJECT_ROOT / "params" / profile / "08_claims_ledger.yaml")
+    notebooks = PROJECT_ROOT / "notebooks"
+    specs = [analysis.load_sweep(str(notebooks / params[name]))
+             for name in ("binary_file", "replication_file", "init_scale_file")]
+    read = [analysis.stored_stages(spec, params["paper_patience"], record_only=True)[0] for spec in specs]
+    return assemble(read[0], read[1], read[2], specs[1].store, README_UNTESTED, progress=False), read
