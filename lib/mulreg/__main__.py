@@ -29,6 +29,28 @@ FIELD = {"noise": "label_noise", "epochs": "max_epochs", "dropout": "model.dropo
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    Terminated.received = False
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    try:
+        commands = {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures, "estimate": _estimate,
+                    "record": _record, "verify": _verify, "readme": _readme}
+        return commands[args.command](args)
+    except MulregError as err:  # anticipated: bad input, missing data, unavailable device
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`_terminated`): workers already stopped
+        print("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 128 + (signal.SIGTERM if Terminated.received else signal.SIGINT)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def parser() -> argparse.ArgumentParser:
+    """Every command and its options."""
     parser = argparse.ArgumentParser(prog="mulreg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -84,25 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     rd = sub.add_parser("readme", help="write the claims ledger of record into README.md and figures/ "
                         "(--check: say what no longer matches the record, and exit 1)")
     rd.add_argument("--check", action="store_true")
-
-    args = parser.parse_args(argv)
-    Terminated.received = False
-    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
-    try:
-        commands = {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures, "estimate": _estimate,
-                    "record": _record, "verify": _verify, "readme": _readme}
-        return commands[args.command](args)
-    except MulregError as err:  # anticipated: bad input, missing data, unavailable device
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`_terminated`): workers already stopped
-        print("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume",
-              file=sys.stderr)
-        return 128 + (signal.SIGTERM if Terminated.received else signal.SIGINT)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    return parser
 
 
 class Terminated(KeyboardInterrupt):

@@ -1,7 +1,6 @@
-"""The static figures of the paper notebooks (seaborn/matplotlib, saved as PNG and SVG), and saving:
-`setup()` once per notebook sets the theme and the offline Plotly renderer; `save(fig, name,
-figures_dir)` writes any figure (Plotly ones as self-contained HTML) where the report index finds
-it (`<notebook number>_<what>.png/.svg/.html`).
+"""The static figures of the paper notebooks (seaborn/matplotlib). Setting a notebook up and saving
+figures and tables (`setup`, `note_source`, `save`, `save_table`) live in `mulreg.report.saving`;
+their names are given here too, as the notebooks call them (`plots.save`).
 
 Inputs are the tidy tables of `mulreg.results.stats` and `mulreg.results.analysis` (runs, `group_stats`,
 `histories`, `margins`, `spectra`). Colours and labels: `mulreg.report.style`; the Plotly versions of
@@ -10,106 +9,27 @@ Fig. 1 and 2: `mulreg.report.interactive`; loss surfaces: `mulreg.report.surface
 
 from __future__ import annotations
 
-import html
 import math
-from pathlib import Path
 from typing import Iterable, Sequence
 
-import matplotlib as mpl
 import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from mulreg import provenance
 from mulreg.protocols import EFF_LR, NORM
+from mulreg.report.saving import note_source, save, save_table, setup  # noqa: F401 - the notebooks' plots.save
 from mulreg.report.style import (
     LOG_SCALE,
     PAPER_FOR,
     arm_style,
     band_stats,
     metric_label,
-    offline_plotly,
     penalties_in,
     penalty_color,
     penalty_label,
 )
-
-# ---- set-up and saving
-SAVE_DPI = 150  # resolution of every PNG written
-_caption: str | None = None  # the line `save` writes under every figure (set by `setup`)
-_source: str | None = None  # where the numbers were read: the record or this machine's store (`note_source`)
-
-
-def setup(context: str = "notebook", font_scale: float = 1.0, dpi: int = 110, profile: str | None = None) -> None:
-    """Seaborn theme, inline figure resolution, offline Plotly: call once at the top of a notebook.
-    With `profile`, every figure `save` writes carries a caption: profile, commit and date."""
-    global _caption, _source
-    _caption = None if profile is None else provenance.caption(profile)
-    _source = None
-    try:  # figures built with matplotlib.figure.Figure display inline only once this is active
-        from IPython import get_ipython
-
-        if get_ipython() is not None:
-            get_ipython().run_line_magic("matplotlib", "inline")
-    except ImportError:
-        pass
-    sns.set_theme(context=context, style="whitegrid", font_scale=font_scale)
-    mpl.rcParams.update({"figure.dpi": dpi, "savefig.bbox": "tight", "svg.fonttype": "none",
-                         "axes.titlesize": "medium"})
-    offline_plotly()
-
-
-def note_source(line: str) -> None:
-    """Where this notebook's numbers come from ("results of record: host, commit, dates" or
-    "trained here"), written under every figure and table `save` and `save_table` write from now on."""
-    global _source
-    _source = line
-
-
-def _captioned() -> str | None:
-    return " · ".join(part for part in (_caption, _source) if part) or None
-
-
-def save(fig, name: str, figures_dir: str | Path, formats: Sequence[str] = ("png", "svg"),
-         dpi: int = SAVE_DPI) -> list[Path]:
-    """Write `fig` into `figures_dir` as `<name>.png` and `<name>.svg` (matplotlib figure or seaborn
-    grid) or as a self-contained `<name>.html` (Plotly figure, plotly.js embedded). Returns the paths."""
-    folder = Path(figures_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(fig, go.Figure):
-        path = folder / f"{name}.html"
-        captioned = go.Figure(fig)
-        if _captioned():
-            captioned.add_annotation(text=_captioned(), xref="paper", yref="paper", x=1, y=1.06, showarrow=False,
-                                     xanchor="right", font={"size": 10, "color": "grey"})
-        captioned.write_html(path, include_plotlyjs=True, include_mathjax=False, full_html=True)
-        return [path]
-    fig = getattr(fig, "figure", fig)  # seaborn FacetGrid / JointGrid
-    text = fig.text(0, 0, _captioned(), fontsize=7, color="grey", va="top", wrap=True,
-                    transform=fig.transFigure) if _captioned() else None
-    paths = []
-    for fmt in formats:
-        path = folder / f"{name}.{fmt}"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-        paths.append(path)
-    if text is not None:
-        text.remove()  # the notebook shows the figure without it; the files carry it
-    return paths
-
-
-# ---- small helpers
-def save_table(table: pd.DataFrame, name: str, figures_dir: str | Path) -> Path:
-    """A table beside the figures, as CSV and as an HTML fragment (the reports index shows it)."""
-    folder = Path(figures_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    table.to_csv(folder / f"{name}.csv", index=False)
-    path = folder / f"{name}.html"
-    source = f'<p class="source">{html.escape(_source)}</p>' if _source else ""
-    path.write_text(table.to_html(index=False, border=0, na_rep="—") + source)
-    return path
 
 
 def _empty(ax, message: str = "no runs to show (all excluded, or none stored)") -> None:
