@@ -6,7 +6,7 @@ PROFILE ?= quick
 NB ?=
 export MULREG_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data/cifar10),)
 
-.PHONY: setup lock test figures bench lab clean gpu-wheels
+.PHONY: setup lock test figures bench lab clean gpu-wheels replication
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,12 @@ test: setup
 
 figures: setup
 	$(PY) -m mulreg figures --profile $(PROFILE) $(if $(NB),--nb $(NB),)
+
+# The second replication's two sweeps (docs/PREREGISTRATION-2.md), each stage written into record/ as it
+# completes (commit record/ after each): a machine lost mid-sweep loses at most the stage in progress.
+replication: setup
+	$(PY) -m mulreg sweep params/$(PROFILE)/replication_sweep.yaml --record
+	$(PY) -m mulreg sweep params/$(PROFILE)/init_scale_sweep.yaml --record
 
 bench: setup
 	$(PY) -m mulreg.tools.bench
