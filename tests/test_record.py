@@ -88,7 +88,9 @@ def test_reading_the_record_gives_what_reading_the_store_gives(recorded, monkeyp
     pd.testing.assert_frame_equal(analysis.sharpness_by_seed(spec.store, runs_a, *setting, progress=False),
                                   analysis.sharpness_by_seed(gone.store, runs_b, *setting, progress=False), rtol=1e-5)
     assert analysis.selection_table(gone).equals(analysis.selection_table(spec))
-    assert analysis.source_line(runs_b).startswith(f"results of record (store/confirmation, {len(runs_b)} runs): host ")
+    digest = record.Record(root).digest("store")
+    assert analysis.source_line(runs_b).startswith(f"results of record (store/confirmation, {len(runs_b)} runs, "
+                                                   f"record {digest}): host ")
     assert analysis.source_line(runs_a, spec.store).startswith("trained here (")
 
 

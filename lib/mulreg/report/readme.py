@@ -6,6 +6,7 @@ so the README can never show other numbers than the record's)."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -78,4 +79,16 @@ def stale(root: Path = PROJECT_ROOT) -> list[str]:
     png = root / FIGURES / f"{NAME}.png"
     if not png.exists() or Image.open(png).text.get(STAMP) != _digest(table.to_csv(index=False)):
         out.append(f"{png}: not drawn from the record's ledger")
+    return out + [f"{p}: drawn from another record ({', '.join(old)})" for p, old in _drawn_elsewhere(root)]
+
+
+def _drawn_elsewhere(root: Path) -> list[tuple[Path, list[str]]]:
+    """The committed figures whose caption names a record digest the record no longer has."""
+    rec = analysis.evidence()
+    current = {rec.digest(name) for name in rec.size()}
+    out = []
+    for png in sorted((root / FIGURES).glob("*.png")):
+        named = re.findall(r"record ([0-9a-f]{12})", Image.open(png).text.get(saving.SOURCE, ""))
+        if any(d not in current for d in named):
+            out.append((png, [d for d in named if d not in current]))
     return out

@@ -19,6 +19,7 @@ from mulreg import provenance
 from mulreg.report.style import offline_plotly
 
 # ---- set-up and saving
+SOURCE = "Source"  # the PNG text field holding the caption: what the figure was drawn from
 SAVE_DPI = 150  # resolution of every PNG written
 _caption: dict[str, str] = {}  # under every figure saved: profile, commit, date (`setup`); source (`note_source`)
 
@@ -51,7 +52,7 @@ def save(fig, name: str, figures_dir: str | Path, formats: Sequence[str] = ("png
          dpi: int = SAVE_DPI, metadata: dict[str, str] | None = None) -> list[Path]:
     """Write `fig` into `figures_dir` as `<name>.png` and `<name>.svg` (matplotlib figure or seaborn
     grid) or as a self-contained `<name>.html` (Plotly figure, plotly.js embedded), the PNG with
-    `metadata` in its text fields. Returns the paths."""
+    its caption and `metadata` in its text fields. Returns the paths."""
     folder = Path(figures_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(fig, go.Figure):
@@ -68,7 +69,8 @@ def save(fig, name: str, figures_dir: str | Path, formats: Sequence[str] = ("png
     paths = []
     for fmt in formats:
         path = folder / f"{name}.{fmt}"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=metadata if fmt == "png" else None)
+        stamp = {SOURCE: " · ".join(_caption.values())} | (metadata or {}) if fmt == "png" else None
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=stamp)
         paths.append(path)
     if text is not None:
         text.remove()  # the notebook shows the figure without it; the files carry it

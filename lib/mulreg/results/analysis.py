@@ -358,8 +358,9 @@ def source_line(runs: pd.DataFrame, store: str | os.PathLike | None = None) -> s
         started = group.get("started", pd.Series(dtype=object)).dropna().astype(str).str[:10]
         finished = group.get("finished", pd.Series(dtype=object)).dropna().astype(str).str[:10]
         dates = f"{started.min()} to {finished.max()}" if len(started) and len(finished) else "dates not recorded"
-        parts.append(f"results of record ({where}, {len(group)} runs): host {hosts or 'not recorded'}, "
-                     f"commit {commits or 'not recorded'}, trained {dates}")
+        digest = evidence().digest(where.split("/")[0])
+        parts.append(f"results of record ({where}, {len(group)} runs, record {digest}): host "
+                     f"{hosts or 'not recorded'}, commit {commits or 'not recorded'}, trained {dates}")
     if len(local):
         parts.append(f"trained here ({store or 'local store'}, {len(local)} runs)")
     return "; ".join(parts) or "no runs"
