@@ -131,9 +131,23 @@ def test_a_failed_run_removes_its_setting_from_selection_but_stays_in_a_confirma
     runs = runs_table(acc)
     runs.loc[runs["key"] == "sum-1e-05-0.2-2", "stop_reason"] = "chance_level"
     t = claims.claims(runs, rules=["test_acc_last"]).set_index("claim")
-    assert "multiplicative beats additive" not in t.index  # its one λ failed once: validation selection has none
+    untested = t.loc["multiplicative beats additive"]  # its one λ failed once: validation selection has none
+    assert untested["n"] == 0 and untested["outcome"] == "not tested (no runs of additive)"
+    assert len(t) == 4 and (t["family"] == 4).all()  # issue 38: an arm without runs keeps its claims in the family
     confirmed = claims.claims(runs, rules=["test_acc_last"], confirmed=True).set_index("claim")
     assert confirmed.loc["multiplicative beats additive", "n"] == 2  # a confirmation keeps every run
+
+
+def test_family_a_keeps_m_6_when_a_penalty_has_no_runs():
+    """Issue 38: on c51d60c the additive arm's three claims were dropped and Holm used m = 3."""
+    acc = {(pen, lam, noise, seed): 0.8 + 0.01 * seed + (0.02 if pen == "mul" else 0) * (1 + noise)
+           for pen, lam in (("mul", 1e-7), ("none", 0.0)) for noise in (0.0, 0.2) for seed in (1, 2, 3)}
+    t = claims.claims(runs_table(acc), rules=["test_acc_last"], confirmed=True)
+    assert len(t) == 6 and (t["family"] == 6).all()
+    untested = t[t["claim"].str.contains("additive")]
+    assert len(untested) == 3 and untested["outcome"].eq("not tested (no runs of additive)").all()
+    tested = t[t["p"].notna()]
+    assert tested["p_holm"].min() == pytest.approx(min(1.0, 6 * tested["p"].min()))  # Holm's first step: m = 6
 
 
 def test_thin_choices_name_a_lambda_judged_on_the_runs_that_learned():

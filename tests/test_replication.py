@@ -124,7 +124,8 @@ def test_equal_differences_are_labelled_with_the_permutation_test_and_its_floor(
     assert b8["test"] == replication.EQUAL_DIFFERENCES and b8["p"] == pytest.approx(2 / 2 ** 3)
     assert verdicts.family_table(family).set_index("id").loc["B8", "test"] == replication.EQUAL_DIFFERENCES
     sentence = next(line for line in verdicts.family_sentences(family) if line.startswith("B8"))
-    assert "with 3 pairs that p cannot go below 0.25" in sentence and sentence.endswith("not resolved.")
+    assert "with 3 pairs that p cannot go below 0.25" in sentence  # issue 38: undecidable, not a failed claim
+    assert sentence.endswith("cannot be decided at this n (smallest attainable p 0.25, 1 after Holm).")
     b7 = next(line for line in verdicts.family_sentences(family) if line.startswith("B7"))
     assert "(paired t p" in b7 and "cannot go below" not in b7
 
@@ -133,16 +134,28 @@ def test_the_ledger_is_decided_by_replication_two_once_complete_else_by_one():
     paper = {("multiplicative beats additive", "0.2"): 9.4}
     runs = confirmation_runs()
     only_first = ledger.build(runs, None, None, None, None, paper, "not yet: make figures NB=07 (1 h)")
-    assert len(only_first) == 6 + 14 + 1
-    fig1 = only_first[only_first["where"] == "Fig. 1"]
+    assert len(only_first) == 2 * 6 + 14 + 1  # Fig. 1 under the primary and the authors' rule (issue 38)
+    assert only_first["claim"].str.endswith(", authors' rule)").sum() == 6
+    fig1 = only_first[(only_first["where"] == "Fig. 1") & ~only_first["claim"].str.contains("authors")]
     assert (fig1["decided by"] == ledger.REPLICATION_1).all()
     assert only_first.loc[only_first["claim"] == "B5", "decided by"].item() == "not yet: make figures NB=07 (1 h)"
     row = fig1[fig1["claim"] == "multiplicative beats additive (noise 0.2)"].iloc[0]
-    assert row["paper"] == "+9.4 pp" and row["outcome"] == "holds" and row["ours (95 % interval, n)"].startswith("+2")
-    assert row["what the data exclude"].startswith("the paper's gap excluded")
+    assert row["paper"] == "+9.4 pp" and row["ours (95 % interval, n)"].startswith("+2")
+    assert row["outcome"] == "direction holds, the paper's magnitude excluded"  # holds, and +9.4 is excluded
+    excluded = row["what the data exclude"]
+    assert excluded.startswith("the paper's gap excluded") and "(this claim alone, one-sided 95 %)" in excluded
+    alone, together = (float(x.split(" pp")[0]) for x in excluded.split("above ")[1:3])
+    assert together == alone and "for all 1 at once (Bonferroni)" in excluded  # one published gap: a family of 1
+    from mulreg.results import claims, paper as published
+
+    six = ledger.build(runs, None, None, None, None, claims.paper_gaps(published.published("fig1")), "unused")
+    cell = six.loc[six["claim"] == "multiplicative beats additive (noise 0.2)", "what the data exclude"].item()
+    alone, together = (float(x.split(" pp")[0]) for x in cell.split("above ")[1:3])
+    assert together > alone and "for all 6 at once (Bonferroni)" in cell
     selection = selection_runs([[True] * 4] * 3, [[True] * 4] * 3)
     both = ledger.build(runs, runs, selection, confirmation_runs(0.8), None, paper, "unused")
-    assert (both[both["where"] == "Fig. 1"]["decided by"] == ledger.REPLICATION_2).all()
+    primary = both[(both["where"] == "Fig. 1") & ~both["claim"].str.contains("authors")]
+    assert (primary["decided by"] == ledger.REPLICATION_2).all()
     assert both.loc[both["where"] == "Table 2", "outcome"].item() == "not tested here"
 
 

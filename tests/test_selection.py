@@ -105,7 +105,24 @@ def test_zero_variance_uses_the_exact_permutation_p():
     t = claims.test([0.02, 0.02, 0.02])
     assert t["zero_sd"] and math.isnan(t["p_t"]) and t["p"] == pytest.approx(2 / 8)
     assert (t["low"], t["high"]) == (0.02, 0.02)
-    assert claims.decide(pd.DataFrame([t])).loc[0, "outcome"] == "not resolved"  # 0.25 is no evidence
+    outcome = claims.decide(pd.DataFrame([t])).loc[0, "outcome"]  # 0.25 is no evidence, and no data could give any
+    assert outcome == "cannot be decided at this n (smallest attainable p 0.25, 0.25 after Holm)"
+
+
+def test_a_test_whose_floor_is_above_alpha_after_holm_cannot_be_decided_and_one_below_can():
+    """Issue 38: replication 2's B8 (+254 in all 5 seeds; floor 2/2⁵ = 0.0625, × 14 after Holm) reads as
+    undecidable, not as a failed claim; at n = 8 the floor (0.0078 × 6 = 0.047) is below α and it holds."""
+    five = claims.decide(pd.DataFrame([claims.test([254.0] * 5)] + [claims.test([0.1, -0.2, 0.3])] * 13))
+    assert five.loc[0, "outcome"] == "cannot be decided at this n (smallest attainable p 0.062, 0.88 after Holm)"
+    assert five.loc[1, "outcome"] == "not resolved"  # a spread: the t-test decides, and could have
+    eight = claims.decide(pd.DataFrame([claims.test([254.0] * 8)] + [claims.test([0.1, -0.2, 0.3])] * 5))
+    assert eight.loc[0, "p_holm"] == pytest.approx(6 * 2 / 2 ** 8) and eight.loc[0, "outcome"] == "holds"
+
+
+def test_a_held_claim_whose_published_size_is_excluded_says_both():
+    assert claims.with_magnitude("holds", True) == "direction holds, the paper's magnitude excluded"
+    assert claims.with_magnitude("holds", False) == "holds"
+    assert claims.with_magnitude("not resolved", True) == "not resolved"
 
 
 def test_the_permutation_p_is_the_share_of_sign_flips_at_least_as_extreme():

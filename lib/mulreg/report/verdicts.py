@@ -227,12 +227,14 @@ def _num(x) -> str:
     return "—" if pd.isna(x) else f"{x:+.3g}"
 
 
-OUTCOME_FILL = {"holds": "#009E73", "reversed": "#D55E00", "not resolved": "#BBBBBB"}  # anything else: white
+OUTCOME_FILL = {"holds": "#009E73", claims.MAGNITUDE_EXCLUDED: "#F0E442", "reversed": "#D55E00",
+                "not resolved": "#BBBBBB", claims.UNDECIDABLE: "#9FD3F0"}  # anything else (not tested): white
 
 
 def ledger_figure(ledger: pd.DataFrame) -> Figure:
-    """The ledger at a glance: one row per claim, coloured by its outcome (green holds, red reversed,
-    grey not resolved, white not tested), with the outcome and who decided it written in."""
+    """The ledger at a glance: one row per claim, coloured by its outcome (green holds, yellow its
+    direction holds with the paper's magnitude excluded, red reversed, grey not resolved, light blue
+    undecidable at its n, white not tested), with the outcome and who decided it written in."""
     fig, ax = plt.subplots(figsize=(11, 0.32 * len(ledger) + 0.8))
     for y, (outcome, by) in enumerate(zip(ledger["outcome"], ledger["decided by"])):
         fill = OUTCOME_FILL.get(outcome.split(" (")[0], "white")

@@ -221,7 +221,8 @@ def cached_frame(path, compute, **key) -> pd.DataFrame:
     `key` (everything the numbers depend on): a later call with the same key reads the file."""
     import hashlib
     import json
-    
+    from pathlib import Path
+
     tag = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = Path(path)
     path = path.with_name(f"{path.stem}-{tag}{path.suffix or '.csv'}")

@@ -171,7 +171,9 @@ def exclusion(table: pd.DataFrame, claimed: dict[tuple[str, str], float], alpha:
     """For every row of `claims`' table with a published difference in `claimed` ({(claim, noise):
     points}, `paper_gaps`): `paper`, the one-sided test against it (`against`), Holm over the rows
     of each rule that have a published difference (their own family: `family_excl`), and `excludes`:
-    whether the data exclude the published difference at family-wise `alpha`."""
+    whether the data exclude the published difference at family-wise `alpha`; `excluded_above` is the
+    bound of each claim alone (one-sided `LEVEL`), `excluded_above_adjusted` the same bound at
+    1 − alpha / (the family's size): every true gap above it is excluded for all the family's claims at once."""
     keyed = table.assign(paper=[claimed.get((c, n), math.nan) / 100 for c, n in zip(table["claim"], table["noise"])])
     keyed = keyed[keyed["paper"].notna()]
     parts = []
@@ -179,10 +181,15 @@ def exclusion(table: pd.DataFrame, claimed: dict[tuple[str, str], float], alpha:
         tested = pd.DataFrame([against(d, g) for d, g in zip(family["diffs"], family["paper"])], index=family.index)
         family = family.join(tested)
         family["family_excl"] = len(family)
+        family["excluded_above_adjusted"] = [against(d, g, 1 - alpha / len(family))["excluded_above"]
+                                             for d, g in zip(family["diffs"], family["paper"])]  # Bonferroni
         family["p_excl_holm"] = holm(family["p_excl"].to_numpy(), len(family))
         family["excludes"] = family["p_excl_holm"] < alpha
         parts.append(family)
     return pd.concat(parts) if parts else keyed
+
+
+UNDECIDABLE = "cannot be decided at this n"  # the outcome of a test whose smallest attainable p is above α
 
 
 def _outcome(r: dict, alpha: float) -> str:
@@ -191,7 +198,18 @@ def _outcome(r: dict, alpha: float) -> str:
         return f"not resolved ({r['n']} pair{'s' * (r['n'] != 1)}: {listed} pp)"
     if r["p_holm"] < alpha:
         return "holds" if r["mean"] > 0 else "reversed"
+    floor = smallest_permutation_p(r["n"])
+    if r["zero_sd"] and min(1.0, floor * r["family"]) >= alpha:  # Holm's first step: m × the floor
+        return f"{UNDECIDABLE} (smallest attainable p {floor:.2g}, {min(1.0, floor * r['family']):.2g} after Holm)"
     return "not resolved"
+
+
+MAGNITUDE_EXCLUDED = "direction holds, the paper's magnitude excluded"
+
+
+def with_magnitude(outcome: str, excludes: bool) -> str:
+    """A held claim whose published size the data exclude says both (the ledger's own outcome)."""
+    return MAGNITUDE_EXCLUDED if outcome == "holds" and excludes else outcome
 
 
 def _finite(diffs: Iterable[float]) -> np.ndarray:
@@ -226,7 +244,12 @@ def claims(runs: pd.DataFrame, rules: Sequence[str] | None = None, confirmed: bo
         levels = sorted(wide.index.get_level_values("label_noise").unique())
         rows = []
         for a, b in COMPARED:
-            if not {a, b} <= set(wide.columns):
+            if not {a, b} <= set(wide.columns):  # an arm without runs: its claims stay in the family, untested
+                why = f"no runs of {' or '.join(PENALTY_NAMES[p] for p in (a, b) if p not in wide.columns)}"
+                rows += [{"claim": f"{PENALTY_NAMES[a]} beats {PENALTY_NAMES[b]}", "noise": f"{v:g}", "rule": rule,
+                          **test([], level), "untested": why} for v in levels]
+                rows.append({"claim": f"gap to {PENALTY_NAMES[b]} grows with noise", "rule": rule, "noise": "—",
+                             **test([], level), "untested": why})
                 continue
             gap = wide[a] - wide[b]
             for noise in levels:
@@ -237,11 +260,12 @@ def claims(runs: pd.DataFrame, rules: Sequence[str] | None = None, confirmed: bo
                 lo, hi = gap.xs(levels[0], level="label_noise"), gap.xs(levels[-1], level="label_noise")
                 rows.append(growth | {"noise": f"{levels[-1]:g} vs {levels[0]:g}", **test((hi - lo).tolist(), level)})
             else:
-                rows.append(growth | {"noise": "—", **test([], level), "untested": True})
+                rows.append(growth | {"noise": "—", **test([], level), "untested": "one noise level"})
         if rows:
             family = decide(pd.DataFrame(rows), alpha)
             if "untested" in family:
-                family.loc[family["untested"].eq(True), "outcome"] = "not tested (one noise level)"
+                why = family["untested"].notna()
+                family.loc[why, "outcome"] = [f"not tested ({reason})" for reason in family.loc[why, "untested"]]
                 family = family.drop(columns="untested")
             out.append(family)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

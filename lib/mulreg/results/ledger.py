@@ -12,7 +12,7 @@ import math
 import pandas as pd
 
 from mulreg.core.epochs import HEADLINE
-from mulreg.results.claims import COMPARED
+from mulreg.results.claims import COMPARED, with_magnitude
 from mulreg.protocols import PENALTY_NAMES
 
 REPLICATION_1 = "replication 1 (docs/PREREGISTRATION.md)"
@@ -30,6 +30,8 @@ PAPER_SAYS = {"B1": "≥ 10× (1 decade)", "B2": "≥ 10× (1 decade)", "B3": "�
               "B11": "broader, flatter basin (no number)", "B12": "narrows (no number)", "B13": "narrows (no number)",
               "B14": "— (a question about the grid)"}
 TABLE2 = ("multiclass: multiplicative beats additive and none (Table 2)", "Table 2", "68.7 vs 65.1 / 65.0 %")
+AUTHORS = "test_acc_authors"  # the paper's own reading: the authors' released stop rule (secondary family)
+READINGS = {HEADLINE: "", AUTHORS: ", authors' rule"}  # Fig. 1 under each, the primary first
 REPLICATIONS = ("replication 1", "replication 2")  # a column each: Fig. 1's outcome under each, side by side
 COLUMNS = ["claim", "where", "paper", "ours (95 % interval, n)", "test", "outcome", "what the data exclude",
            "decided by", *REPLICATIONS]
@@ -37,35 +39,38 @@ NOT_REGISTERED = "— (not registered)"
 
 
 def fig1_rows(verdict: pd.DataFrame | None, excluded: pd.DataFrame | None, paper: dict, source: str,
-              untested: str, each: dict[str, pd.DataFrame | None] | None = None) -> list[dict]:
-    """Fig. 1's six claims under the primary rule, from `claims.claims` and `claims.exclusion` of the
-    deciding replication (or 'not tested', with `untested` saying how to test them), and, side by
-    side, each replication's outcome, interval and n (`each`: column name → its `claims.claims`)."""
+              untested: str, each: dict[str, pd.DataFrame | None] | None = None, rule: str = HEADLINE) -> list[dict]:
+    """Fig. 1's six claims under `rule` (the primary one by default, or the authors' as the paper's
+    own reading), from `claims.claims` and `claims.exclusion` of the deciding replication (or 'not
+    tested', with `untested` saying how to test them), and, side by side, each replication's
+    outcome, interval and n (`each`: column name → its `claims.claims`)."""
     rows = []
+    test = "paired t, Holm over 6" + ("" if rule == HEADLINE else " (secondary family: the paper's own reading)")
     for claim, noise in FIG1:
-        row = {"claim": f"{claim} (noise {noise})", "where": "Fig. 1", "paper": _pp(paper.get((claim, noise)))}
-        row |= {name: _side(table, claim, noise) for name, table in (each or {}).items()}
-        hit = _hit(verdict, claim, noise)
+        row = {"claim": f"{claim} (noise {noise}{READINGS[rule]})", "where": "Fig. 1",
+               "paper": _pp(paper.get((claim, noise)))}
+        row |= {name: _side(table, claim, noise, rule) for name, table in (each or {}).items()}
+        hit = _hit(verdict, claim, noise, rule)
         if hit is None or hit.empty:
             rows.append(row | _untested(untested))
             continue
         r = hit.iloc[0]
-        rows.append(row | {"ours (95 % interval, n)": _interval(r, 100, " pp"), "test": "paired t, Holm over 6",
-                           "outcome": r["outcome"], "what the data exclude": _excludes(excluded, r, 100, " pp"),
-                           "decided by": source})
+        outcome = with_magnitude(r["outcome"], _excluded(excluded, r))
+        rows.append(row | {"ours (95 % interval, n)": _interval(r, 100, " pp"), "test": test, "outcome": outcome,
+                           "what the data exclude": _excludes(excluded, r, 100, " pp"), "decided by": source})
     return rows
 
 
-def _hit(verdict: pd.DataFrame | None, claim: str, noise: str) -> pd.DataFrame | None:
-    """The primary rule's row of one claim, or None."""
+def _hit(verdict: pd.DataFrame | None, claim: str, noise: str, rule: str = HEADLINE) -> pd.DataFrame | None:
+    """`rule`'s row of one claim, or None."""
     if verdict is None or verdict.empty:
         return None
-    return verdict[(verdict["rule"] == HEADLINE) & (verdict["claim"] == claim) & (verdict["noise"] == noise)]
+    return verdict[(verdict["rule"] == rule) & (verdict["claim"] == claim) & (verdict["noise"] == noise)]
 
 
-def _side(verdict: pd.DataFrame | None, claim: str, noise: str) -> str:
+def _side(verdict: pd.DataFrame | None, claim: str, noise: str, rule: str = HEADLINE) -> str:
     """One replication's cell beside the others: its outcome, mean [interval], n; or 'not tested'."""
-    hit = _hit(verdict, claim, noise)
+    hit = _hit(verdict, claim, noise, rule)
     if hit is None or hit.empty:
         return "not tested"
     return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 100, ' pp')}"
@@ -87,11 +92,12 @@ def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, un
             continue
         r = hit.iloc[0]
         ex = None if excluded is None else excluded.set_index("id")
+        outcome = with_magnitude(r["outcome"], ex is not None and hid in ex.index and bool(ex.at[hid, "excludes"]))
         rows.append(base | {"claim": f"{hid}: {r['claim']} (noise {r['noise']})",
                             "ours (95 % interval, n)": f"{r['statistic']}: " + _interval(r, 1, ""),
-                            "test": f"{r['test']}, Holm over {int(r['family'])}", "outcome": r["outcome"],
+                            "test": f"{r['test']}, Holm over {int(r['family'])}", "outcome": outcome,
                             "what the data exclude": _excludes_b(ex, hid), "decided by": REPLICATION_2,
-                            "replication 2": f"{r['outcome']}: {_interval(r, 1, '')}"})
+                            "replication 2": f"{outcome}: {_interval(r, 1, '')}"})
     return rows
 
 
@@ -119,15 +125,27 @@ def _interval(r, scale: float, unit: str) -> str:
     return f"{scale * r['mean']:+.3g}{unit}{span}, n {r['n']}"
 
 
-def _excludes(excluded: pd.DataFrame | None, r, scale: float, unit: str) -> str:
+def _exclusion_of(excluded: pd.DataFrame | None, r) -> pd.Series | None:
     if excluded is None or excluded.empty:
-        return "—"
+        return None
     hit = excluded[(excluded["rule"] == r["rule"]) & (excluded["claim"] == r["claim"]) & (excluded["noise"] == r["noise"])]
-    if hit.empty or pd.isna(hit.iloc[0]["p_excl_holm"]):
+    return None if hit.empty or pd.isna(hit.iloc[0]["p_excl_holm"]) else hit.iloc[0]
+
+
+def _excluded(excluded: pd.DataFrame | None, r) -> bool:
+    e = _exclusion_of(excluded, r)
+    return e is not None and bool(e["excludes"])
+
+
+def _excludes(excluded: pd.DataFrame | None, r, scale: float, unit: str) -> str:
+    e = _exclusion_of(excluded, r)
+    if e is None:
         return "—"
-    e = hit.iloc[0]
     said = "the paper's gap excluded" if e["excludes"] else "the paper's gap not excluded"
-    bound = "" if pd.isna(e["excluded_above"]) else f"; every gap above {scale * e['excluded_above']:+.3g}{unit}"
+    bound = "" if pd.isna(e["excluded_above"]) else (
+        f"; every gap above {scale * e['excluded_above']:+.3g}{unit} (this claim alone, one-sided 95 %), "
+        f"above {scale * e['excluded_above_adjusted']:+.3g}{unit} for all {int(e['family_excl'])} at once "
+        f"(Bonferroni)")
     return f"{said} (Holm p {e['p_excl_holm']:.2g}){bound}"
 
 
@@ -153,7 +171,7 @@ def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_select
     source = REPLICATION_2 if decider == "replication 2" else REPLICATION_1
     verdict = each[decider]
     excluded = claims.exclusion(verdict, paper) if verdict is not None and len(verdict) else None
-    fig1 = fig1_rows(verdict, excluded, paper, source, untested, each)
+    fig1 = [row for rule in READINGS for row in fig1_rows(verdict, excluded, paper, source, untested, each, rule)]
     if decider != "replication 2":
         return ledger(fig1, family_b_rows(None, None, untested))
     family = replication.family_b(second, second_selection, sharp, larger_scale)
