@@ -90,11 +90,12 @@ def run_stages(spec: SweepSpec, progress: bool = True, patience: int | None = No
     trained = sum(k not in before for k in keys)
     print(f"{len(keys)} runs ({', '.join(f'{len(runs)} {name}' for name, runs in parts)}): "
           f"{len(keys) - trained} found in {store.root}, {trained} trained now in {seconds:.0f} s.")
-    for name, runs in parts:
-        n_failed = runs["stop_reason"].isin(EXCLUDED).sum() if len(runs) else 0
-        print(f"{name}: {n_failed} of {len(runs)} runs diverged or never left chance level. {provenance_note(runs)}")
     rules = {name: stages.read_rules(spec, runs.assign(**{record.SOURCE: record.STORE, "record": None}), patience)
              for name, runs in parts}
+    for name, runs in rules.items():
+        n_failed = runs["stop_reason"].isin(EXCLUDED).sum() if len(runs) else 0
+        print(f"{name}: {source_line(runs, store.root)}; {n_failed} of {len(runs)} runs diverged or never left "
+              f"chance level. {provenance_note(runs)}")
     return stages.Stages(rules["selection"], rules.get("confirmation"), done.plan)
 
 
