@@ -189,3 +189,49 @@ def test_the_registration_is_the_commit_that_added_the_document_and_is_checked_a
         pd.DataFrame({"started": [later, later]}), "docs/PREREGISTRATION-2.md")
     assert "AFTER the first of its 2 runs" in provenance.registered_before(
         pd.DataFrame({"started": [later, earlier]}), "docs/PREREGISTRATION-2.md")
+
+
+def test_b14_as_registered_beside_its_correction_to_the_seed_with_censoring():
+    """Issue 38: the registered sign test counts 7 (seed, position) pairs as independent (p = 2 · 0.5⁷);
+    at the registration's unit, the seed, a paired t on the 3 widths (1, 2/3, 2/3 decades) gives the
+    p of scipy's one-sample t; the multiplicative window reaches a grid end in 2 of 3 seeds."""
+    from scipy import stats as sps
+
+    mul = [[True, True, True, True], [False, True, True, False], [False, True, True, True]]
+    add = [[False, False, True, False], [False, False, False, False], [False, False, True, False]]
+    selection = selection_runs(mul, add)
+    test = replication.window_test(replication.window(selection))
+    assert test["p"] == pytest.approx(2 * 0.5 ** 7)
+    assert test["p_seed"] == pytest.approx(sps.ttest_1samp([1.0, 2 / 3, 2 / 3], 0).pvalue)
+    assert test["censored"] == "2 of 3" and test["widest"] == pytest.approx(4 / 3)
+    family = replication.family_b(confirmation_runs(), selection).set_index("id")
+    b14 = family.loc["B14"]
+    assert b14["p_corrected"] == pytest.approx(test["p_seed"]) and b14["p"] == pytest.approx(test["p"])
+    assert b14["p_holm_corrected"] >= b14["p_corrected"] and isinstance(b14["outcome_corrected"], str)
+    row = ledger.build(confirmation_runs(), confirmation_runs(), selection, confirmation_runs(0.8), None, {},
+                       "unused").set_index("where").loc["issue 30"]
+    assert "as registered: 7 (seed, position) pairs counted as independent" in row["test"]
+    assert "corrected to the seed, the registration's unit: paired t on the 3 seeds' widths" in row["test"]
+    assert "reaches an end of its grid in 2 of 3 seeds" in row["what the data exclude"]
+
+
+def test_b5_and_b6_that_coincide_are_one_observation():
+    """Issue 38: additive and none both fit every flipped label, so B5 and B6 are the same differences."""
+    runs = confirmation_runs()
+    runs.loc[runs["penalty"] == "sum", "train_acc_flipped"] = runs.loc[runs["penalty"] == "none",
+                                                                       "train_acc_flipped"].to_numpy()
+    family = replication.family_b(runs, selection_runs([[True] * 4] * 3, [[True] * 4] * 3)).set_index("id")
+    assert family.loc["B6", "outcome"] == "the same observation as B5 (counted there once)"
+    assert family.loc["B5", "outcome"] == "holds"
+    apart = replication.family_b(confirmation_runs(), selection_runs([[True] * 4] * 3, [[True] * 4] * 3))
+    assert not apart["outcome"].str.startswith("the same observation").any()
+
+
+def test_a_lambda_at_its_grids_end_is_named_on_b12_and_b13():
+    selection = selection_runs([[True] * 4] * 3, [[True] * 4] * 3)
+    plan = {"lam": {"sum": {"0.2": 1e-6}, "mul": {"0.2": 1e-7}}}
+    assert replication.grid_ends(selection, plan) == ["additive λ 1e-06 is the weakest of its grid"]
+    table = ledger.build(confirmation_runs(), confirmation_runs(), selection, confirmation_runs(0.8), None, {},
+                         "unused", replication.grid_ends(selection, plan))
+    b12 = table[table["claim"].str.startswith("B12")].iloc[0]
+    assert b12["test"].endswith("; the init-scale arm's additive λ 1e-06 is the weakest of its grid")

@@ -76,8 +76,10 @@ def _side(verdict: pd.DataFrame | None, claim: str, noise: str, rule: str = HEAD
     return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 100, ' pp')}"
 
 
-def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, untested: str) -> list[dict]:
-    """The fourteen hypotheses of family B (`replication.family_b`), or 'not tested'."""
+def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, untested: str,
+                  notes: dict[str, str] | None = None) -> list[dict]:
+    """The fourteen hypotheses of family B (`replication.family_b`), or 'not tested'; `notes`: a
+    line to add to a hypothesis's test (B12/B13: a λ chosen at its grid's end)."""
     rows = []
     for hid, where in WHERE_B.items():
         hit = None if family is None else family[family["id"] == hid]
@@ -93,12 +95,29 @@ def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, un
         r = hit.iloc[0]
         ex = None if excluded is None else excluded.set_index("id")
         outcome = with_magnitude(r["outcome"], ex is not None and hid in ex.index and bool(ex.at[hid, "excludes"]))
+        test = f"{r['test']}, Holm over {int(r['family'])}" + "".join(f"; {n}" for n in [(notes or {}).get(hid)] if n)
         rows.append(base | {"claim": f"{hid}: {r['claim']} (noise {r['noise']})",
                             "ours (95 % interval, n)": f"{r['statistic']}: " + _interval(r, 1, ""),
-                            "test": f"{r['test']}, Holm over {int(r['family'])}", "outcome": outcome,
-                            "what the data exclude": _excludes_b(ex, hid), "decided by": REPLICATION_2,
-                            "replication 2": f"{outcome}: {_interval(r, 1, '')}"})
+                            "test": test + _as_corrected(r), "outcome": outcome,
+                            "what the data exclude": _excludes_b(ex, hid) + _censored(r),
+                            "decided by": REPLICATION_2, "replication 2": f"{outcome}: {_interval(r, 1, '')}"})
     return rows
+
+
+def _as_corrected(r) -> str:
+    """B14's registered test beside its correction to the registration's unit (the seed)."""
+    if pd.isna(r.get("outcome_corrected", math.nan)):
+        return ""
+    return (f" (as registered: {r['only_mul'] + r['only_sum']:.0f} (seed, position) pairs counted as independent, "
+            f"p {r['p']:.2g}); corrected to the seed, the registration's unit: paired t on the {int(r['n'])} seeds' "
+            f"widths, p {r['p_corrected']:.2g}, Holm p {r['p_holm_corrected']:.2g}: {r['outcome_corrected']}")
+
+
+def _censored(r) -> str:
+    if pd.isna(r.get("outcome_corrected", math.nan)):
+        return ""
+    return (f"; censored: the multiplicative window reaches an end of its grid in {r['censored']} seeds, and no "
+            f"width can exceed {r['widest']:.3g} decades, so the interval's upper end is not a width the grid allows")
 
 
 def ledger(fig1: list[dict], family: list[dict]) -> pd.DataFrame:
@@ -158,7 +177,8 @@ def _excludes_b(ex: pd.DataFrame | None, hid: str) -> str:
 
 
 def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_selection: pd.DataFrame | None,
-          larger_scale: pd.DataFrame | None, sharp: pd.DataFrame | None, paper: dict, untested: str) -> pd.DataFrame:
+          larger_scale: pd.DataFrame | None, sharp: pd.DataFrame | None, paper: dict, untested: str,
+          scale_ends: list[str] | None = None) -> pd.DataFrame:
     """The ledger from the stored confirmation runs of replication 1 (`first`) and 2 (`second`, with
     its selection stage, the init-scale arm's confirmation and the sharpness per seed): Fig. 1 is
     decided by replication 2 where it is complete (its λ chosen on the fair grid), else by
@@ -175,7 +195,8 @@ def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_select
     if decider != "replication 2":
         return ledger(fig1, family_b_rows(None, None, untested))
     family = replication.family_b(second, second_selection, sharp, larger_scale)
-    return ledger(fig1, family_b_rows(family, replication.excluded_b(family), untested))
+    ends = "; ".join(f"the init-scale arm's {end}" for end in scale_ends or [])
+    return ledger(fig1, family_b_rows(family, replication.excluded_b(family), untested, {"B12": ends, "B13": ends}))
 
 
 
@@ -191,7 +212,8 @@ def assemble(first, second, scaled, second_store: str, untested: str, progress: 
         sharp = analysis.sharpness_by_seed(second_store, second.confirmation, 0.2, replication.SHARPNESS_RADIUS,
                                            replication.SHARPNESS_DIRECTIONS, replication.SHARPNESS_IMAGES, progress)
     return build(first.confirmation, second.confirmation if complete else None, second.selection,
-                 scaled.confirmation, sharp, claims.paper_gaps(paper.published("fig1")), untested)
+                 scaled.confirmation, sharp, claims.paper_gaps(paper.published("fig1")), untested,
+                 replication.grid_ends(scaled.selection, scaled.plan))
 
 
 README_UNTESTED = "not yet: `make figures NB=07`"  # the README's ledger names the command, not this host's cost

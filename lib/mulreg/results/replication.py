@@ -90,6 +90,20 @@ def window_widths(win: pd.DataFrame) -> pd.DataFrame:
     return out.assign(width=out["points"] / POINTS_PER_DECADE).reset_index()
 
 
+def grid_ends(selection: pd.DataFrame | None, plan: dict | None) -> list[str]:
+    """Each penalty whose planned λ is the weakest or strongest of its selection grid, in words."""
+    if selection is None or plan is None or not len(selection):
+        return []
+    out = []
+    for pen, by_noise in plan["lam"].items():
+        grid = sorted(selection.loc[selection["penalty"] == pen, "lam"].unique())
+        for lam in sorted(set(by_noise.values())):
+            if grid and lam in (grid[0], grid[-1]):
+                end = "weakest" if lam == grid[0] else "strongest"
+                out.append(f"{PENALTY_NAMES[Penalty(pen)]} λ {lam:.4g} is the {end} of its grid")
+    return out
+
+
 def window_test(win: pd.DataFrame) -> dict:
     """B14: the exact two-sided sign test on the (seed, position) pairs whose two runs disagree
     about being in their window, beside the t interval of the per-seed width differences."""
@@ -98,10 +112,14 @@ def window_test(win: pd.DataFrame) -> dict:
         return claims.test([])
     only_mul = int((both[MUL].astype(bool) & ~both[SUM].astype(bool)).sum())
     only_sum = int((both[SUM].astype(bool) & ~both[MUL].astype(bool)).sum())
-    widths = window_widths(win).pivot(index="seed", columns="penalty", values="width")
+    per_seed_widths = window_widths(win)
+    widths = per_seed_widths.pivot(index="seed", columns="penalty", values="width")
     result = claims.test(_paired(widths, MUL, SUM))
     p = stats.binomtest(only_mul, only_mul + only_sum, 0.5).pvalue if only_mul + only_sum else 1.0
-    return result | {"p": float(p), "p_perm": math.nan, "only_mul": only_mul, "only_sum": only_sum}
+    censored = per_seed_widths[per_seed_widths["penalty"] == MUL]["censored"]
+    return result | {"p": float(p), "p_perm": math.nan, "only_mul": only_mul, "only_sum": only_sum,
+                     "p_seed": result["p"], "censored": f"{int(censored.sum())} of {len(censored)}",
+                     "widest": (win["position"].max() + 1) / POINTS_PER_DECADE}
 
 
 # ---- family B
@@ -137,6 +155,32 @@ def family_b(confirmation: pd.DataFrame, selection: pd.DataFrame, sharp: pd.Data
     table = claims.decide(pd.DataFrame(rows))
     untested = table["p"].isna()
     table.loc[untested & table["n"].eq(0), "outcome"] = "not tested (no runs)"
+    return _one_observation(_b14_at_the_seed(table))
+
+
+def _b14_at_the_seed(table: pd.DataFrame) -> pd.DataFrame:
+    """B14 as registered (the sign test over (seed, position) pairs) and, beside it, corrected to the
+    registration's own unit, the seed: the paired t-test of the per-seed window widths, decided by
+    Holm over the same family (`p_corrected`, `p_holm_corrected`, `outcome_corrected`; issue 38)."""
+    if "p_seed" not in table:
+        return table
+    corrected = claims.decide(table.assign(p=table["p_seed"].where(table["id"] == "B14", table["p"])))
+    at = table["id"] == "B14"
+    table.loc[at, "p_corrected"] = corrected.loc[at, "p"]
+    table.loc[at, "p_holm_corrected"] = corrected.loc[at, "p_holm"]
+    table.loc[at, "outcome_corrected"] = corrected.loc[at, "outcome"]
+    return table
+
+
+ONE_OBSERVATION = "the same observation as B5"
+
+
+def _one_observation(table: pd.DataFrame) -> pd.DataFrame:
+    """B6 is B5 again where their differences coincide (additive and none fitting the same share of
+    flipped labels in every seed): said once, so one observation is not counted as two outcomes."""
+    rows = table.set_index("id")
+    if {"B5", "B6"} <= set(rows.index) and rows.at["B5", "n"] and rows.at["B5", "diffs"] == rows.at["B6", "diffs"]:
+        table.loc[table["id"] == "B6", "outcome"] = f"{ONE_OBSERVATION} (counted there once)"
     return table
 
 
