@@ -105,16 +105,18 @@ def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, un
 
 
 def _as_corrected(r) -> str:
-    """B14's registered test beside its correction to the registration's unit (the seed)."""
+    """A registered test beside its correction to the registration's unit, the seed (B9, B10, B14)."""
     if pd.isna(r.get("outcome_corrected", math.nan)):
         return ""
-    return (f" (as registered: {r['only_mul'] + r['only_sum']:.0f} (seed, position) pairs counted as independent, "
-            f"p {r['p']:.2g}); corrected to the seed, the registration's unit: paired t on the {int(r['n'])} seeds' "
-            f"widths, p {r['p_corrected']:.2g}, Holm p {r['p_holm_corrected']:.2g}: {r['outcome_corrected']}")
+    registered = r.get("registered_as")
+    registered = registered if isinstance(registered, str) else f"the {int(r['n'])} runs counted as independent"
+    return (f" (as registered: {registered}, p {r['p']:.2g}); corrected to the seed, the registration's unit: "
+            f"{r['how_corrected']}, p {r['p_corrected']:.2g}, Holm p {r['p_holm_corrected']:.2g}: "
+            f"{r['outcome_corrected']}")
 
 
 def _censored(r) -> str:
-    if pd.isna(r.get("outcome_corrected", math.nan)):
+    if not isinstance(r.get("censored"), str):
         return ""
     return (f"; censored: the multiplicative window reaches an end of its grid in {r['censored']} seeds, and no "
             f"width can exceed {r['widest']:.3g} decades, so the interval's upper end is not a width the grid allows")
