@@ -253,3 +253,22 @@ def test_williams_t_level_in_the_three_by_five_layout_under_a_shared_group_effec
     Williams' t stays near its nominal 5 % (1,000 layouts; binomial sd 0.7 %)."""
     rate = replication.null_rejections(lambda g, x, y, z: replication.williams(x, y, z)["p"])
     assert 0.03 < rate < 0.08
+
+
+def test_family_c_is_one_holm_family_per_rule_over_fig1_and_family_b():
+    """Issue 38: under the primary rule, Fig. 1's 6 published gaps and B's 6 published numbers are one
+    family of 12 (they were two families of 6); another rule keeps its 6 Fig. 1 rows alone."""
+    from mulreg.results import claims, paper as published
+
+    runs = confirmation_runs()
+    runs["test_acc_last"] = runs["test_acc_best_val"]
+    verdict = claims.claims(runs, rules=["test_acc_best_val", "test_acc_last"], confirmed=True)
+    fig1 = claims.exclusion(verdict, claims.paper_gaps(published.published("fig1")))
+    b = replication.excluded_b(replication.family_b(runs, selection_runs([[True] * 4] * 3, [[True] * 4] * 3)))
+    joint_fig1, joint_b = replication.family_c(fig1, b)
+    primary = joint_fig1[joint_fig1["rule"] == "test_acc_best_val"]
+    by_hand = claims.holm(np.concatenate([primary["p_excl"], joint_b["p_excl"]]), 12)
+    assert np.allclose(np.concatenate([primary["p_excl_holm"], joint_b["p_excl_holm"]]), by_hand, equal_nan=True)
+    assert (primary["family_excl"] == 12).all() and (joint_b["family_excl"] == 12).all()
+    other = joint_fig1[joint_fig1["rule"] == "test_acc_last"]
+    assert (other["family_excl"] == 6).all() and np.allclose(other["p_excl_holm"], claims.holm(other["p_excl"], 6))

@@ -193,13 +193,15 @@ def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_select
     source = REPLICATION_2 if decider == "replication 2" else REPLICATION_1
     verdict = each[decider]
     excluded = claims.exclusion(verdict, paper) if verdict is not None and len(verdict) else None
+    family = excluded_b = None
+    if decider == "replication 2":  # family C: Fig. 1's and family B's published numbers, one family per rule
+        family = replication.family_b(second, second_selection, sharp, larger_scale)
+        excluded, excluded_b = replication.family_c(excluded, replication.excluded_b(family))
     fig1 = [row for rule in READINGS for row in fig1_rows(verdict, excluded, paper, source, untested, each, rule)]
-    if decider != "replication 2":
+    if family is None:
         return ledger(fig1, family_b_rows(None, None, untested))
-    family = replication.family_b(second, second_selection, sharp, larger_scale)
     ends = "; ".join(f"the init-scale arm's {end}" for end in scale_ends or [])
-    return ledger(fig1, family_b_rows(family, replication.excluded_b(family), untested, {"B12": ends, "B13": ends}))
-
+    return ledger(fig1, family_b_rows(family, excluded_b, untested, {"B12": ends, "B13": ends}))
 
 
 def assemble(first, second, scaled, second_store: str, untested: str, progress: bool = True) -> pd.DataFrame:

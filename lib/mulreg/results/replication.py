@@ -271,3 +271,24 @@ def excluded_b(table: pd.DataFrame) -> pd.DataFrame:
     rows["p_excl_holm"] = claims.holm(rows["p_excl"].to_numpy(), len(PAPER_B))
     rows["excludes"] = rows["p_excl_holm"] < claims.ALPHA
     return rows
+
+
+def family_c(fig1: pd.DataFrame, b: pd.DataFrame, rule: str = HEADLINE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Family C as registered, one family per rule: under `rule` (the one family B is read under),
+    Fig. 1's exclusion rows (`claims.exclusion`) and family B's (`excluded_b`) are one Holm family;
+    the other rules keep Fig. 1's rows alone. Returns both tables with `p_excl_holm`, `excludes`,
+    `family_excl` and the family's Bonferroni bound (`excluded_above_adjusted`) recomputed."""
+    at = fig1.index[(fig1["rule"] == rule) & fig1["p_excl"].notna()] if "p_excl" in fig1 else fig1.index[:0]
+    m = len(at) + len(b)
+    published = fig1.loc[at, "p_excl"].to_numpy(float) if len(at) else np.array([])
+    joint = claims.holm(np.concatenate([published, b["p_excl"].to_numpy(float)]), m)
+    level = 1 - claims.ALPHA / m
+    b = b.assign(p_excl_holm=joint[len(at):], family_excl=m, excludes=joint[len(at):] < claims.ALPHA,
+                 excluded_above_adjusted=[claims.against(d, PAPER_B[i], level)["excluded_above"]
+                                          for i, d in zip(b["id"], b["diffs"])])
+    fig1 = fig1.copy()
+    for j, row in enumerate(at):
+        fig1.loc[row, ["p_excl_holm", "family_excl", "excludes"]] = [joint[j], m, joint[j] < claims.ALPHA]
+        fig1.loc[row, "excluded_above_adjusted"] = claims.against(fig1.at[row, "diffs"], fig1.at[row, "paper"],
+                                                                  level)["excluded_above"]
+    return fig1, b
