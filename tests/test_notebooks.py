@@ -306,6 +306,19 @@ def test_the_index_is_built_from_every_recorded_report_and_lists_the_others_with
     write_index(tmp_path, "quick", recorded(tmp_path))
     index = (tmp_path / "index.html").read_text()
     assert index.index("the ledger row") < index.index("the verdict")  # the ledger opens the index
+    import pandas as pd  # issue 38: the index opens with the ledger's own sentence, counted from its table
+
+    rows = [("a (noise 0)", "Fig. 1", "holds", "the paper's gap excluded (Holm p 0.01)"),
+            ("a (noise 0, authors' rule)", "Fig. 1", "reversed (x)", "—"),
+            ("B1: b (noise 0)", "Fig. 2", "not resolved", "the paper's value not excluded")]
+    pd.DataFrame(rows, columns=["claim", "where", "outcome", "what the data exclude"]).to_csv(
+        ledger.with_suffix(".csv"), index=False)
+    write_index(tmp_path, "quick", recorded(tmp_path))
+    index = (tmp_path / "index.html").read_text()
+    said = ("2 claims under the primary reading (the model at its best validation-loss epoch): 1 holds, 1 not "
+            "resolved. Fig. 1 under the paper&#x27;s own reading (the authors&#x27; rule): 1 reversed. The data "
+            "exclude the paper&#x27;s own number for 1 claim(s): a (noise 0).")
+    assert said in index and index.index(said) < index.index("the ledger row")
 
 
 def test_make_figures_runs_the_papers_notebooks_and_another_by_its_number():

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jinja2
 import nbformat
+import pandas as pd
 import papermill
 from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
@@ -29,6 +30,7 @@ from nbconvert import HTMLExporter
 from mulreg import provenance
 from mulreg.config import PROJECT_ROOT, ConfigError, load_yaml
 from mulreg.progress import REPORT_ENV
+from mulreg.results import ledger
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 KERNEL = "mulreg"
@@ -312,7 +314,9 @@ def _ledger_section(outcomes: list[Outcome], out_dir: Path, profile: str) -> str
                 f"PROFILE={profile} NB=08</code> (it trains nothing; it reads the stores of 01 and 07).</p>")
     png = tables[0].with_suffix(".png")
     figure = f"<p>{_thumbnail(png, out_dir, width=900)}</p>" if png.exists() else ""
-    return ("<h2>Which of the paper's claims hold?</h2><p>The claims ledger (notebook 08, "
+    csv = tables[0].with_suffix(".csv")
+    said = f"<p><b>{html.escape(ledger.summary(pd.read_csv(csv)))}</b></p>" if csv.exists() else ""
+    return ("<h2>Which of the paper's claims hold?</h2>" + said + "<p>The claims ledger (notebook 08, "
             '<a href="08_claims_ledger.html">its report</a>): one row per claim, the outcome of its registered test '
             "under the primary rule, what the data exclude, and which pre-registered replication decided it.</p>"
             + figure + tables[0].read_text())

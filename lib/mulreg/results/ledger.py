@@ -235,3 +235,20 @@ def of_record(profile: str = "quick") -> tuple[pd.DataFrame, list]:
              for name in ("binary_file", "replication_file", "init_scale_file")]
     read = [analysis.stored_stages(spec, params["paper_patience"], record_only=True)[0] for spec in specs]
     return assemble(read[0], read[1], read[2], specs[1].store, README_UNTESTED, progress=False), read
+
+
+def summary(table: pd.DataFrame) -> str:
+    """The ledger in one sentence, counted from it: its outcomes under the primary reading and under
+    the paper's own (the authors' rule), and the claims whose published number the data exclude."""
+    fig1 = table["where"] == "Fig. 1"
+    authors = table["claim"].str.endswith(READINGS[AUTHORS] + ")")
+
+    def counted(rows: pd.DataFrame) -> str:
+        counts = rows["outcome"].map(lambda o: o.split(" (")[0]).value_counts()
+        return ", ".join(f"{n} {o}" for o, n in counts.items())
+
+    excluded = table[~authors & table["what the data exclude"].str.match(r"the paper's (gap|value) excluded")]
+    return (f"{int((~authors).sum())} claims under the primary reading (the model at its best validation-loss "
+            f"epoch): {counted(table[~authors])}. Fig. 1 under the paper's own reading (the authors' rule): "
+            f"{counted(table[fig1 & authors])}. The data exclude the paper's own number for {len(excluded)} claim(s)"
+            + (": " + "; ".join(excluded["claim"]) if len(excluded) else "") + ".")
