@@ -272,3 +272,20 @@ def test_family_c_is_one_holm_family_per_rule_over_fig1_and_family_b():
     assert (primary["family_excl"] == 12).all() and (joint_b["family_excl"] == 12).all()
     other = joint_fig1[joint_fig1["rule"] == "test_acc_last"]
     assert (other["family_excl"] == 6).all() and np.allclose(other["p_excl_holm"], claims.holm(other["p_excl"], 6))
+
+
+def test_the_matrix_rank_table_uses_torchs_default_tolerance():
+    """Issue 38: the registered descriptive Table 1 under `torch.linalg.matrix_rank`'s tolerance
+    (σ_max · max(m, n) · eps(float32) = 3 · 1.2e-7 here): singular values 1, 1e-3, 1e-9 have rank 2
+    there and effective rank 1 at the paper's 1 % tolerance."""
+    import torch
+
+    from mulreg.core import metrics as M
+    from mulreg.results import stats
+
+    w = torch.diag(torch.tensor([1.0, 1e-3, 1e-9]))
+    assert M.matrix_rank(w) == 2 == np.linalg.matrix_rank(w.numpy()) and M.effective_rank(w) == 1
+    runs = pd.DataFrame({"penalty": ["mul", "mul", "sum", "sum"], "label_noise": 0.0, "seed": [1, 2, 1, 2],
+                         "matrix_rank_conv4": [40, 46, 128, 128], "matrix_rank_fc1": [2, 2, 256, 250]})
+    table = stats.matrix_rank_table(runs).set_index("layer")
+    assert table.loc["conv4", "mul"] == "43.0 (40–46)" and table.loc["fc1", "sum"] == "253.0 (250–256)"

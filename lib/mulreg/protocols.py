@@ -72,6 +72,7 @@ class Family:
 
 NORM = Family("norm", summaries=("norm_product", "norm_sq_sum"))  # ‖W_i‖_F, and Π‖W_i‖_F, Σ‖W_i‖_F²
 RANK = Family("rank")  # effective rank of W_i (`mulreg.core.metrics.effective_rank`)
+MATRIX_RANK = Family("matrix_rank")  # rank under torch.linalg.matrix_rank's default tolerance (the authors' scripts)
 # effective learning rate of layer i: ‖ΔP_i‖/‖P_i‖ per step, averaged over the epoch's steps, where P_i is
 # the layer's weight parameter (V under weight norm) (`mulreg.core.metrics.relative_update`)
 EFF_LR = Family("eff_lr")

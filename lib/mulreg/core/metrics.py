@@ -49,6 +49,12 @@ def effective_rank(weight: torch.Tensor, rel_tol: float = 0.01) -> int:
     return int((s > rel_tol * s[0]).sum()) if s[0] > 0 else 0
 
 
+def matrix_rank(weight: torch.Tensor) -> int:
+    """Rank under `torch.linalg.matrix_rank`'s default tolerance (σ_max · max(m, n) · eps of the
+    dtype), on the fp32 (reshaped) weight: the authors' scripts' Table 1."""
+    return int(torch.linalg.matrix_rank(as_matrix(weight).float().cpu()))
+
+
 def unit_norm_copy(model: nn.Module, scale_biases: bool = False) -> nn.Module:
     """A copy with every layer's weight divided by its Frobenius norm. Biases are untouched, or with
     `scale_biases` divided by the product of the norms up to their layer, so that a ReLU network

@@ -166,7 +166,8 @@ def spectra(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
     parts = [evidence().spectra(recorded)] if len(recorded) else []
     for r in local.itertuples():
         model = store.load(r.key).model()
-        parts += [pd.DataFrame({"key": r.key, "layer": name, "index": np.arange(1, len(s) + 1), "sv": s})
+        parts += [pd.DataFrame({"key": r.key, "layer": name, "index": np.arange(1, len(s) + 1), "sv": s,
+                                "matrix_rank": M.matrix_rank(w)})
                   for name, w in zip(layer_names(model), M.weight_matrices(model))
                   for s in [M.singular_values(w).numpy()]]
     if not parts:
@@ -176,7 +177,22 @@ def spectra(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
     sv["sv_rel"] = np.where(top > 0, sv["sv"] / top.where(top > 0, 1), sv["sv"])
     info = runs[["key", "penalty", "label_noise", "seed"]]
     out = info.merge(sv, on="key")  # runs' order, then layers in network order
-    return in_paper_order(out[["penalty", "label_noise", "seed", "layer", "index", "sv", "sv_rel"]])
+    return in_paper_order(out[["key", "penalty", "label_noise", "seed", "layer", "index", "sv", "sv_rel",
+                               "matrix_rank"]])
+
+
+def with_matrix_ranks(store: Store | str, runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with each layer's rank under `torch.linalg.matrix_rank`'s default tolerance
+    (`matrix_rank_<layer>`, `mulreg.protocols.MATRIX_RANK`), from the weights or the record."""
+    from mulreg.protocols import MATRIX_RANK
+
+    sv = spectra(store, runs)
+    if sv.empty:
+        return runs
+    wide = sv.drop_duplicates(["key", "layer"]).pivot(index="key", columns="layer", values="matrix_rank")
+    wide = wide[list(dict.fromkeys(sv["layer"]))]  # network order
+    wide.columns = [MATRIX_RANK.column(layer) for layer in wide.columns]
+    return runs.merge(wide.reset_index(), on="key", how="left")
 
 
 def ensure_run(spec: SweepSpec, **fields) -> pd.Series:

@@ -125,6 +125,20 @@ def rank_table(runs: pd.DataFrame, layers: Sequence[str] | None = None) -> pd.Da
     return out.reindex(columns=sorted(out.columns, key=lambda c: (c[0] != "rank", PENALTY_ORDER.index(c[1]))))
 
 
+def matrix_rank_table(runs: pd.DataFrame, noise: float = 0.0) -> pd.DataFrame:
+    """Table 1 under `torch.linalg.matrix_rank`'s default tolerance (descriptive; docs/PREREGISTRATION-2.md,
+    beside B7-B8), from `analysis.with_matrix_ranks` runs at label noise `noise`: one row per layer,
+    one column per penalty, 'mean (min–max)' over the seeds."""
+    from mulreg.protocols import MATRIX_RANK
+
+    at = in_paper_order(runs[np.isclose(runs["label_noise"], noise)])
+    table = {}
+    for pen, group in at.groupby("penalty", sort=False):
+        ranks = group[MATRIX_RANK.columns(group.columns)]
+        table[pen] = [f"{m:.1f} ({lo:.0f}–{hi:.0f})" for m, lo, hi in zip(ranks.mean(), ranks.min(), ranks.max())]
+    return pd.DataFrame(table, index=pd.Index(MATRIX_RANK.layers(at.columns), name="layer")).reset_index()
+
+
 def rank_tidy(runs: pd.DataFrame, layers: Sequence[str] | None = None) -> pd.DataFrame:
     """The numbers of `rank_table` in the tidy format of `mulreg.results.paper.compare` (source table1)."""
     layers = list(layers or RANK.layers(runs.columns))
