@@ -12,7 +12,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from mulreg.config import ConfigError, MulregError, RunConfig, deep_merge, load_yaml, nest
+from mulreg.config import ConfigError, MulregError, RunConfig, deep_merge, load_yaml, nest, parse_yaml
 
 # command-line flag → RunConfig field (dotted for nested ones)
 TRAIN_FLAGS = {
@@ -280,7 +280,6 @@ def _runs(args) -> int:
 
 
 def _figures(args) -> int:
-    import yaml
 
     from mulreg.engine import stages
     from mulreg.engine.sweep import SweepSpec
@@ -290,10 +289,7 @@ def _figures(args) -> int:
     if not isinstance(overrides, dict):
         raise ConfigError(f"--params {args.params}: expected a mapping of parameter names to values")
     for name, value in args.p:
-        try:
-            overrides[name] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"-p {name}: {value!r} is not a YAML value") from None
+        overrides[name] = parse_yaml(value, f"-p {name} {value!r}")
     from mulreg.tools.estimate import estimate, report
 
     checked_parameters(args.profile, notebooks(args.nb), overrides)  # bad input fails before the estimate trains

@@ -187,22 +187,54 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+YAML_NODES = 100_000  # nodes a YAML document may hold once its aliases are expanded (an alias bomb holds billions)
+
+
 def load_yaml(path: str | os.PathLike) -> Any:
-    """A YAML file as Python data, with 5e-7 read as a float; a missing file or invalid YAML raises
-    ConfigError naming the file (and line and column)."""
+    """A YAML file as Python data, with 5e-7 read as a float; a missing file, one that is not a regular
+    file (a folder, a FIFO: reading one would wait for a writer), invalid YAML or a document whose
+    aliases expand beyond `YAML_NODES` raises ConfigError naming the file (and line and column)."""
+    if Path(path).exists() and not Path(path).is_file():
+        raise ConfigError(f"{path}: not a regular file (a folder, FIFO or device); give a YAML file")
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text as Python data (`load_yaml`'s reading and bounds); errors name `where`."""
+    loader = _YamlLoader(text)
     try:
-        return yaml.load(text, Loader=_YamlLoader)
+        node = loader.get_single_node()
+        size = _expanded_size(node, {})
+        if size > YAML_NODES:
+            raise ConfigError(f"{where}: its aliases expand to {size:,} YAML nodes, more than {YAML_NODES:,}; "
+                              "write the values out instead of nesting aliases")
+        return None if node is None else loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{where}{at}: invalid YAML: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node, seen: dict[int, int]) -> int:
+    """Nodes in `node` with every alias expanded, each shared node counted once per use (memoised,
+    so an alias bomb is measured without being expanded)."""
+    if node is None:
+        return 0
+    if id(node) not in seen:
+        seen[id(node)] = 1  # a recursive alias counts once
+        children = node.value if isinstance(node.value, list) else []
+        pairs = [part for child in children for part in (child if isinstance(child, tuple) else (child,))]
+        seen[id(node)] = 1 + sum(_expanded_size(child, seen) for child in pairs)
+    return seen[id(node)]
 
 
 def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

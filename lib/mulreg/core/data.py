@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+from PIL import Image
 
 from mulreg.config import CIFAR10_CLASSES as CLASSES
 from mulreg.config import PAPER_CLASSES, PROJECT_ROOT, MulregError, RunConfig
@@ -110,9 +111,14 @@ def _download(folder: Path, allowed: bool) -> None:
         raise DataNotFoundError(f"CIFAR-10 folder {folder} (MULREG_DATA, or root=) is a file, not a folder")
     missing = [f"{split}/{name}" for split in ("train", "test") for name in CLASSES
                if not (folder / split / name).is_dir()]
+    others = sorted({d.name for split in ("train", "test") if (folder / split).is_dir()
+                     for d in (folder / split).iterdir() if d.is_dir() and d.name not in CLASSES})
     found = ("the folder does not exist" if not folder.exists() else
              f"it lacks {', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}" if len(missing) < 20 else
              "it holds neither layout")
+    if others:  # class folders under other names: say which names are expected
+        found += (f"; it has class folders {', '.join(others[:4])}{' …' if len(others) > 4 else ''}, and "
+                  f"expected exactly {', '.join(CLASSES)} (rename them)")
     hint = (
         f"CIFAR-10 not found in {folder} ({found}; looked for {folder / 'cifar-10-batches-py'} and for "
         f"{folder}/{{train,test}}/<class>/ image folders). Point MULREG_DATA at a copy, e.g. "
@@ -168,17 +174,25 @@ def _decode_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         named = f"class folder {empty[0]} holds no images" if empty else f"{folder}: {err}"
         raise DataError(f"{named}; point MULREG_DATA at a complete copy") from None
     if tuple(ds.classes) != CLASSES:
-        raise DataNotFoundError(f"{folder}: class folders {ds.classes} are not CIFAR-10's {CLASSES}")
+        raise DataNotFoundError(f"{folder}: class folders {ds.classes} are not CIFAR-10's; expected exactly "
+                                f"{', '.join(CLASSES)} (rename them, or point MULREG_DATA at a CIFAR-10 copy)")
     images = np.stack([_read_image(ds, path) for path, _ in ds.samples])  # PIL, RGB, (N, H, W, C)
     return images.transpose(0, 3, 1, 2), np.asarray(ds.targets)
 
 
 def _read_image(ds: torchvision.datasets.ImageFolder, path: str) -> np.ndarray:
+    """One image as (H, W, 3) uint8; one of another mode (greyscale, RGBA, palette) is refused, not
+    converted: torchvision's loader would drop an alpha channel or copy a grey one without a word."""
     try:
-        image = np.asarray(ds.loader(path))
+        with Image.open(path) as opened:
+            mode = opened.mode
+            image = np.asarray(opened.convert("RGB"))  # loaded before the file closes
     except OSError as err:  # PIL: truncated or not an image at all
         raise DataError(f"unreadable image {path}: {err}. Replace the file, or point MULREG_DATA at an intact "
                         "copy") from None
+    if mode != "RGB":
+        raise DataError(f"image {path} is {mode}, not RGB like CIFAR-10's images: convert it to RGB (PIL: "
+                        "Image.open(f).convert('RGB').save(f)) or point MULREG_DATA at an intact copy")
     if image.shape != (32, 32, 3):
         raise DataError(f"image {path} is {image.shape[1]}×{image.shape[0]} pixels, not CIFAR-10's 32×32. Replace "
                         "the file, or point MULREG_DATA at an intact copy")

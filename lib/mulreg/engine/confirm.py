@@ -52,6 +52,14 @@ class Confirmation(BaseModel):
             raise ValueError(f"rule must be one that does not read the test set, one of {allowed}; got {rule!r}")
         return rule
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_once(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seeds {seeds} repeat {repeated}: each seed is one run per setting; list each once")
+        return seeds
+
     @field_validator("label_noise")
     @classmethod
     def _noise_range(cls, levels: list[float]) -> list[float]:

@@ -37,6 +37,8 @@ from mulreg.progress import bar as progress_bar
 from mulreg.progress import say
 from mulreg.protocols import Penalty
 
+MAX_RUNS = 10_000  # runs a sweep file may expand to unless it sets `max_runs` (a typo can ask for millions)
+
 
 class SweepSpec(BaseModel):
     """A sweep file: what to run, where to store it, and how to execute it."""
@@ -55,6 +57,7 @@ class SweepSpec(BaseModel):
     gpus_per_task: float = Field(1.0, gt=0, le=1)  # ray executor: a fraction lets several stacks share a GPU
     checkpoint_every: int = Field(10, ge=1)
     confirmation: Confirmation | None = None  # a second stage on fresh seeds (`mulreg.engine.confirm`)
+    max_runs: int = Field(MAX_RUNS, ge=1)  # a larger grid is refused before it is expanded; raise it to mean it
 
     @field_validator("store")
     @classmethod
@@ -78,6 +81,10 @@ class SweepSpec(BaseModel):
                               "train one default run (2,000 epochs on the whole pool). Give base and grid")
         for where, grid in [("grid", spec.grid)] + [(f"arms[{i}]", arm) for i, arm in enumerate(spec.arms)]:
             check_axes(grid, f"{path}: {where}")
+        size = sum(grid_size(spec.base, {**spec.grid, **arm}) for arm in spec.arms or [{}])
+        if size > spec.max_runs:
+            raise ConfigError(f"{path}: the grid expands to {size:,} runs, more than max_runs {spec.max_runs:,}; "
+                              f"shorten an axis, or set `max_runs: {size}` in the file if you mean it")
         try:
             configs = spec.configs()
         except ConfigError as err:  # a base value, or a grid point, that is no valid run
@@ -142,6 +149,16 @@ def check_axes(grid: dict[str, Any], where: str) -> None:
         if stray:
             raise ConfigError(f"{where}.lam: λ values for {', '.join(stray)}, which is not in {where}.penalty "
                               f"{penalties}; add it there or remove its λ list")
+
+
+def grid_size(base: dict[str, Any], grid: dict[str, Any]) -> int:
+    """How many runs `expand` would make of `grid` × `base`, counted from the axes (an upper bound:
+    nothing is expanded, so a huge grid costs nothing to measure)."""
+    grid = dict(grid)
+    lam = grid.pop("lam", [base.get("lam", 0.0)])
+    penalties = grid.pop("penalty", [base.get("penalty", Penalty.NONE)])
+    per_penalty = [1 if p == Penalty.NONE else len(lam.get(p, []) if isinstance(lam, dict) else lam) for p in penalties]
+    return math.prod(len(v) for v in grid.values()) * sum(per_penalty)
 
 
 def expand(base: dict[str, Any], grid: dict[str, Any]) -> list[RunConfig]:
