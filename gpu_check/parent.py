@@ -30,6 +30,7 @@ LOG_MOST = 8 * 2**20  # bytes of gpu_check.log kept (its end)
 GRACE_S = 5  # a worker may overrun a unit's allowance by this much before it is killed
 RESERVE_S = 4  # kept at the end of the budget for writing the results
 NO_CUDA_EXIT = 3
+NOTHING_MEASURED_EXIT = 4  # every row skipped or failed: a check that measured nothing is no pass
 
 
 @dataclass
@@ -109,6 +110,10 @@ class Parent:
             print(f"gpu_check: CUDA did not start: {self.fatal} (no rows measured; --cpu for a dry run without CUDA)",
                   file=sys.stderr)
             return NO_CUDA_EXIT
+        if not any(r["value"] is not None for r in self.report.rows):
+            print(f"gpu_check: no row was measured (every one skipped or failed); see {self.log_path}",
+                  file=sys.stderr)
+            return NOTHING_MEASURED_EXIT
         return 0
 
     def one_worker(self) -> None:

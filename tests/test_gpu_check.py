@@ -192,3 +192,18 @@ def test_gpu_wheels_are_what_the_image_lacks_and_small_enough_to_carry(tmp_path)
     for f in files:  # the versions this venv runs
         name, version = f.name.split("-")[:2]
         assert metadata.version(name) == version, f.name
+
+
+@pytest.mark.timeout(200)
+def test_a_check_that_measured_nothing_fails(tmp_path):
+    """Issue 40: a worker that cannot import torch leaves every row skipped or failed; the check exited 0
+    (green, nothing measured) on c51d60c, and now says so and exits 4."""
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ImportError('no torch in this environment')\n")
+    env = os.environ | {"OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "PYTHONPATH": str(fake)}
+    done = subprocess.run(["bash", str(SCRIPT), "--cpu", "--short", "--items", "a", "--work", str(tmp_path / "work"),
+                           "--cache", str(tmp_path / "cache")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "no row was measured (every one skipped or failed)" in done.stderr
