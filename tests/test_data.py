@@ -333,11 +333,13 @@ def test_a_folder_that_changed_is_decoded_again_and_its_old_cache_removed(tiny_c
     assert torch.equal(shrunk.images, train.images) and torch.equal(shrunk.labels, train.labels)
 
 
-def test_a_truncated_cache_file_is_decoded_again(tiny_cifar_image_folder, mulreg_cache):
+def test_a_truncated_cache_file_is_decoded_again(tiny_cifar_image_folder, mulreg_cache, capsys):
     train, test = load_cifar10(root=tiny_cifar_image_folder, download=False)
     (cache,) = mulreg_cache.glob("cifar10-*.npz")
     cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
     again, _ = load_cifar10(root=tiny_cifar_image_folder, download=False)
+    said = capsys.readouterr().err.strip().splitlines()  # issue 40: a repair says what it repaired, in one line
+    assert len(said) == 1 and said[0].startswith(f"{cache}: cannot be read (") and "decoded again" in said[0]
     assert torch.equal(again.images, train.images) and torch.equal(again.labels, train.labels)
     assert np.load(cache)["x_train"].shape == tuple(train.images.shape)
 

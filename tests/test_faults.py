@@ -77,3 +77,22 @@ def test_class_folders_with_other_names_say_which_names_are_expected(tmp_path, t
     (tiny_cifar_image_folder / "train" / "cat").rename(tiny_cifar_image_folder / "train" / "kitten")
     out = mulreg(*train_args(tmp_path), env=tiny_env(tmp_path, tiny_cifar_image_folder))
     assert_one_message(out, "expected exactly airplane, automobile, bird, cat, deer", "rename them")
+
+
+def test_a_run_folder_that_is_a_dangling_link_is_set_aside_named_and_the_run_stored(tmp_path,
+                                                                                      tiny_cifar_image_folder):
+    """On c51d60c the run trained, could not be stored over the link, was dropped, and the sweep exited
+    2 blaming another process; every rerun trained it again."""
+    from mulreg.engine.sweep import SweepSpec
+
+    env = tiny_env(tmp_path, tiny_cifar_image_folder)
+    path = sweep_file(tmp_path, "{seed: [1]}")
+    key = SweepSpec.from_yaml(path).configs()[0].key()
+    (tmp_path / "store" / "runs").mkdir(parents=True)
+    (tmp_path / "store" / "runs" / key).symlink_to(tmp_path / "gone")
+    out = mulreg("sweep", str(path), env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"run folder {tmp_path / 'store' / 'runs' / key} is a link to {tmp_path / 'gone'}" in out.stderr
+    assert (tmp_path / "store" / "runs" / key / "metrics.json").is_file()
+    again = mulreg("sweep", str(path), env=env)
+    assert again.returncode == 0 and "is a link to" not in again.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,10 @@ def _read_cache(cache: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(cache) as z:
             return {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         cache.unlink(missing_ok=True)
+        print(f"{cache}: cannot be read ({type(err).__name__}); removed, and the images are decoded again",
+              file=sys.stderr, flush=True)  # a repair says what it repaired
         return None
 
 

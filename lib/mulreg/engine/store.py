@@ -28,6 +28,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import time
 import warnings
 import zipfile
@@ -106,7 +107,7 @@ class Store:
     def clean(self) -> list[Path]:
         """Remove what killed processes left behind: temporary run folders and checkpoint temp
         files whose run no live process holds (its claim is free). Returns what was removed."""
-        removed = []
+        removed = self._set_aside_dangling()
         leftovers = [(p, p.name[1:].split("-")[0]) for p in (self.root / "runs").glob(".*-*")
                      if not p.name.startswith(".broken")]  # mkdtemp's ".<key>-<random>"
         leftovers += [(p, p.name.split(".")[0]) for p in (self.root / "checkpoints").glob("*.tmp*")]
@@ -116,6 +117,19 @@ class Store:
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
                     removed.append(path)
         return removed
+
+    def _set_aside_dangling(self) -> list[Path]:
+        """Run folders that are links to nothing: renamed `.broken-<key>-<time>` (a run cannot be stored
+        over one, so it would be trained again by every sweep), each said in one line."""
+        aside = []
+        for link in [p for p in (self.root / "runs").iterdir()
+                     if p.is_symlink() and not p.exists() and not p.name.startswith(".")]:
+            target = link.with_name(f".broken-{link.name}-{int(time.time())}")
+            link.rename(target)
+            print(f"run folder {link} is a link to {os.readlink(target)}, which does not exist: set aside as "
+                  f"{target.name}; the run is trained again and stored in its place", file=sys.stderr, flush=True)
+            aside.append(target)
+        return aside
 
     # ---- finished runs
     def save(self, result: RunResult) -> None:
