@@ -96,3 +96,35 @@ def test_a_run_folder_that_is_a_dangling_link_is_set_aside_named_and_the_run_sto
     assert (tmp_path / "store" / "runs" / key / "metrics.json").is_file()
     again = mulreg("sweep", str(path), env=env)
     assert again.returncode == 0 and "is a link to" not in again.stderr
+
+
+@pytest.mark.timeout(300)
+def test_a_figures_run_stopped_by_sigterm_leaves_no_ok_and_no_process(tmp_path):
+    """On c51d60c the index kept the notebook's earlier "ok" and linked an executed copy whose last cells
+    never ran. Now it says interrupted, links only the partial .ipynb, and the kernel goes with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mulreg.config import PROJECT_ROOT
+    from mulreg.report.reports import INTERRUPTED
+
+    out_dir = PROJECT_ROOT / "reports" / "smoke"
+    proc = subprocess.Popen([sys.executable, "-m", "mulreg", "figures", "--profile", "smoke", "--nb", "08"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started = time.time()
+    shown = ""
+    while "08_claims_ledger (smoke) ..." not in shown and time.time() - started < 240:
+        shown += proc.stdout.read(1)  # the line ends only when the notebook has run: read what is shown
+    time.sleep(1)  # papermill is starting the kernel or executing the notebook (it takes seconds)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "interrupted" in err.splitlines()[-1]
+    outcome = (out_dir / "08_claims_ledger.outcome.json").read_text()
+    assert INTERRUPTED in outcome and not (out_dir / "08_claims_ledger.html").exists()
+    assert "ipynb (incomplete)" in (out_dir / "index.html").read_text()
+    time.sleep(2)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # nothing of the process group is left: no kernel, no worker

@@ -43,9 +43,19 @@ class IPCKernelManager(AsyncKernelManager):
     """Kernels on local IPC sockets rather than TCP ports: nothing listens on the network, and
     ipykernel has no reason to warn about unencrypted TCP once per notebook."""
 
+    kernel_log: Path | None = None  # where the kernel's own output goes (`execute` sets it per notebook)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.transport = "ipc"
+
+    async def start_kernel(self, **kwargs):
+        """The kernel with its stdout and stderr in `kernel_log`: its messages (an interrupted cell's ZMQ
+        traceback, say) go to the log beside the executed notebook, not into the terminal."""
+        if self.kernel_log is None:
+            return await super().start_kernel(**kwargs)
+        with open(self.kernel_log, "wb") as log:
+            return await super().start_kernel(stdout=log, stderr=log, **kwargs)
 
 
 @dataclass
@@ -174,7 +184,13 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
     outcomes = []
     for i, nb in enumerate(chosen, 1):
         print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", end=" ", flush=True)
-        outcome = execute(nb, params[nb.stem], out_dir)
+        start = time.perf_counter()
+        try:
+            outcome = execute(nb, params[nb.stem], out_dir)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the index must not keep calling this notebook "ok"
+            interrupted(nb, out_dir, time.perf_counter() - start)
+            write_index(out_dir, profile, recorded(out_dir), costs or {})
+            raise
         outcomes.append(outcome)
         (out_dir / f"{nb.stem}{OUTCOME}").write_text(json.dumps(asdict(outcome), default=str))
         status = "ok" if outcome.error is None else f"FAILED\n{outcome.error}"
@@ -201,10 +217,23 @@ def recorded_sweeps(profile: str) -> list[Path]:
     return found
 
 
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM) before its last cell ran: no report"
+
+
+def interrupted(nb: Path, out_dir: Path, seconds: float) -> None:
+    """Record `nb` as interrupted: its outcome says so, and its HTML reports (of an earlier, complete
+    run, or none) are removed, so nothing that looks complete is linked; the partial .ipynb is kept."""
+    for stale in (out_dir / f"{nb.stem}.html", out_dir / f"{nb.stem}.nocode.html"):
+        stale.unlink(missing_ok=True)
+    outcome = Outcome(nb.stem, seconds, f"  {INTERRUPTED}; rerun `make figures NB={nb.stem[:2]}`", [])
+    (out_dir / f"{nb.stem}{OUTCOME}").write_text(json.dumps(asdict(outcome), default=str))
+
+
 def execute(nb: Path, params: dict, out_dir: Path) -> Outcome:
     executed = out_dir / nb.name
     start = time.perf_counter()
     error = None
+    IPCKernelManager.kernel_log = out_dir / f"{nb.stem}.kernel.log"
     try:
         papermill.execute_notebook(nb, executed, parameters=params, kernel_name=KERNEL, cwd=NOTEBOOKS,
                                    progress_bar=False, log_output=False, kernel_manager_class=IPCKernelManager)
@@ -268,9 +297,11 @@ def write_index(out_dir: Path, profile: str, outcomes: list[Outcome], costs: dic
         figs = " ".join(_thumbnail(f, out_dir) for f in o.figures if f.suffix == ".png")
         others = " · ".join(f'<a href="{os.path.relpath(f, out_dir)}">{f.name}</a>' for f in o.figures
                             if f.suffix in (".html", ".csv", ".vtp"))
+        links = (f'<a href="{o.stem}.ipynb">ipynb (incomplete)</a>' if INTERRUPTED in (o.error or "") else
+                 f'<a href="{o.stem}.html">full</a> · <a href="{o.stem}.nocode.html">no code</a>'
+                 f' · <a href="{o.stem}.ipynb">ipynb</a>')
         rows.append(f"<tr><td>{o.stem}</td><td>{status}</td><td>{o.seconds:.0f} s</td>"
-                    f'<td><a href="{o.stem}.html">full</a> · <a href="{o.stem}.nocode.html">no code</a>'
-                    f' · <a href="{o.stem}.ipynb">ipynb</a></td><td>{figs}<br><small>{others}</small></td></tr>')
+                    f"<td>{links}</td><td>{figs}<br><small>{others}</small></td></tr>")
     (out_dir / "index.html").write_text(
         f"<!doctype html><meta charset='utf-8'><title>mulreg reports ({profile})</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;"
