@@ -128,3 +128,11 @@ def test_a_figures_run_stopped_by_sigterm_leaves_no_ok_and_no_process(tmp_path):
     time.sleep(2)
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # nothing of the process group is left: no kernel, no worker
+
+
+@pytest.mark.parametrize("address", ["localhost:abc", "head node:6379", "http://head:6379"])
+def test_a_mistyped_ray_address_is_one_line_naming_the_forms_ray_takes(tmp_path, address):
+    """On c51d60c "localhost:abc" ended in Ray's ValueError traceback."""
+    path = sweep_file(tmp_path, "{seed: [1]}")
+    out = mulreg("sweep", str(path), "--executor", "ray", "--ray-address", address)
+    assert_one_message(out, f"ray_address: {address!r} is not a Ray address", "host:port or ray://host:port")

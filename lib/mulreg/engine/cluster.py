@@ -39,6 +39,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -241,7 +242,13 @@ def _sigterm_kept():
             signal.signal(signal.SIGTERM, handler)
 
 
+ADDRESS = re.compile(r"^(local|auto|(ray://)?[A-Za-z0-9._\-\[\]:]+:\d{1,5})$")  # the forms Ray takes
+
+
 def _init(ray, spec) -> bool:
+    if not ADDRESS.match(spec.ray_address):  # Ray would raise a bare ValueError, or wait on something else
+        raise ConfigError(f"ray_address: {spec.ray_address!r} is not a Ray address; give local, auto, host:port or "
+                          f"ray://host:port. {START_HINT}")
     quiet = dict(logging_level=logging.WARNING, log_to_driver=True)
     if spec.ray_address == "local":
         ray.init(address="local", num_cpus=spec.workers or os.cpu_count() or 1, include_dashboard=False, **quiet)
