@@ -55,8 +55,7 @@ def test_the_record_holds_both_stages_with_a_manifest_of_hashes(recorded):
     assert len(rec.runs("store", "selection")) == 5 and sorted(rec.runs("store", "confirmation")["key"]) == sorted(planned)
     assert rec.plan("store")["seeds"] == [3, 4]
     files = rec.manifest["files"]
-    assert {f"store/{stage}/{t}.parquet" for stage in record.STAGES for t in
-            ("runs", "history", "margins", "test_correct", "spectra", "sharpness")} | {
+    assert {f"store/{stage}/{t}.parquet" for stage in record.STAGES for t in record.TABLES} | {
         "store/selection/plan.json", "store/selection/selection.csv"} == set(files)
     assert rec.size()["store"] == sum(e["bytes"] for e in files.values())
     assert not list(root.rglob("*.pt"))  # no weights
