@@ -18,7 +18,8 @@ from test_cli_errors import mulreg, tiny_env
 
 BASE = ("{device: cpu, n_train: 12, n_test: 6, val_fraction: 0.25, batch_size: 4, max_epochs: 3, "
         "early_stopping: null, chance_margin: 0.0, init_scale: 1.0}")
-GRID = "{penalty: [none, sum, mul], lam: {sum: [1.0e-4, 1.0e-3], mul: [1.0e-12, 1.0e-10]}, seed: [1], label_noise: [0.2]}"
+GRID = ("{penalty: [none, sum, mul], lam: {sum: [1.0e-4, 1.0e-3], mul: [1.0e-12, 1.0e-10]}, seed: [1], "
+        "label_noise: [0.2]}")
 CONFIRMATION = "confirmation: {seeds: [3, 4], label_noise: [0.0, 0.2]}\n"
 
 
@@ -52,7 +53,8 @@ def test_the_record_holds_both_stages_with_a_manifest_of_hashes(recorded):
     rec = record.Record(root)
     assert rec.has("store", "selection") and rec.has("store", "confirmation")
     planned = record.stage_keys(SweepSpec.from_yaml(sweep), "confirmation", rec.plan("store"))
-    assert len(rec.runs("store", "selection")) == 5 and sorted(rec.runs("store", "confirmation")["key"]) == sorted(planned)
+    assert len(rec.runs("store", "selection")) == 5
+    assert sorted(rec.runs("store", "confirmation")["key"]) == sorted(planned)
     assert rec.plan("store")["seeds"] == [3, 4]
     files = rec.manifest["files"]
     assert {f"store/{stage}/{t}.parquet" for stage in record.STAGES for t in record.TABLES} | {
@@ -145,7 +147,8 @@ def test_retrain_draws_recorded_runs_and_compares_them(recorded):
     assert out.returncode == 0, out.stdout + out.stderr
     first = out.stdout.splitlines()[1]
     total = len(record.Record(env["MULREG_RECORD"]).configs("store"))
-    assert first.startswith(f"retrained 2 of the record's {total} runs (drawn with seed 5: ") and "hosts: record: " in first
+    assert first.startswith(f"retrained 2 of the record's {total} runs (drawn with seed 5: ")
+    assert "hosts: record: " in first
     assert "2 runs in both, 0 only here, 0 only in the record" in out.stdout
     again = mulreg("verify", str(sweep), "--retrain", "2", "--seed", "5", env=env)
     assert again.stdout.splitlines()[1].split(") in ")[0] == first.split(") in ")[0]  # the same draw
