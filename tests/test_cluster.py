@@ -252,3 +252,15 @@ def test_a_cluster_that_refuses_the_token_is_named_as_such(token_cluster, tiny, 
     assert out.stderr.startswith("error: ray_address: ") and out.stderr.count("\n") == 1, out.stderr
     assert "authentication failed" in out.stderr and "RAY_AUTH_MODE=token" in out.stderr
     assert not (tmp_path / "store" / "runs").exists() or not any((tmp_path / "store" / "runs").iterdir())
+
+
+def test_a_ray_sweep_asking_for_more_images_than_the_data_holds_is_refused_before_any_task(tiny, tmp_path):
+    """Issue 40: one pre-flight for every executor. On c51d60c the Ray path skipped it: the sweep trained
+    on the 12 images there are, exited 0 and stored the 100 asked for."""
+    from mulreg.core.data import DataError
+    from mulreg.engine.sweep import run
+
+    too_many = spec(tmp_path / "s", executor="ray").model_copy(update={"base": {**BASE, "n_train": 100}})
+    with pytest.raises(DataError, match="n_train 100"):
+        run(too_many, progress=False)
+    assert not (tmp_path / "s" / "runs").exists() or not stored_dirs(tmp_path / "s")

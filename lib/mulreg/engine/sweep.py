@@ -203,8 +203,8 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     store.clean()
     configs = spec.configs()
     pending = [c for c in configs if not store.is_complete(c.key())]
-    if pending and spec.executor == "local":
-        _preflight(pending, root)
+    if pending:  # one pre-flight for every executor, in this process, before anything trains or is sent
+        _preflight(pending, root, devices=spec.executor == "local")
     if spec.executor == "ray":  # sized on the workers, which may have devices this driver lacks
         from mulreg.engine.cluster import task_size
 
@@ -260,11 +260,12 @@ def _cluster_session(spec: SweepSpec, pending: list[RunConfig]):
     return session(spec)
 
 
-def _preflight(pending: list[RunConfig], root) -> None:
-    """Fail before any training when a device is unavailable, the data cannot be found and read, or
-    holds fewer images than a run's `n_train` (this also decodes and caches CIFAR-10 once, for all
+def _preflight(pending: list[RunConfig], root, devices: bool = True) -> None:
+    """Fail before any training when a device is unavailable (with `devices`: not for Ray, whose
+    workers may have devices this driver lacks), the data cannot be found and read, or holds fewer
+    images than a run's `n_train` or `n_test` (this also decodes and caches CIFAR-10 once, for all
     workers)."""
-    for device in {c.device for c in pending}:
+    for device in {c.device for c in pending} if devices else ():
         resolve_device(device)
     check_caps(pending, root)
 
