@@ -28,8 +28,8 @@ import pandas as pd
 from scipy import optimize, stats
 
 from mulreg.core.epochs import CHANCE, RULES
-from mulreg.protocols import EXCLUDED, PENALTY_NAMES, Penalty
 from mulreg.engine.selection import chosen_runs, select
+from mulreg.protocols import EXCLUDED, PENALTY_NAMES, Penalty
 
 LEVEL = 0.95  # of every t interval
 ALPHA = 0.05  # family-wise, per rule (Holm)

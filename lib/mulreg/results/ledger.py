@@ -12,8 +12,8 @@ import math
 import pandas as pd
 
 from mulreg.core.epochs import HEADLINE
-from mulreg.results.claims import COMPARED, with_magnitude
 from mulreg.protocols import PENALTY_NAMES
+from mulreg.results.claims import COMPARED, with_magnitude
 
 REPLICATION_1 = "replication 1 (docs/PREREGISTRATION.md)"
 REPLICATION_2 = "replication 2 (docs/PREREGISTRATION-2.md)"
@@ -149,7 +149,8 @@ def _interval(r, scale: float, unit: str) -> str:
 def _exclusion_of(excluded: pd.DataFrame | None, r) -> pd.Series | None:
     if excluded is None or excluded.empty:
         return None
-    hit = excluded[(excluded["rule"] == r["rule"]) & (excluded["claim"] == r["claim"]) & (excluded["noise"] == r["noise"])]
+    same = (excluded["rule"] == r["rule"]) & (excluded["claim"] == r["claim"]) & (excluded["noise"] == r["noise"])
+    hit = excluded[same]
     return None if hit.empty or pd.isna(hit.iloc[0]["p_excl_holm"]) else hit.iloc[0]
 
 

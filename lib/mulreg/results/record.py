@@ -176,18 +176,15 @@ def _output_std_margins(model, config, data_root) -> np.ndarray:
 def write_manifest(root: Path | None = None) -> dict:
     """MANIFEST.json: the size and SHA-256 of every file of the record, and each store's size."""
     root = root or record_root()
-    files = {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST and not _hidden(p, root)}
+    kept = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)]  # not a stage being written
+    files = {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in kept}
     sizes: dict[str, int] = {}
     for path, entry in files.items():
         sizes[path.split("/")[0]] = sizes.get(path.split("/")[0], 0) + entry["bytes"]
     manifest = {"files": files, "bytes_per_store": sizes}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def _sha256(path: Path) -> str:
@@ -375,14 +372,12 @@ def compare_runs(stage: str, local: pd.DataFrame, recorded: pd.DataFrame, differ
     both = local.merge(recorded, on="key", suffixes=("", "_record"))
     numeric = [c for c in local.columns if f"{c}_record" in both and pd.api.types.is_numeric_dtype(local[c])
                and pd.api.types.is_numeric_dtype(both[f"{c}_record"]) and not _measured(c)]
-    gaps = {c: (both[c].astype(float) - both[f"{c}_record"].astype(float)).abs() for c in numeric}
-    moved = {c: g for c, g in gaps.items() if g.fillna(0).max() > 0
-             or (both[c].isna() != both[f"{c}_record"].isna()).any()}
+    gaps = {c: _gap(both[c], both[f"{c}_record"]) for c in numeric}
+    moved = {c: g for c, g in gaps.items() if g.max() > 0}
     lines.append(f"  {len(numeric) - len(moved)} of {len(numeric)} numbers identical in every run"
                  + (":" if moved else ""))
-    for column, gap in sorted(moved.items(), key=lambda item: -item[1].fillna(np.inf).max()):
-        at = gap.fillna(np.inf).idxmax()
-        lines.append(f"  {column}: largest difference {gap.fillna(np.inf).max():.3g} (run {both.at[at, 'key']})")
+    for column, gap in sorted(moved.items(), key=lambda item: -item[1].max()):
+        lines.append(f"  {column}: largest difference {gap.max():.3g} (run {both.at[gap.idxmax(), 'key']})")
     for column in DECISION_COLUMNS:
         if column in both and f"{column}_record" in both:
             bad = both[[not _same(a, b) for a, b in zip(both[column], both[f"{column}_record"])]]
@@ -400,8 +395,7 @@ def compare_histories(here: pd.DataFrame, there: pd.DataFrame) -> list[str]:
     columns = [c for c in here.columns if c not in ("key", "epoch") and f"{c}_record" in both]
     moved = []
     for column in columns:
-        gap = (both[column].astype(float) - both[f"{column}_record"].astype(float)).abs()
-        gap = gap.where(both[column].isna() == both[f"{column}_record"].isna(), np.inf).fillna(0)
+        gap = _gap(both[column], both[f"{column}_record"])
         if gap.max() > 0:
             at = gap.idxmax()
             moved.append((gap.max(), f"  history {column}: largest difference {gap.max():.3g} "
@@ -409,6 +403,12 @@ def compare_histories(here: pd.DataFrame, there: pd.DataFrame) -> list[str]:
     lines.append(f"  {len(columns) - len(moved)} of {len(columns)} per-epoch columns identical at every epoch"
                  + (f"; {unmatched} epochs held by one side only" if unmatched else "") + (":" if moved else ""))
     return lines + [line for _, line in sorted(moved, key=lambda m: -m[0])]
+
+
+def _gap(here: pd.Series, there: pd.Series) -> pd.Series:
+    """|here − there| per row: 0 where both are missing, inf where only one is."""
+    gap = (here.astype(float) - there.astype(float)).abs()
+    return gap.where(here.isna() == there.isna(), np.inf).fillna(0)
 
 
 def _same(a, b) -> bool:

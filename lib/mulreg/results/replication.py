@@ -185,8 +185,9 @@ def family_b(confirmation: pd.DataFrame, selection: pd.DataFrame, sharp: pd.Data
                          "log10 Π(none) − log10 Π(add)", "paired t", claims.test(_paired(wide, NONE, SUM))))
     fit = per_seed(confirmation, "train_acc_flipped", 0.2)
     for hid, other in (("B5", SUM), ("B6", NONE)):
-        rows.append(_row(hid, f"flipped labels memorised by {PENALTY_NAMES[Penalty(other)]}, not by multiplicative", "0.2",
-                         f"flipped fit {other} − mul", "paired t", claims.test(_paired(fit, other, MUL))))
+        claim = f"flipped labels memorised by {PENALTY_NAMES[Penalty(other)]}, not by multiplicative"
+        rows.append(_row(hid, claim, "0.2", f"flipped fit {other} − mul", "paired t",
+                         claims.test(_paired(fit, other, MUL))))
     for hid, layer in (("B7", "conv4"), ("B8", "fc1")):
         rank = per_seed(confirmation, f"rank_{layer}", 0.0)
         rows.append(_row(hid, f"multiplicative cuts the rank of {layer}", "0", f"rank_{layer} add − mul",
@@ -244,8 +245,8 @@ def _correlation_row(hid: str, runs: pd.DataFrame, noise: float) -> dict:
     corrected = seed_bootstrap(at["seed"].to_numpy(), x, y, z)
     return _row(hid, claim, f"{noise:g}", statistic, "Williams' t", result | {
         "p_seed": corrected["p"], "seeds": corrected["n"],
-        "how_corrected": f"bootstrap over the {corrected['n']} seeds keeping the penalty groups "
-                         f"({BOOTSTRAP_DRAWS} draws; 95 % interval {corrected['low']:+.2f} to {corrected['high']:+.2f})"})
+        "how_corrected": f"bootstrap over the {corrected['n']} seeds keeping the penalty groups ({BOOTSTRAP_DRAWS} "
+                         f"draws; 95 % interval {corrected['low']:+.2f} to {corrected['high']:+.2f})"})
 
 
 def _init_scale_rows(confirmation: pd.DataFrame, larger: pd.DataFrame | None) -> list[dict]:

@@ -18,10 +18,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mulreg.results.claims import interval
 from mulreg.core.epochs import HEADLINE, RULES
-from mulreg.protocols import NORM, PENALTY_ORDER, RANK, StopReason
 from mulreg.engine.selection import GROUP, SELECTED_ON, chosen_runs, failed, select
+from mulreg.protocols import NORM, PENALTY_ORDER, RANK, StopReason
+from mulreg.results.claims import interval
 
 
 def chosen_for_headline(runs: pd.DataFrame) -> pd.DataFrame:
