@@ -142,16 +142,21 @@ def test_a_run_missing_from_the_store_is_a_decision_that_differs(copy_of):
 
 
 def test_retrain_draws_recorded_runs_and_compares_them(recorded):
+    """Exit 0 when every decision agrees, 1 with a `differs:` line each (a run retrained alone need not
+    match one trained stacked with others to the bit); either way the report names the draw and hosts."""
     sweep, env, _ = recorded
     out = mulreg("verify", str(sweep), "--retrain", "2", "--seed", "5", env=env)
-    assert out.returncode == 0, out.stdout + out.stderr
-    first = out.stdout.splitlines()[1]
+    assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stdout + out.stderr
+    first = next(line for line in out.stdout.splitlines() if line.startswith("retrained 2 of"))
     total = len(record.Record(env["MULREG_RECORD"]).configs("store"))
     assert first.startswith(f"retrained 2 of the record's {total} runs (drawn with seed 5: ")
     assert "hosts: record: " in first
     assert "2 runs in both, 0 only here, 0 only in the record" in out.stdout
+    verdict = out.stdout.strip().splitlines()[-1]
+    assert verdict == "every decision agrees with the record" if out.returncode == 0 else verdict.endswith("differ")
     again = mulreg("verify", str(sweep), "--retrain", "2", "--seed", "5", env=env)
-    assert again.stdout.splitlines()[1].split(") in ")[0] == first.split(") in ")[0]  # the same draw
+    drawn = next(line for line in again.stdout.splitlines() if line.startswith("retrained 2 of"))
+    assert drawn.split(") in ")[0] == first.split(") in ")[0]  # the same draw
 
 
 def test_a_retrain_larger_than_the_record_is_refused(recorded):
