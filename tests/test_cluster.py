@@ -22,7 +22,8 @@ GRID = {"penalty": ["none", "mul"], "lam": [1e-3], "seed": [1, 2]}  # 4 runs
 
 def kill_once_when_armed() -> None:
     """Ray worker set-up hook: the first task that finds the marker file named by env
-    MULREG_TEST_KILL_ONCE deletes it and SIGKILLs its own worker, so Ray has to retry the task."""
+    MULREG_TEST_KILL_ONCE deletes it and SIGKILLs its own worker, so Ray has to retry the task; one that
+    finds MULREG_TEST_RAISE_ONCE's marker raises an error no retry would cure."""
     import os
     import signal
 
@@ -30,12 +31,19 @@ def kill_once_when_armed() -> None:
 
     train_group = mulreg.engine.train.train_group
 
-    def killed_once(*args, **kwargs):
+    def armed(name: str) -> bool:
         try:
-            os.remove(os.environ["MULREG_TEST_KILL_ONCE"])  # atomic: one task wins the marker
-        except FileNotFoundError:
-            return train_group(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGKILL)
+            os.remove(os.environ[name])  # atomic: one task wins the marker
+        except (FileNotFoundError, KeyError):
+            return False
+        return True
+
+    def killed_once(*args, **kwargs):
+        if armed("MULREG_TEST_RAISE_ONCE"):
+            raise ZeroDivisionError("a fault inside the task")
+        if armed("MULREG_TEST_KILL_ONCE"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return train_group(*args, **kwargs)
 
     mulreg.engine.train.train_group = killed_once  # the task imports it from mulreg.engine.train when it runs
 
@@ -47,13 +55,20 @@ def kill_marker(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_instance(kill_marker):
+def raise_marker(kill_marker) -> Path:
+    """Touch this file to have the next Ray task raise an error (`kill_once_when_armed`)."""
+    return kill_marker.with_name("raise-once")
+
+
+@pytest.fixture(scope="module")
+def ray_instance(kill_marker, raise_marker):
     import os
 
     path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])  # workers import this file
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning",
              runtime_env={"worker_process_setup_hook": kill_once_when_armed,
-                          "env_vars": {"MULREG_TEST_KILL_ONCE": str(kill_marker), "PYTHONPATH": path}})
+                          "env_vars": {"MULREG_TEST_KILL_ONCE": str(kill_marker), "PYTHONPATH": path,
+                                       "MULREG_TEST_RAISE_ONCE": str(raise_marker)}})
     yield
     ray.shutdown()
 
@@ -264,3 +279,45 @@ def test_a_ray_sweep_asking_for_more_images_than_the_data_holds_is_refused_befor
     with pytest.raises(DataError, match="n_train 100"):
         run(too_many, progress=False)
     assert not (tmp_path / "s" / "runs").exists() or not stored_dirs(tmp_path / "s")
+
+
+def test_an_error_inside_a_ray_task_is_one_line_and_the_other_runs_are_stored(ray_instance, raise_marker, tiny,
+                                                                             tmp_path, capsys):
+    """Issue 40: on c51d60c an exception inside a task ended the sweep with a 107-line traceback."""
+    import yaml
+
+    from mulreg.__main__ import main
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": BASE, "grid": GRID, "store": str(tmp_path / "s"), "executor": "ray"}))
+    raise_marker.touch()
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: 1 of 4 Ray tasks failed") and "ZeroDivisionError: a fault inside the task" in err
+    assert "rerun the sweep" in err and len(stored_dirs(tmp_path / "s")) == 3
+    assert main(["sweep", str(path)]) == 0 and len(stored_dirs(tmp_path / "s")) == 4  # the rerun trains the rest
+
+
+def test_an_address_where_another_kind_of_server_listens_is_named_within_seconds(tiny, tmp_path):
+    """Issue 40: on c51d60c a Ray address where an HTTP server listened hung for more than 150 s."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import yaml
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": BASE, "grid": GRID, "store": str(tmp_path / "s"), "executor": "ray",
+                                    "ray_address": address}))
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "mulreg", "sweep", str(path)], capture_output=True, text=True,
+                         timeout=120)
+    server.shutdown()
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert f"ray_address: '{address}' answers, but not as a Ray cluster" in out.stderr and "6379" in out.stderr
+    assert time.monotonic() - started < 60

@@ -7,6 +7,10 @@ repeated seeds and the RGBA image were accepted without a word."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +140,100 @@ def test_a_mistyped_ray_address_is_one_line_naming_the_forms_ray_takes(tmp_path,
     path = sweep_file(tmp_path, "{seed: [1]}")
     out = mulreg("sweep", str(path), "--executor", "ray", "--ray-address", address)
     assert_one_message(out, f"ray_address: {address!r} is not a Ray address", "host:port or ray://host:port")
+
+
+def unprivileged(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The command line as a user whom file permissions bind: as root, root without its capabilities
+    (setpriv), so a folder without read or write permission refuses this process as another user's would."""
+    prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"] if os.geteuid() == 0 else []
+    if prefix and not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: file permissions cannot bind this process")
+    return subprocess.run([*prefix, sys.executable, "-m", "mulreg", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory, tiny_cifar_image_folder_module) -> Path:
+    """A store holding two trained runs (each test that locks a part of it unlocks it again)."""
+    folder = tmp_path_factory.mktemp("stored")
+    path = sweep_file(folder, "{seed: [1, 2]}")
+    assert mulreg("sweep", str(path), env=tiny_env(folder, tiny_cifar_image_folder_module)).returncode == 0
+    return folder / "store"
+
+
+def test_a_run_folder_this_user_may_not_read_is_named_with_what_is_needed(stored):
+    """On c51d60c `runs` and `runs --check` ended in a PermissionError traceback."""
+    locked = sorted((stored / "runs").iterdir())[0]
+    locked.chmod(0)
+    try:
+        listing = unprivileged("runs", "--store", str(stored))
+        check = unprivileged("runs", "--store", str(stored), "--check")
+    finally:
+        locked.chmod(0o755)
+    assert listing.returncode == 0 and "Traceback" not in listing.stderr, listing.stderr
+    assert "1 run folder(s) left out: they cannot be read; `mulreg runs --check` says why" in listing.stdout
+    assert check.returncode == 1 and "Traceback" not in check.stderr, check.stderr
+    assert f"permission denied on {locked}" in check.stdout and "needs read access" in check.stdout
+    assert "2 run folders" in check.stdout and "1 unreadable" in check.stdout
+
+
+def test_a_store_this_user_may_not_list_is_one_line_naming_it(stored):
+    (stored / "runs").chmod(0)
+    try:
+        out = unprivileged("runs", "--store", str(stored))
+    finally:
+        (stored / "runs").chmod(0o755)
+    assert_one_message(out, f"permission denied on {stored / 'runs'}", "ask its owner")
+
+
+def test_a_read_only_reports_folder_is_refused_before_anything_trains():
+    """On c51d60c a read-only reports/ ended in a traceback once the notebook had run."""
+    from mulreg.config import PROJECT_ROOT
+
+    reports = PROJECT_ROOT / "reports" / "smoke"
+    reports.mkdir(parents=True, exist_ok=True)
+    mode = reports.stat().st_mode
+    reports.chmod(0o555)
+    try:
+        out = unprivileged("figures", "--profile", "smoke", "--nb", "08")
+    finally:
+        reports.chmod(mode)
+    assert_one_message(out, str(reports))
+    assert "not writable" in out.stderr or "cannot create" in out.stderr
+
+
+def test_a_kernel_whose_python_is_gone_names_the_command_that_installs_it_again(tmp_path):
+    import json
+
+    spec = tmp_path / "jupyter" / "kernels" / "mulreg" / "kernel.json"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(json.dumps({"argv": [str(tmp_path / "moved" / "python"), "-m", "ipykernel_launcher", "-f",
+                                         "{connection_file}"], "display_name": "mulreg", "language": "python"}))
+    out = mulreg("figures", "--profile", "smoke", "--nb", "08", env={"JUPYTER_PATH": str(tmp_path / "jupyter")})
+    assert_one_message(out, f"runs {tmp_path / 'moved' / 'python'}, which is not there",
+                       "-m ipykernel install --sys-prefix --name mulreg")
+
+
+def test_a_missing_kernel_names_the_command_that_installs_it(monkeypatch, capsys):
+    from mulreg.__main__ import main
+    from mulreg.report import reports
+
+    monkeypatch.setattr(reports, "KERNEL", "mulreg-never-installed")
+    assert main(["figures", "--profile", "smoke", "--nb", "08"]) == 2
+    err = capsys.readouterr().err
+    assert "kernel 'mulreg-never-installed' is not installed" in err and "ipykernel install" in err
+
+
+def test_figures_counts_the_runs_the_chosen_notebook_lacks_even_when_another_notebook_trains_them(monkeypatch):
+    """On c51d60c `figures --nb 02` said "nothing to train" while notebook 01's store, which 02 reads,
+    was missing: the estimate counted the shared runs under 01, a notebook not chosen."""
+    from mulreg.engine.store import Store
+    from mulreg.tools import estimate
+
+    monkeypatch.setattr(estimate, "measure", lambda *args, **kwargs: estimate.Rate(per_unit=1e-6, start=0.0))
+    monkeypatch.setattr(Store, "is_complete", lambda self, key: False)  # as on a fresh clone
+    every = estimate.estimate("smoke", every=True).set_index("notebook")
+    shown = estimate.of_chosen("smoke", "02", every.reset_index())
+    assert every["runs to train"]["02_training_dynamics"] == 0  # counted under 01
+    assert shown["runs to train"].tolist() == [every["runs to train"]["01_noise_robustness"]] == [38]
+    assert "nothing to train" not in estimate.report(shown, "smoke")

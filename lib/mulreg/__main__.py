@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except MulregError as err:  # anticipated: bad input, missing data, unavailable device
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except PermissionError as err:  # a store, report or data folder of another user, or read-only
+        print(f"error: permission denied on {err.filename}: this user needs to read and write there (ask its "
+              "owner, or give another folder)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`_terminated`): workers already stopped
         print("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume",
               file=sys.stderr)
@@ -275,32 +279,34 @@ def _runs(args) -> int:
         return 1 if broken else 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unreadable runs: `--check` lists them
-        print(runs_listing(store.load_runs()))
+        table = store.load_runs()
+    print(runs_listing(table))
+    left_out = len(store.keys()) - len(table)
+    if left_out:
+        print(f"{left_out} run folder(s) left out: they cannot be read; `mulreg runs --check` says why")
     return 0
 
 
 def _figures(args) -> int:
-
     from mulreg.engine import stages
     from mulreg.engine.sweep import SweepSpec
-    from mulreg.report.reports import checked_parameters, cost_lines, notebooks, recorded_sweeps, run_notebooks
+    from mulreg.report import reports
+    from mulreg.tools.estimate import estimate, of_chosen, report
 
     overrides = load_yaml(args.params) if args.params else {}
     if not isinstance(overrides, dict):
         raise ConfigError(f"--params {args.params}: expected a mapping of parameter names to values")
     for name, value in args.p:
         overrides[name] = parse_yaml(value, f"-p {name} {value!r}")
-    from mulreg.tools.estimate import estimate, report
-
-    checked_parameters(args.profile, notebooks(args.nb), overrides)  # bad input fails before the estimate trains
+    params = reports.checked_parameters(args.profile, reports.notebooks(args.nb), overrides)
+    reports.preflight(args.profile, params)  # bad input, a missing kernel or read-only folder: before any training
     table = estimate(args.profile, every=True)  # every notebook: the index gives the cost of those not run
-    chosen = {nb.stem for nb in notebooks(args.nb)}
-    print(report(table[table["notebook"].isin(chosen)], args.profile), flush=True)
-    reproduced = [] if args.nb or overrides else recorded_sweeps(args.profile)
+    print(report(of_chosen(args.profile, args.nb, table), args.profile), flush=True)
+    reproduced = [] if args.nb or overrides else reports.recorded_sweeps(args.profile)
     for path in reproduced:  # trained here first, so the notebooks read this machine's runs, not the record's
         print(f"reproduction check: training {path.name} here, to compare with the results of record", flush=True)
         stages.run(SweepSpec.from_yaml(path))
-    code = run_notebooks(args.profile, args.nb, overrides, costs=cost_lines(table))
+    code = reports.run_notebooks(args.profile, args.nb, overrides, costs=reports.cost_lines(table))
     for path in reproduced:
         print(_verify_text(path, retrain=None, seed=0)[0])
     return code

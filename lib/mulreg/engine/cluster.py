@@ -51,13 +51,17 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from mulreg.config import ConfigError, RunConfig
+from mulreg.config import ConfigError, MulregError, RunConfig
 from mulreg.engine.result import RunResult
 from mulreg.engine.store import Store
 
 MAX_RETRIES = 3  # Ray's retries of a task whose worker died
 # Driver environment passed on to each task; applied on the worker only where the path exists there.
 FORWARDED_ENV = ("MULREG_DATA", "MULREG_CACHE")
+
+
+class TaskFailed(MulregError, RuntimeError):
+    """A Ray task raised an error that is not one of mulreg's own (those come back as themselves)."""
 
 
 def resources_for(group: list[RunConfig], cluster: dict | None = None, gpus: float = 1.0) -> dict:
@@ -134,10 +138,20 @@ class _Driver:
             for _, claims in self.inflight.values():
                 claims.close()
         if self.failures:
-            group, err = self.failures[0]
-            raise RuntimeError(f"{len(self.failures)} of {self.counts['submitted']} Ray tasks failed; the first "
-                               f"({len(group)} runs, e.g. {group[0].key()}) with: {err}") from err
+            self._raise_first_failure()
         return self.counts
+
+    def _raise_first_failure(self) -> None:
+        """The first failed task's error as the local executor would show it: an anticipated error
+        (bad data, a refused device) as itself, anything else as one line naming the task's runs."""
+        group, err = self.failures[0]
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, MulregError):
+            raise cause
+        raise TaskFailed(f"{len(self.failures)} of {self.counts['submitted']} Ray tasks failed; the first "
+                         f"({len(group)} runs, e.g. {group[0].key()}) with: {_first_line(err)}. Finished runs are "
+                         "stored: rerun the sweep to train the rest; Ray's logs (/tmp/ray/session_latest/logs) "
+                         "hold the traceback")
 
     def _check_feasible(self) -> None:
         if not self.queue:
@@ -255,6 +269,10 @@ def _init(ray, spec) -> bool:
         return True
     if not _listening(spec.ray_address):  # else Ray waits minutes for a cluster that is not there
         raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} (nothing listens there); {START_HINT}")
+    if not _speaks_grpc(spec.ray_address):  # another kind of server: Ray would wait minutes on it
+        raise ConfigError(f"ray_address: {spec.ray_address!r} answers, but not as a Ray cluster (no gRPC within "
+                          f"{PROBE_SECONDS:g} s): give the head's GCS port (6379 unless `ray start --port` set "
+                          f"another) or its Ray Client port (ray://host:10001). {START_HINT}")
     refused = getattr(ray.exceptions, "AuthenticationError", ())  # e.g. token mode set, no token found
     failures = (ConnectionError, refused) if refused else ConnectionError
     with _stderr_captured() as log:  # Ray's C++ client logs each refused attempt there
@@ -272,16 +290,43 @@ def _init(ray, spec) -> bool:
     raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} ({_first_line(failure)}); {START_HINT}")
 
 
-def _listening(address: str, timeout: float = 5.0) -> bool:
-    """False when `address` is "host:port" and nothing accepts a TCP connection there (other forms,
-    "auto" and "ray://...", are left to Ray)."""
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
+PROBE_SECONDS = 5.0  # how long the driver waits for a cluster address to answer before it says so
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """("host", port) of "host:port" or "ray://host:port"; None for "auto"."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+
+
+def _listening(address: str) -> bool:
+    """False when something is named by `address` and nothing accepts a TCP connection there."""
+    named = _host_port(address)
+    if named is None:
         return True
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        socket.create_connection(named, timeout=PROBE_SECONDS).close()
     except OSError:
         return False
+    return True
+
+
+def _speaks_grpc(address: str) -> bool:
+    """False when the server at `address` does not open a gRPC channel (HTTP/2) within PROBE_SECONDS, as
+    Ray's GCS and Ray Client do; True when it does, or when the probe cannot tell (TLS, no grpcio)."""
+    named = _host_port(address)
+    if named is None or os.environ.get("RAY_USE_TLS", "0") not in ("0", ""):
+        return True
+    try:
+        import grpc
+    except ImportError:
+        return True
+    host, port = named
+    with grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}") as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=PROBE_SECONDS)
+        except grpc.FutureTimeoutError:
+            return False
     return True
 
 

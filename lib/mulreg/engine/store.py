@@ -88,9 +88,7 @@ class Store:
         if key in self._readable:
             return True
         d = self.run_dir(key)
-        if not (d / "metrics.json").exists():
-            return False
-        if _broken(d):
+        if not _stored(d) or _broken(d):
             return False
         self._readable.add(key)
         return True
@@ -192,7 +190,7 @@ class Store:
         for k in self.keys() if keys is None else keys:
             if self.is_complete(k):
                 readable.append(k)
-            elif (self.run_dir(k) / "metrics.json").exists():
+            elif _stored(self.run_dir(k)):
                 warnings.warn(f"run {k} at {self.run_dir(k)} cannot be read ({_broken(self.run_dir(k))}); left out, "
                               "and trained again by the next sweep", stacklevel=2)
         rows = []
@@ -287,10 +285,43 @@ class _Checkpoints:
             os.replace(tmp, path)
 
 
+def _stored(run_dir: Path) -> bool:
+    """The run's folder holds its metrics, or this user may not look (then it is stored, unreadable)."""
+    try:
+        return (run_dir / "metrics.json").exists()
+    except PermissionError:
+        return True
+
+
 def _broken(run_dir: Path) -> str | None:
-    """What makes a run folder unreadable, or None: a missing or damaged file (each file of the run is
-    opened as its reader would: JSON, parquet footer, zip directory, npy header and size), or a config
-    whose key is not the folder's name (edited by hand: its numbers belong to another run)."""
+    """What makes a run folder unreadable, or None: a folder or file this user may not read, a missing or
+    damaged file (each file of the run is opened as its reader would: JSON, parquet footer, zip directory,
+    npy header and size), or a config whose key is not the folder's name (edited by hand: its numbers
+    belong to another run)."""
+    try:
+        return _broken_file(run_dir)
+    except PermissionError as err:
+        return (f"permission denied on {err.filename}: this user ({_user()}) needs read access to the run folder "
+                f"and its files (owner: {_owner(run_dir)})")
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def _owner(path: Path) -> str:
+    try:
+        return path.owner()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _broken_file(run_dir: Path) -> str | None:
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             return f"{name} missing"
@@ -299,6 +330,8 @@ def _broken(run_dir: Path) -> str | None:
             if name == PROVENANCE and not (run_dir / name).exists():
                 continue  # runs stored before provenance was recorded
             value = json.loads((run_dir / name).read_text())
+        except PermissionError:
+            raise
         except (ValueError, OSError) as err:
             return f"{name} is not valid JSON: {err}"
         if not isinstance(value, dict) or (name == "metrics.json" and "stop_reason" not in value):
@@ -324,6 +357,8 @@ def _damaged_file(run_dir: Path) -> str | None:
             if path.stat().st_size == 0:
                 return f"{name} is empty"
             read(path)
+        except PermissionError:
+            raise
         except Exception as err:  # noqa: BLE001 - any failure to read it means the same: damaged
             return f"{name} cannot be read ({_first_line(err)})"
     return None

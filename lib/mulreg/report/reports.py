@@ -16,6 +16,8 @@ import html
 import json
 import math
 import os
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from nbconvert import HTMLExporter
 
 from mulreg import provenance
 from mulreg.config import PROJECT_ROOT, ConfigError, load_yaml
+from mulreg.engine.store import writable_folder
 from mulreg.progress import REPORT_ENV
 from mulreg.results import ledger
 
@@ -178,8 +181,7 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
     a report); 1 if any notebook failed."""
     chosen = notebooks(prefix)
     params = checked_parameters(profile, chosen, overrides)
-    out_dir = PROJECT_ROOT / "reports" / profile
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = preflight(profile, params)
     os.environ[REPORT_ENV] = "1"  # kernels inherit it: a line per finished run instead of progress bars
     outcomes = []
     for i, nb in enumerate(chosen, 1):
@@ -199,6 +201,33 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
     failed = [o.stem for o in outcomes if o.error]
     print(f"reports in {out_dir / 'index.html'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def preflight(profile: str, params: dict[str, dict]) -> Path:
+    """Before anything trains or a kernel starts: the `mulreg` kernel is installed and its Python exists,
+    and the reports folder and each notebook's figures folder can be written. Returns the reports folder."""
+    _check_kernel()
+    for stem, values in params.items():
+        writable_folder(_figures_dir(values), f"{stem}'s figures_dir")
+    return writable_folder(PROJECT_ROOT / "reports" / profile, "reports")
+
+
+def _check_kernel() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    install = f"{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}"
+    try:
+        python = KernelSpecManager().get_kernel_spec(KERNEL).argv[0]
+    except NoSuchKernel:
+        raise ConfigError(f"the Jupyter kernel {KERNEL!r} is not installed; `{install}` installs it (as `make setup` "
+                          "does)") from None
+    if not shutil.which(python):
+        raise ConfigError(f"the Jupyter kernel {KERNEL!r} runs {python}, which is not there (a moved or deleted "
+                          f"environment); `{install}` installs it again for this one")
+
+
+def _figures_dir(params: dict) -> Path:
+    return (NOTEBOOKS / params.get("figures_dir", "../reports/quick/figures")).resolve()
 
 
 def recorded_sweeps(profile: str) -> list[Path]:
@@ -244,8 +273,7 @@ def execute(nb: Path, params: dict, out_dir: Path) -> Outcome:
     seconds = time.perf_counter() - start
     if executed.exists():
         export_html(executed)
-    figures_dir = (NOTEBOOKS / params.get("figures_dir", "../reports/quick/figures")).resolve()
-    figures = sorted(figures_dir.glob(f"{nb.stem[:2]}_*")) if error is None else []
+    figures = sorted(_figures_dir(params).glob(f"{nb.stem[:2]}_*")) if error is None else []
     return Outcome(nb.stem, seconds, error, figures)
 
 

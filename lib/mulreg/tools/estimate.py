@@ -184,6 +184,15 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
     return pd.DataFrame(rows)
 
 
+def of_chosen(profile: str, prefix: str | None, every: pd.DataFrame) -> pd.DataFrame:
+    """The rows `mulreg figures` shows: with `--nb prefix` the chosen notebooks' own runs (a run shared
+    with a notebook not chosen counts here; in `every`, the estimate of every notebook, it counts
+    there), else the paper notebooks' rows of `every`."""
+    if prefix:
+        return estimate(profile, prefix)
+    return every[every["notebook"].isin({nb.stem for nb in notebooks()})]
+
+
 def report(table: pd.DataFrame, profile: str, fresh: bool = False) -> str:
     """The table for reading, with its total and what it leaves out."""
     timed = table.loc[table["runs to train"] > 0, "hours here"]
