@@ -369,3 +369,15 @@ def test_a_cache_that_cannot_be_written_is_named_and_leaves_no_partial_file(tiny
                                         r"cifar10-.*\.npz \(No space left on device\)"):
         load_cifar10(root=tiny_cifar_image_folder, download=False)
     assert not list(mulreg_cache.iterdir())
+
+
+def test_a_pool_asked_for_more_images_than_the_data_holds_is_refused_not_truncated(tiny_cifar_image_folder):
+    """Issue 40: on c51d60c `load_pool`, as a notebook calls it, returned the 12 images there are for an
+    n_train of 100, without a word."""
+    from mulreg.core.data import DataError, load_pool
+
+    assert len(load_pool("binary", 2 * TINY_TRAIN_PER_CLASS, root=str(tiny_cifar_image_folder)).y_train) == 12
+    with pytest.raises(DataError, match=r"n_train 100 asks for 50 training images per class"):
+        load_pool("binary", 100, root=str(tiny_cifar_image_folder))
+    with pytest.raises(DataError, match=r"n_test 40 asks for 4 test images per class"):
+        load_pool("multiclass", None, 40, root=str(tiny_cifar_image_folder))

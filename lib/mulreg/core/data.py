@@ -318,11 +318,11 @@ def check_caps(configs: list[RunConfig], root: str | os.PathLike | None = None) 
         counts = torch.bincount(images.labels, minlength=len(CLASSES))
         for config in {(c.task, c.classes, getattr(c, name)): c for c in configs
                        if getattr(c, name) is not None}.values():
-            _check_cap(name, getattr(config, name), config, counts, root)
+            _check_cap(name, getattr(config, name), config.task, config.classes, counts, root)
 
 
-def _check_cap(name: str, asked: int, config: RunConfig, counts: torch.Tensor, root) -> None:
-    wanted = config.classes if config.task == "binary" else tuple(range(len(CLASSES)))
+def _check_cap(name: str, asked: int, task: str, classes: tuple[int, ...], counts: torch.Tensor, root) -> None:
+    wanted = classes if task == "binary" else tuple(range(len(CLASSES)))
     per_class = asked // len(wanted)
     short = [CLASSES[c] for c in wanted if counts[c] < per_class]
     if short:
@@ -343,6 +343,9 @@ def pool_for(config: RunConfig, root: str | os.PathLike | None = None, device: s
 def _load_pool(task: str, n_train: int | None, n_test: int | None, root: str, device: str,
                classes: tuple[int, ...]) -> Pool:
     train, test = load_cifar10(root, download=True)
+    for name, images, asked in (("n_train", train, n_train), ("n_test", test, n_test)):
+        if asked is not None:  # a notebook's caller, as a sweep's pre-flight (`check_caps`): never fewer than asked
+            _check_cap(name, asked, task, classes, torch.bincount(images.labels, minlength=len(CLASSES)), root)
     wanted = classes if task == "binary" else tuple(range(10))
     train, test = _take(train, wanted, n_train), _take(test, wanted, n_test)
 
