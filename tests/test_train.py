@@ -308,6 +308,34 @@ def test_early_stopping_follows_the_monitored_history(tiny_cifar_image_folder, m
     assert result.stop_reason == reason
 
 
+@pytest.mark.parametrize("restore_best", [False, True])
+def test_a_run_trained_past_its_stop_reports_the_model_at_the_stop(tiny_cifar_image_folder, restore_best):
+    """Issue 39: the authors' stop (no restore) read from a run that trained on to a horizon. Its weights
+    and metrics are those of the same run stopped there; its history goes on to max_epochs, its first
+    epochs equal to the stopped run's; the plain loop agrees."""
+    es = {"monitor": "val_loss", "patience": 2, "min_delta": 1e9, "restore_best": restore_best}  # fires at 3
+    cfg = config(max_epochs=6, n_train=10, lr=0.01, early_stopping=es)
+    stopped = run(cfg, tiny_cifar_image_folder)
+    past = run(cfg.replace(train_past_stop=True), tiny_cifar_image_folder)
+    assert len(stopped.history) == 3 and len(past.history) == 6
+    assert past.metrics["stop_epoch"] == 3 and past.metrics["epochs"] == 6
+    assert past.metrics["reported_epoch"] == stopped.metrics["reported_epoch"] == (1 if restore_best else 3)
+    assert_states_close(past.state_dict, stopped.state_dict, rtol=1e-5, atol=1e-7)
+    assert_frames_close(past.history.iloc[:3], stopped.history, rtol=1e-5, atol=1e-7)
+    assert past.metrics["test_acc"] == pytest.approx(stopped.metrics["test_acc"])
+    model, ref = train_plain(cfg.replace(train_past_stop=True), root=tiny_cifar_image_folder)
+    assert len(ref) == 6
+    assert_states_close(past.state_dict, {k: v.detach() for k, v in model.state_dict().items()})
+
+
+def test_train_past_stop_without_early_stopping_is_refused():
+    from mulreg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train_past_stop needs early_stopping"):
+        config(early_stopping=None, train_past_stop=True)
+    assert config().key() == config(train_past_stop=False).key()  # stored runs keep their keys
+
+
 def test_chance_level_reason(tiny_cifar_image_folder):
     # a chance margin of 0.49 calls every run below 99 % training accuracy "chance level"
     result = run(config(max_epochs=1, lr=1e-6, init_scale=0.2, chance_margin=0.49), tiny_cifar_image_folder)

@@ -34,7 +34,7 @@ Monitor = Literal["val_acc", "val_loss", "test_acc"]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
 # fields added after stores existed: left out of the run key at their default, so old keys stay valid
-KEY_OMITS_DEFAULT = ("classes", "augment", "effective_lr", "epochs_after_escape")
+KEY_OMITS_DEFAULT = ("classes", "augment", "effective_lr", "epochs_after_escape", "train_past_stop")
 # where and how a run is computed: not part of its key
 HOW = ("device", "compile", "compile_mode", "deterministic", "memory_format")
 
@@ -93,6 +93,9 @@ class RunConfig(_Strict):
     # `max_epochs`: a horizon counted from the end of the chance plateau (docs/PREREGISTRATION-2.md)
     epochs_after_escape: int | None = Field(None, ge=1)
     early_stopping: EarlyStopping | None = EarlyStopping()
+    # when early stopping fires, keep the model there as the one reported and train on to `max_epochs`,
+    # recording every epoch: the model at the stop and what would have followed it (docs/PREREGISTRATION-3.md)
+    train_past_stop: bool = False
     val_fraction: float = Field(0.2, ge=0, lt=1)
     n_train: int | None = Field(None, ge=2)  # cap on the training pool (before the split)
     n_test: int | None = Field(None, ge=1)
@@ -133,6 +136,8 @@ class RunConfig(_Strict):
             raise ValueError(f"classes applies to the binary task only (task={self.task!r})")
         if self.penalty == Penalty.NONE and self.lam != 0:
             raise ValueError(f"lam must be 0 when penalty is 'none' (got lam={self.lam})")
+        if self.train_past_stop and self.early_stopping is None:
+            raise ValueError("train_past_stop needs early_stopping: it trains on past the epoch early stopping fires")
         monitor = self.early_stopping.monitor if self.early_stopping else None
         if monitor in ("val_acc", "val_loss") and self.val_fraction == 0:
             raise ValueError(f"early_stopping.monitor={monitor!r} needs val_fraction > 0")

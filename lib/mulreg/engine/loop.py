@@ -29,7 +29,8 @@ LOSSES = ("train_loss", "val_loss")
 
 def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataFrame]:
     """Train one run on the CPU as `mulreg.engine.train.train` does; return the reported model (the
-    restored best epoch when early stopping says so) and the per-epoch history."""
+    restored best epoch when early stopping says so; with `train_past_stop`, the model where early
+    stopping fired, trained past it) and the per-epoch history."""
     pool = pool_for(config, root)
     run = split_run(pool, config.seed, config.label_noise, config.val_fraction)
     y = pool.targets(run.labels)  # training-pool targets after label noise
@@ -39,6 +40,7 @@ def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataF
     best = math.inf
     best_epoch = 0
     best_state = None
+    stop_state = None  # train_past_stop: the model where early stopping fired
     escaped = math.inf  # the epoch the run left chance level
     rows = []
     for epoch in range(1, config.max_epochs + 1):
@@ -53,16 +55,20 @@ def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataF
             escaped = epoch
         if config.epochs_after_escape and epoch - escaped >= config.epochs_after_escape:
             break  # trained the set number of epochs past the chance plateau
-        if es is None:
+        if es is None or stop_state is not None:
             continue
         value = row[es.monitor] * (-1 if es.monitor.endswith("acc") else 1)  # lower is better
         if value < best - es.min_delta:
             best = value
             best_epoch = epoch
             best_state = copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= es.patience:
+        elif epoch - best_epoch >= es.patience and not config.train_past_stop:
             break  # early stopped
-    if es is not None and es.restore_best and best_state is not None:
+        elif epoch - best_epoch >= es.patience:  # early stopping fired: keep its model, train on
+            stop_state = best_state if es.restore_best else copy.deepcopy(model.state_dict())
+    if stop_state is not None:
+        model.load_state_dict(stop_state)
+    elif es is not None and es.restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return model.eval(), pd.DataFrame(rows)
 

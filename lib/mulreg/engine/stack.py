@@ -34,6 +34,8 @@ class RunState:
     best: float | None = None
     best_epoch: int = 0
     best_state: dict | None = None
+    stop_epoch: int | None = None  # `train_past_stop`: the epoch early stopping fired, training went on
+    stop_state: dict | None = None  # ... and the model reported from there (the best epoch's with restore_best)
     test_correct: list[torch.Tensor] = field(default_factory=list)  # per epoch: test images right, bits packed
     stop_reason: str | None = None
     started: float = field(default_factory=time.time)  # when this process began (or resumed) the run
@@ -47,7 +49,8 @@ class RunState:
 
     def checkpoint(self, stack: Stack) -> dict:
         self.capture(stack)
-        fields = ("epoch", "history", "best", "best_epoch", "best_state", "state", "test_correct")
+        fields = ("epoch", "history", "best", "best_epoch", "best_state", "stop_epoch", "stop_state", "state",
+                  "test_correct")
         return tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t,
                         {f: getattr(self, f) for f in fields})
 
@@ -67,15 +70,25 @@ class RunState:
             return
         if self.config.epochs_after_escape and self.epoch - self.escaped() >= self.config.epochs_after_escape:
             self.stop_reason = StopReason.AFTER_ESCAPE
-        if es is not None and not self.stop_reason:
+        if es is not None and not self.stop_reason and self.stop_epoch is None:
             value = row[es.monitor] * (-1 if es.monitor.endswith("acc") else 1)  # lower is better
             if self.best is None or value < self.best - es.min_delta:
                 self.best, self.best_epoch = value, self.epoch
                 self.best_state = {n: t.detach().clone() for n, t in weights_k.items()}
             elif self.epoch - self.best_epoch >= es.patience:
-                self.stop_reason = StopReason.EARLY_STOPPED
+                self._stopped(weights_k)
         if not self.stop_reason and self.epoch >= self.config.max_epochs:
             self.stop_reason = StopReason.MAX_EPOCHS
+
+
+    def _stopped(self, weights_k: dict) -> None:
+        """Early stopping fired: the run ends, or with `train_past_stop` keeps the model it reports and trains on."""
+        if not self.config.train_past_stop:
+            self.stop_reason = StopReason.EARLY_STOPPED
+            return
+        self.stop_epoch = self.epoch
+        restore = self.config.early_stopping.restore_best
+        self.stop_state = self.best_state if restore else {n: t.detach().clone() for n, t in weights_k.items()}
 
 
 class Stack:

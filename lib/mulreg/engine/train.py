@@ -352,17 +352,23 @@ class _Engine:
 
     # ---- after the last epoch
     def finish(self, run: RunState) -> RunResult:
-        """Final metrics of the reported weights (best epoch if restore_best, else the last)."""
+        """Final metrics of the reported weights: the best epoch's if restore_best, else the last; with
+        `train_past_stop`, those of the epoch early stopping fired (or its best), trained past."""
         es = run.config.early_stopping
         restore = es is not None and es.restore_best and run.best_state is not None
         weights = run.best_state if restore else run.state["params"] | run.state["buffers"]
+        reported = run.best_epoch if restore else run.epoch
+        if run.stop_state is not None:
+            weights, reported = run.stop_state, run.best_epoch if es.restore_best else run.stop_epoch
         model = build_model(run.config).to(self.device)
         model.load_state_dict(weights)
         history = pd.DataFrame(run.history)
         chance = CHANCE[run.config.task]
         final = metrics.reported_metrics(model, self.pool, run.train_idx, run.targets, run.flipped)
         final |= rule_metrics(history, chance, run.config.chance_margin)
-        final |= {"epochs": run.epoch, "reported_epoch": run.best_epoch if restore else run.epoch}
+        final |= {"epochs": run.epoch, "reported_epoch": reported}
+        if run.config.train_past_stop:
+            final["stop_epoch"] = math.nan if run.stop_epoch is None else run.stop_epoch
         reason = run.stop_reason
         if reason != StopReason.DIVERGED and math.isnan(final["escape_epoch"]):
             reason = StopReason.CHANCE_LEVEL

@@ -12,23 +12,12 @@ import math
 import pandas as pd
 
 from mulreg.core.epochs import HEADLINE
-from mulreg.protocols import PENALTY_NAMES
-from mulreg.results.claims import COMPARED, with_magnitude
+from mulreg.results import registry
+from mulreg.results.claims import with_magnitude
 
 REPLICATION_1 = "replication 1 (docs/PREREGISTRATION.md)"
 REPLICATION_2 = "replication 2 (docs/PREREGISTRATION-2.md)"
-FIG1 = [(f"{PENALTY_NAMES[a]} beats {PENALTY_NAMES[b]}", noise) for a, b in COMPARED for noise in ("0", "0.2")]
-FIG1 += [(f"gap to {PENALTY_NAMES[b]} grows with noise", "0.2 vs 0") for _, b in COMPARED]
-WHERE_B = {"B1": "Fig. 2", "B2": "Fig. 2", "B3": "Fig. 2", "B4": "Fig. 2", "B5": "Fig. 2, §5", "B6": "Fig. 2, §5",
-           "B7": "Table 1", "B8": "Table 1", "B9": "§5", "B10": "§5", "B11": "Fig. 3", "B12": "§6", "B13": "§6",
-           "B14": "issue 30"}
-PAPER_SAYS = {"B1": "≥ 10× (1 decade)", "B2": "≥ 10× (1 decade)", "B3": "≥ 10× (1 decade)", "B4": "≥ 10× (1 decade)",
-              "B5": "memorised by additive, not multiplicative (no number)",
-              "B6": "memorised by none, not multiplicative (no number)",
-              "B7": "conv4 rank 47 vs 128 (gap 81)", "B8": "fc1 rank 2 vs 256 (gap 254)",
-              "B9": "stronger with Π (no number)", "B10": "stronger with Π (no number)",
-              "B11": "broader, flatter basin (no number)", "B12": "narrows (no number)", "B13": "narrows (no number)",
-              "B14": "— (a question about the grid)"}
+FIG1 = [(c["claim"], c["noise"]) for _, c in registry.family("A").iterrows()]  # (claim, noise), the paper's order
 TABLE2 = ("multiclass: multiplicative beats additive and none (Table 2)", "Table 2", "68.7 vs 65.1 / 65.0 %")
 AUTHORS = "test_acc_authors"  # the paper's own reading: the authors' released stop rule (secondary family)
 READINGS = {HEADLINE: "", AUTHORS: ", authors' rule"}  # Fig. 1 under each, the primary first
@@ -81,11 +70,11 @@ def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, un
     """The fourteen hypotheses of family B (`replication.family_b`), or 'not tested'; `notes`: a
     line to add to a hypothesis's test (B12/B13: a λ chosen at its grid's end)."""
     rows = []
-    for hid, where in WHERE_B.items():
+    for hid, c in registry.family("B").iterrows():
         hit = None if family is None else family[family["id"] == hid]
-        base = {"where": where, "paper": PAPER_SAYS[hid], "replication 1": NOT_REGISTERED}
+        base = {"where": c["where"], "paper": c["paper"], "replication 1": NOT_REGISTERED}
         if hit is None or hit.empty:
-            rows.append(base | {"claim": hid, "replication 2": "not tested"} | _untested(untested))
+            rows.append(base | {"claim": registry.label(hid), "replication 2": "not tested"} | _untested(untested))
             continue
         if hit.iloc[0]["n"] == 0:  # replication 2 ran, and no run could test it (no eligible λ, say)
             r = hit.iloc[0]

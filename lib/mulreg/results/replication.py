@@ -23,7 +23,7 @@ from scipy import stats
 
 from mulreg.core.epochs import HEADLINE
 from mulreg.protocols import EXCLUDED, PENALTY_NAMES, Penalty
-from mulreg.results import claims
+from mulreg.results import claims, registry
 
 FAMILY_B = 14  # registered hypotheses of family B
 WINDOW_FIT = 0.5  # a λ is in the window if its run fits at most this share of the flipped training labels
@@ -32,7 +32,7 @@ EQUAL_DIFFERENCES = "exact permutation (every difference equal)"  # the register
 SHARPNESS_RADIUS = 0.25
 SHARPNESS_DIRECTIONS = (0, 1, 2)
 SHARPNESS_IMAGES = 500
-PAPER_B = {"B1": 1.0, "B2": 1.0, "B3": 1.0, "B4": 1.0, "B7": 128 - 47, "B8": 256 - 2}  # Fig. 2 (10×), Table 1
+PAPER_B = registry.paper_values("B")  # Fig. 2's "10×" (1 decade), Table 1's rank gaps 128 − 47 and 256 − 2
 MUL, SUM, NONE = Penalty.MUL.value, Penalty.SUM.value, Penalty.NONE.value
 
 
@@ -49,9 +49,12 @@ def _paired(wide: pd.DataFrame, a: str, b: str) -> list[float]:
     return (wide[a] - wide[b]).dropna().tolist()
 
 
-def _row(hid: str, claim: str, noise: str, statistic: str, test: str, result: dict) -> dict:
-    decided_by = EQUAL_DIFFERENCES if result.get("zero_sd") else test  # the p that `claims.test` used
-    return {"id": hid, "claim": claim, "noise": noise, "statistic": statistic, "test": decided_by, **result}
+def _row(hid: str, result: dict) -> dict:
+    """Hypothesis `hid` as the claims table registers it (`registry`), with its test's `result`."""
+    c = registry.claims().loc[hid]
+    decided_by = EQUAL_DIFFERENCES if result.get("zero_sd") else c["test"]  # the p that `claims.test` used
+    return {"id": hid, "claim": c["claim"], "noise": c["noise"], "statistic": c["statistic"], "test": decided_by,
+            **result}
 
 
 # ---- the tests that are not a paired t-test
@@ -179,26 +182,16 @@ def family_b(confirmation: pd.DataFrame, selection: pd.DataFrame, sharp: pd.Data
     rows = []
     for i, noise in enumerate((0.0, 0.2)):
         wide = per_seed(log_pi, "log_product", noise)
-        rows.append(_row(f"B{1 + i}", "Π‖W‖ smaller under multiplicative than additive", f"{noise:g}",
-                         "log10 Π(add) − log10 Π(mul)", "paired t", claims.test(_paired(wide, SUM, MUL))))
-        rows.append(_row(f"B{3 + i}", "Π‖W‖ smaller under additive than none", f"{noise:g}",
-                         "log10 Π(none) − log10 Π(add)", "paired t", claims.test(_paired(wide, NONE, SUM))))
+        rows.append(_row(f"B{1 + i}", claims.test(_paired(wide, SUM, MUL))))
+        rows.append(_row(f"B{3 + i}", claims.test(_paired(wide, NONE, SUM))))
     fit = per_seed(confirmation, "train_acc_flipped", 0.2)
-    for hid, other in (("B5", SUM), ("B6", NONE)):
-        claim = f"flipped labels memorised by {PENALTY_NAMES[Penalty(other)]}, not by multiplicative"
-        rows.append(_row(hid, claim, "0.2", f"flipped fit {other} − mul", "paired t",
-                         claims.test(_paired(fit, other, MUL))))
+    rows += [_row(hid, claims.test(_paired(fit, other, MUL))) for hid, other in (("B5", SUM), ("B6", NONE))]
     for hid, layer in (("B7", "conv4"), ("B8", "fc1")):
-        rank = per_seed(confirmation, f"rank_{layer}", 0.0)
-        rows.append(_row(hid, f"multiplicative cuts the rank of {layer}", "0", f"rank_{layer} add − mul",
-                         "paired t", claims.test(_paired(rank, SUM, MUL))))
+        rows.append(_row(hid, claims.test(_paired(per_seed(confirmation, f"rank_{layer}", 0.0), SUM, MUL))))
     rows += [_correlation_row(f"B{9 + i}", confirmation, noise) for i, noise in enumerate((0.0, 0.2))]
-    rows.append(_row("B11", "the multiplicative minimum is flatter", "0.2", "sharpness add − mul", "paired t",
-                     claims.test(_paired(sharp, SUM, MUL) if sharp is not None else [])))
+    rows.append(_row("B11", claims.test(_paired(sharp, SUM, MUL) if sharp is not None else [])))
     rows += _init_scale_rows(confirmation, larger_scale)
-    b14 = window_test(window(selection))
-    rows.append(_row("B14", "multiplicative prevents memorisation over a wider range of λ", "0.2",
-                     "window width mul − add (decades)", "exact sign test", b14))
+    rows.append(_row("B14", window_test(window(selection))))
     rows.sort(key=lambda r: int(r["id"][1:]))
     table = claims.decide(pd.DataFrame(rows))
     untested = table["p"].isna()
@@ -236,14 +229,12 @@ def _one_observation(table: pd.DataFrame) -> pd.DataFrame:
 
 def _correlation_row(hid: str, runs: pd.DataFrame, noise: float) -> dict:
     at = runs[np.isclose(runs["label_noise"], noise)].dropna(subset=["test_loss", "norm_product", "norm_sq_sum"])
-    claim = "test loss follows Π‖W‖ more than Σ‖W‖²"
-    statistic = "ρ(test loss, log Π) − ρ(test loss, log Σ)"
     if len(at) < 4:
-        return _row(hid, claim, f"{noise:g}", statistic, "Williams' t", claims.test([]))
+        return _row(hid, claims.test([]))
     x, y, z = at["test_loss"].to_numpy(), np.log(at["norm_product"].to_numpy()), np.log(at["norm_sq_sum"].to_numpy())
     result = williams(x, y, z)
     corrected = seed_bootstrap(at["seed"].to_numpy(), x, y, z)
-    return _row(hid, claim, f"{noise:g}", statistic, "Williams' t", result | {
+    return _row(hid, result | {
         "p_seed": corrected["p"], "seeds": corrected["n"],
         "how_corrected": f"bootstrap over the {corrected['n']} seeds keeping the penalty groups ({BOOTSTRAP_DRAWS} "
                          f"draws; 95 % interval {corrected['low']:+.2f} to {corrected['high']:+.2f})"})
@@ -253,13 +244,10 @@ def _init_scale_rows(confirmation: pd.DataFrame, larger: pd.DataFrame | None) ->
     rows = []
     small = per_seed(claims.as_trained(confirmation, HEADLINE), HEADLINE, 0.2)
     big = per_seed(claims.as_trained(larger, HEADLINE), HEADLINE, 0.2) if larger is not None else None
-    scale = f"{larger['init_scale'].iloc[0]:g}" if larger is not None and len(larger) else "larger"
-    at = f"at init scale {scale}" if scale != "larger" else "at a larger init scale"
     for hid, other in (("B12", SUM), ("B13", NONE)):
         both = big is not None and {MUL, other} <= set(big.columns) and {MUL, other} <= set(small.columns)
         diffs = (small[MUL] - small[other] - (big[MUL] - big[other])).dropna().tolist() if both else []
-        rows.append(_row(hid, f"the lead over {PENALTY_NAMES[Penalty(other)]} narrows {at}", "0.2",
-                         f"[mul − {other}](s 0.2) − [mul − {other}](s {scale})", "paired t", claims.test(diffs)))
+        rows.append(_row(hid, claims.test(diffs)))
     return rows
 
 

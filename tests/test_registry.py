@@ -1,0 +1,60 @@
+"""The claims table (`mulreg.results.registry`): each registration's hypothesis table names the ids it
+holds with the same direction, and the analyses and the ledger produce exactly its rows, in its words."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from mulreg.config import PROJECT_ROOT
+from mulreg.results import claims, ledger, registry, replication
+from test_replication import confirmation_runs, selection_runs
+
+REGISTRATIONS = {1: "docs/PREREGISTRATION.md", 2: "docs/PREREGISTRATION-2.md"}
+ROW = re.compile(r"^\| (B\d+(?:, B\d+)*) \|(.*)\| ([<>] 0) \|$")  # a family-B row: ids | claim | statistic | direction
+
+
+def registered_rows(path: str) -> dict[str, str]:
+    """id → direction, from the hypothesis table of a registration."""
+    out = {}
+    for line in (PROJECT_ROOT / path).read_text().splitlines():
+        hit = ROW.match(line.strip())
+        if hit:
+            out |= {hid: hit.group(3) for hid in hit.group(1).split(", ")}
+    return out
+
+
+def test_registration_2s_table_names_the_ids_and_directions_of_the_claims_table():
+    table = registry.claims()
+    rows = registered_rows(REGISTRATIONS[2])
+    assert set(rows) == {i for i in registry.registered_in(2) if table.at[i, "family"] == "B"}
+    assert all(table.at[hid, "direction"] == direction for hid, direction in rows.items())
+
+
+def test_family_a_is_what_both_registrations_test_and_what_the_analysis_produces():
+    """Registration 1 tests H1, H2 at noise 0 and 0.2 and their growth (m = 6); registration 2 repeats it."""
+    text = (PROJECT_ROOT / REGISTRATIONS[1]).read_text()
+    assert "six hypotheses" in text and "H1(ν): multiplicative > additive" in text
+    family_a = registry.family("A")
+    assert registry.registered_in(1) == list(family_a.index) and set(family_a.index) <= set(registry.registered_in(2))
+    rng = np.random.default_rng(0)
+    runs = pd.DataFrame([{"penalty": p, "label_noise": v, "seed": s, "test_acc_best_val": rng.uniform(0.7, 0.9),
+                          "stop_reason": "after_escape", "key": f"{p}{v}{s}"}
+                         for p in ("none", "sum", "mul") for v in (0.0, 0.2) for s in range(5)])
+    produced = claims.claims(runs, rules=["test_acc_best_val"], confirmed=True)
+    assert sorted(zip(produced["claim"], produced["noise"])) == sorted(zip(family_a["claim"], family_a["noise"]))
+    assert ledger.FIG1 == list(zip(family_a["claim"], family_a["noise"]))
+
+
+def test_family_b_and_the_ledger_read_each_claim_in_the_tables_words():
+    family = replication.family_b(confirmation_runs(), selection_runs([[True] * 4] * 3, [[False] * 4] * 3))
+    expected = registry.family("B")
+    assert family["id"].tolist() == list(expected.index)
+    assert family["claim"].tolist() == expected["claim"].tolist()
+    assert family["noise"].tolist() == expected["noise"].tolist()
+    assert replication.PAPER_B == {"B1": 1.0, "B2": 1.0, "B3": 1.0, "B4": 1.0, "B7": 81.0, "B8": 254.0}
+    rows = ledger.family_b_rows(None, None, "`make figures NB=07`")
+    assert [r["claim"] for r in rows] == [registry.label(i) for i in expected.index]
+    assert [r["where"] for r in rows] == expected["where"].tolist()
