@@ -13,6 +13,7 @@ from torch import nn
 
 from mulreg.config import RunConfig
 from mulreg.core.data import generator, pool_for, split_run
+from mulreg.core.epochs import authors_rule
 from mulreg.core.models import build_model
 from mulreg.engine.loop import train_plain
 from mulreg.engine.train import train, train_group
@@ -323,6 +324,8 @@ def test_a_run_trained_past_its_stop_reports_the_model_at_the_stop(tiny_cifar_im
     assert_states_close(past.state_dict, stopped.state_dict, rtol=1e-5, atol=1e-7)
     assert_frames_close(past.history.iloc[:3], stopped.history, rtol=1e-5, atol=1e-7)
     assert past.metrics["test_acc"] == pytest.approx(stopped.metrics["test_acc"])
+    # the analyses' reading of the authors' rule finds the same stop in the longer history
+    assert past.history["epoch"].iloc[authors_rule(past.history, 2, 1e9)] == 3
     model, ref = train_plain(cfg.replace(train_past_stop=True), root=tiny_cifar_image_folder)
     assert len(ref) == 6
     assert_states_close(past.state_dict, {k: v.detach() for k, v in model.state_dict().items()})

@@ -1,0 +1,79 @@
+"""Replication 3's design checks and its prevent-or-delay statistics (docs/PREREGISTRATION-3.md).
+
+- `smallest_p`: the smallest p a test can give at n pairs, whatever the data (an exact test's floor);
+- `check_resolvable`: a registered family is refused when a test's floor is not below Holm's first
+  threshold α/m, so that no hypothesis is undecidable by design (replication 2's B8: 0.0625 at n = 5);
+- `paired_t_power`: the power of a two-sided paired t-test for an effect and sd measured earlier;
+- `memorisation_epoch`: the first epoch a run fits more than half of its flipped training labels,
+  censored at its last epoch;
+- `delay_test`: multiplicative against no penalty, paired by seed, on those epochs (exact sign test).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from scipy import stats
+
+from mulreg.config import ConfigError
+
+MEMORISED = 0.5  # a run has memorised once it fits more than this share of its flipped training labels
+EXACT_TESTS = ("exact sign-flip permutation", "exact sign test")  # two-sided: floor 2 · 2⁻ⁿ
+CONTINUOUS_TESTS = ("paired t", "Williams' t")  # no floor above 0
+
+
+def smallest_p(test: str, n: int) -> float:
+    """The smallest two-sided p `test` can reach with n pairs: 2 · 2⁻ⁿ for the exact tests on signs (every
+    difference on one side), 0 for a t-test (n ≥ 2)."""
+    if test in CONTINUOUS_TESTS:
+        return 0.0 if n >= 2 else 1.0
+    if test in EXACT_TESTS:
+        return min(1.0, 2 * 0.5 ** n)
+    raise ValueError(f"unknown test {test!r}; known: {CONTINUOUS_TESTS + EXACT_TESTS}")
+
+
+def check_resolvable(hypotheses: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """`hypotheses` (columns id, test, n, family) with each test's floor and Holm's first threshold α/m
+    (m: its family's size); raises ConfigError naming every hypothesis whose floor is not below it."""
+    m = hypotheses.groupby("family")["id"].transform("size")
+    table = hypotheses.assign(floor=[smallest_p(t, n) for t, n in zip(hypotheses["test"], hypotheses["n"])],
+                              threshold=alpha / m)
+    blocked = table[table["floor"] >= table["threshold"]]
+    if len(blocked):
+        named = "; ".join(f"{r.id} ({r.test}, n {r.n}: smallest p {r.floor:.3g} ≥ {r.threshold:.3g})"
+                          for r in blocked.itertuples())
+        raise ConfigError(f"these hypotheses could not be decided whatever the data: {named}; raise n or use a "
+                          "test without a floor")
+    return table
+
+
+def paired_t_power(effect: float, sd: float, n: int, alpha: float) -> float:
+    """Power of the two-sided paired t-test at level `alpha` for a true mean difference `effect`
+    with per-pair sd `sd` (noncentral t, df n − 1)."""
+    df = n - 1
+    shift = effect / (sd / math.sqrt(n))
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift))
+
+
+def memorisation_epoch(history: pd.DataFrame, share: float = MEMORISED) -> tuple[int, bool]:
+    """(the first epoch whose flipped-label fit exceeds `share`, False), or (the last epoch, True)
+    when no epoch does: censored at the horizon."""
+    over = history.loc[history["train_acc_flipped"] > share, "epoch"]
+    if len(over):
+        return int(over.iloc[0]), False
+    return int(history["epoch"].iloc[-1]), True
+
+
+def delay_test(mul: pd.Series, none: pd.Series) -> dict:
+    """Multiplicative against no penalty on the memorisation epoch, paired by seed (index): the
+    differences (a censored multiplicative epoch is a lower bound, so its sign is still known when it is
+    above the other's), and the exact two-sided sign test on the pairs that differ."""
+    pairs = pd.concat({"mul": mul, "none": none}, axis=1).dropna()
+    diffs = pairs["mul"] - pairs["none"]
+    later = int((diffs > 0).sum())
+    differ = int((diffs != 0).sum())
+    p = float(stats.binomtest(later, differ, 0.5).pvalue) if differ else 1.0
+    return {"n": len(pairs), "later": later, "differ": differ, "median": float(diffs.median()) if len(diffs) else
+            math.nan, "p": p}

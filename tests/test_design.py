@@ -1,0 +1,48 @@
+"""Replication 3's design checks and prevent-or-delay statistics against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from mulreg.config import ConfigError
+from mulreg.results import design
+
+
+def test_an_exact_tests_floor_is_two_to_the_one_minus_n():
+    assert design.smallest_p("exact sign-flip permutation", 5) == pytest.approx(0.0625)  # replication 2's B8
+    assert design.smallest_p("exact sign test", 8) == pytest.approx(2 / 256)
+    assert design.smallest_p("paired t", 5) == 0.0
+
+
+def test_a_design_whose_floor_is_above_its_holm_threshold_is_refused_naming_the_hypothesis():
+    hyp = pd.DataFrame({"id": ["B7", "B8"], "test": ["paired t", "exact sign-flip permutation"], "n": [5, 5],
+                        "family": ["B", "B"]})
+    with pytest.raises(ConfigError, match=r"B8 \(exact sign-flip permutation, n 5: smallest p 0.0625 ≥ 0.025\)"):
+        design.check_resolvable(hyp)
+    fine = design.check_resolvable(hyp.assign(n=[5, 7]))  # 2/128 = 0.0156 < 0.05/2
+    assert fine["threshold"].tolist() == [0.025, 0.025] and fine["floor"].iloc[1] == pytest.approx(1 / 64)
+
+
+def test_paired_t_power_matches_the_normal_approximation_for_a_large_n():
+    """n 400, d = 0.2 (effect/sd): power ≈ Φ(0.2·√400 − 1.96) = Φ(2.04) ≈ 0.979 (the t and normal agree)."""
+    assert design.paired_t_power(0.2, 1.0, 400, 0.05) == pytest.approx(0.979, abs=0.003)
+    assert design.paired_t_power(0.0, 1.0, 6, 0.05) == pytest.approx(0.05, abs=1e-6)  # the level, under the null
+
+
+def test_the_memorisation_epoch_is_the_first_above_half_or_censored_at_the_last():
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_acc_flipped": [0.1, 0.5, 0.51, 0.9]})
+    assert design.memorisation_epoch(history) == (3, False)  # 0.5 is not more than half
+    assert design.memorisation_epoch(history.iloc[:2]) == (2, True)
+
+
+def test_the_delay_test_is_the_exact_sign_test_on_the_pairs_that_differ():
+    """6 seeds: 5 later under mul (one of them censored), one tie: p = 2 · 2⁻⁵ = 0.0625."""
+    mul = pd.Series([300, 250, 1000, 400, 120, 90], index=range(6))
+    none = pd.Series([100, 110, 95, 130, 100, 90], index=range(6))
+    out = design.delay_test(mul, none)
+    assert (out["n"], out["later"], out["differ"]) == (6, 5, 5) and out["p"] == pytest.approx(0.0625)
+    assert out["median"] == pytest.approx((140 + 200) / 2)  # differences 200, 140, 905, 270, 20, 0
+    assert math.isnan(design.delay_test(mul.iloc[:0], none.iloc[:0])["median"])
