@@ -7,13 +7,15 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from mulreg.config import PROJECT_ROOT
 from mulreg.results import claims, ledger, registry, replication
 from test_replication import confirmation_runs, selection_runs
 
-REGISTRATIONS = {1: "docs/PREREGISTRATION.md", 2: "docs/PREREGISTRATION-2.md"}
-ROW = re.compile(r"^\| (B\d+(?:, B\d+)*) \|(.*)\| ([<>] 0) \|$")  # a family-B row: ids | claim | statistic | direction
+REGISTRATIONS = {1: "docs/PREREGISTRATION.md", 2: "docs/PREREGISTRATION-2.md", 3: "docs/PREREGISTRATION-3.md"}
+# a hypothesis row: ids | claim | statistic | direction
+ROW = re.compile(r"^\| ([BD]\d+(?:, [BD]\d+)*) \|(.*)\| ([<>] 0) \|$")
 
 
 def registered_rows(path: str) -> dict[str, str]:
@@ -26,11 +28,17 @@ def registered_rows(path: str) -> dict[str, str]:
     return out
 
 
-def test_registration_2s_table_names_the_ids_and_directions_of_the_claims_table():
+@pytest.mark.parametrize("number", [2, 3])
+def test_each_registrations_table_names_the_ids_and_directions_of_the_claims_table(number):
     table = registry.claims()
-    rows = registered_rows(REGISTRATIONS[2])
-    assert set(rows) == {i for i in registry.registered_in(2) if table.at[i, "family"] == "B"}
+    rows = registered_rows(REGISTRATIONS[number])
+    assert set(rows) == {i for i in registry.registered_in(number) if table.at[i, "family"] != "A"}
     assert all(table.at[hid, "direction"] == direction for hid, direction in rows.items())
+
+
+def test_family_a_is_registered_by_all_three_with_six_claims():
+    assert "m = 6" in (PROJECT_ROOT / REGISTRATIONS[3]).read_text()
+    assert all(set(registry.family("A").index) <= set(registry.registered_in(n)) for n in REGISTRATIONS)
 
 
 def test_family_a_is_what_both_registrations_test_and_what_the_analysis_produces():
