@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from mulreg.config import ConfigError
+from mulreg.results import claims
 
 MEMORISED = 0.5  # a run has memorised once it fits more than this share of its flipped training labels
 EXACT_TESTS = ("exact sign-flip permutation", "exact sign test")  # two-sided: floor 2 · 2⁻ⁿ
@@ -29,7 +30,7 @@ def smallest_p(test: str, n: int) -> float:
     if test in CONTINUOUS_TESTS:
         return 0.0 if n >= 2 else 1.0
     if test in EXACT_TESTS:
-        return min(1.0, 2 * 0.5 ** n)
+        return min(1.0, claims.smallest_permutation_p(n))
     raise ValueError(f"unknown test {test!r}; known: {CONTINUOUS_TESTS + EXACT_TESTS}")
 
 

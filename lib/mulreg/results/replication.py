@@ -43,13 +43,13 @@ def per_seed(runs: pd.DataFrame, column: str, noise: float) -> pd.DataFrame:
     return at.pivot_table(index="seed", columns="penalty", values=column)
 
 
-def _paired(wide: pd.DataFrame, a: str, b: str) -> list[float]:
+def paired(wide: pd.DataFrame, a: str, b: str) -> list[float]:
     if not {a, b} <= set(wide.columns):
         return []
     return (wide[a] - wide[b]).dropna().tolist()
 
 
-def _row(hid: str, result: dict) -> dict:
+def registered_row(hid: str, result: dict) -> dict:
     """Hypothesis `hid` as the claims table registers it (`registry`), with its test's `result`."""
     c = registry.claims().loc[hid]
     decided_by = EQUAL_DIFFERENCES if result.get("zero_sd") else c["test"]  # the p that `claims.test` used
@@ -161,7 +161,7 @@ def window_test(win: pd.DataFrame) -> dict:
     only_sum = int((both[SUM].astype(bool) & ~both[MUL].astype(bool)).sum())
     per_seed_widths = window_widths(win)
     widths = per_seed_widths.pivot(index="seed", columns="penalty", values="width")
-    result = claims.test(_paired(widths, MUL, SUM))
+    result = claims.test(paired(widths, MUL, SUM))
     p = stats.binomtest(only_mul, only_mul + only_sum, 0.5).pvalue if only_mul + only_sum else 1.0
     censored = per_seed_widths[per_seed_widths["penalty"] == MUL]["censored"]
     return result | {"p": float(p), "p_perm": math.nan, "only_mul": only_mul, "only_sum": only_sum,
@@ -182,16 +182,16 @@ def family_b(confirmation: pd.DataFrame, selection: pd.DataFrame, sharp: pd.Data
     rows = []
     for i, noise in enumerate((0.0, 0.2)):
         wide = per_seed(log_pi, "log_product", noise)
-        rows.append(_row(f"B{1 + i}", claims.test(_paired(wide, SUM, MUL))))
-        rows.append(_row(f"B{3 + i}", claims.test(_paired(wide, NONE, SUM))))
+        rows.append(registered_row(f"B{1 + i}", claims.test(paired(wide, SUM, MUL))))
+        rows.append(registered_row(f"B{3 + i}", claims.test(paired(wide, NONE, SUM))))
     fit = per_seed(confirmation, "train_acc_flipped", 0.2)
-    rows += [_row(hid, claims.test(_paired(fit, other, MUL))) for hid, other in (("B5", SUM), ("B6", NONE))]
+    rows += [registered_row(hid, claims.test(paired(fit, other, MUL))) for hid, other in (("B5", SUM), ("B6", NONE))]
     for hid, layer in (("B7", "conv4"), ("B8", "fc1")):
-        rows.append(_row(hid, claims.test(_paired(per_seed(confirmation, f"rank_{layer}", 0.0), SUM, MUL))))
+        rows.append(registered_row(hid, claims.test(paired(per_seed(confirmation, f"rank_{layer}", 0.0), SUM, MUL))))
     rows += [_correlation_row(f"B{9 + i}", confirmation, noise) for i, noise in enumerate((0.0, 0.2))]
-    rows.append(_row("B11", claims.test(_paired(sharp, SUM, MUL) if sharp is not None else [])))
+    rows.append(registered_row("B11", claims.test(paired(sharp, SUM, MUL) if sharp is not None else [])))
     rows += _init_scale_rows(confirmation, larger_scale)
-    rows.append(_row("B14", window_test(window(selection))))
+    rows.append(registered_row("B14", window_test(window(selection))))
     rows.sort(key=lambda r: int(r["id"][1:]))
     table = claims.decide(pd.DataFrame(rows))
     untested = table["p"].isna()
@@ -230,11 +230,11 @@ def _one_observation(table: pd.DataFrame) -> pd.DataFrame:
 def _correlation_row(hid: str, runs: pd.DataFrame, noise: float) -> dict:
     at = runs[np.isclose(runs["label_noise"], noise)].dropna(subset=["test_loss", "norm_product", "norm_sq_sum"])
     if len(at) < 4:
-        return _row(hid, claims.test([]))
+        return registered_row(hid, claims.test([]))
     x, y, z = at["test_loss"].to_numpy(), np.log(at["norm_product"].to_numpy()), np.log(at["norm_sq_sum"].to_numpy())
     result = williams(x, y, z)
     corrected = seed_bootstrap(at["seed"].to_numpy(), x, y, z)
-    return _row(hid, result | {
+    return registered_row(hid, result | {
         "p_seed": corrected["p"], "seeds": corrected["n"],
         "how_corrected": f"bootstrap over the {corrected['n']} seeds keeping the penalty groups ({BOOTSTRAP_DRAWS} "
                          f"draws; 95 % interval {corrected['low']:+.2f} to {corrected['high']:+.2f})"})
@@ -247,7 +247,7 @@ def _init_scale_rows(confirmation: pd.DataFrame, larger: pd.DataFrame | None) ->
     for hid, other in (("B12", SUM), ("B13", NONE)):
         both = big is not None and {MUL, other} <= set(big.columns) and {MUL, other} <= set(small.columns)
         diffs = (small[MUL] - small[other] - (big[MUL] - big[other])).dropna().tolist() if both else []
-        rows.append(_row(hid, claims.test(diffs)))
+        rows.append(registered_row(hid, claims.test(diffs)))
     return rows
 
 

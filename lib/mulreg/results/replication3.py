@@ -1,0 +1,102 @@
+"""Replication 3's families (docs/PREREGISTRATION-3.md): the authors' protocol read at the model at
+their stop (patience 200, not restored), computed from stored runs and tested as registered.
+
+- family A: Fig. 1's six claims under the primary rule (the model at the stop: `test_acc_authors`
+  read from each history, which for these runs is the stored model) and, secondary, the best
+  validation-loss epoch;
+- family B: B1, B2 (log10 Π), B5, B6 (flipped-label fit), B7, B8 (effective rank) of the model at the
+  stop, Holm over 6; B7, B8 under `torch.linalg.matrix_rank`'s default tolerance beside them;
+- family D: D1 (the multiplicative penalty memorises later than none) and D2 (it does not memorise by
+  the horizon), on the runs trained past their stop, Holm over 2;
+- at the horizon: multiplicative against no penalty at noise 0.2 (secondary, one claim).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mulreg.core.epochs import HEADLINE, with_rules
+from mulreg.results import claims, design, replication
+from mulreg.results.replication import MUL, NONE, SUM, per_seed
+
+PATIENCE = 200  # the authors' early stopping (docs/PAPER.md, "What the released code reports")
+AUTHORS = "test_acc_authors"
+RULES = (AUTHORS, HEADLINE)  # the primary family first
+NOISE = 0.2  # the prevent-or-delay arms' label noise
+
+
+def read(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with every epoch rule read at the authors' patience, and each run's memorisation epoch
+    (`memorised_at`, and `censored` where the fit never exceeded one half)."""
+    out = with_rules(runs, hist, PATIENCE)
+    epochs = {key: design.memorisation_epoch(h.sort_values("epoch")) for key, h in hist.groupby("key")}
+    out["memorised_at"] = [epochs.get(k, (math.nan, True))[0] for k in out["key"]]
+    out["censored"] = [epochs.get(k, (math.nan, True))[1] for k in out["key"]]
+    return out
+
+
+def family_a(runs: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 1's six claims under each rule of `RULES` (each its own Holm family), every run as trained."""
+    return claims.claims(runs, rules=list(RULES), confirmed=True)
+
+
+def family_b(runs: pd.DataFrame, ranks: str = "rank") -> pd.DataFrame:
+    """B1, B2, B5-B8 of the model at the stop, Holm over 6; `ranks`: "rank" (singular values above 1 % of
+    the largest, registered) or "matrix_rank" (the authors' tolerance: B7, B8 only, the secondary family of 2)."""
+    logged = runs.assign(log_product=np.log10(runs["norm_product"]))
+    fit = per_seed(runs, "train_acc_flipped", 0.2)
+    compared = {"B1": (per_seed(logged, "log_product", 0.0), SUM), "B2": (per_seed(logged, "log_product", 0.2), SUM),
+                "B5": (fit, SUM), "B6": (fit, NONE),
+                "B7": (per_seed(runs, f"{ranks}_conv4", 0.0), SUM), "B8": (per_seed(runs, f"{ranks}_fc1", 0.0), SUM)}
+    if ranks != "rank":
+        compared = {hid: compared[hid] for hid in ("B7", "B8")}
+    rows = [_b_row(hid, wide, other) for hid, (wide, other) in compared.items()]
+    return claims.decide(pd.DataFrame(rows))
+
+
+def _b_row(hid: str, wide: pd.DataFrame, other: str) -> dict:
+    """Hypothesis `hid`: `other` − multiplicative, paired by seed."""
+    return replication.registered_row(hid, claims.test(replication.paired(wide, other, MUL)))
+
+
+def family_d(runs: pd.DataFrame) -> pd.DataFrame:
+    """D1 and D2 on the multiplicative and no-penalty runs at noise 0.2 (those trained past their stop),
+    Holm over 2."""
+    at = runs[np.isclose(runs["label_noise"], NOISE)]
+    wide = at.pivot_table(index="seed", columns="penalty", values="memorised_at")
+    mul = wide[MUL] if MUL in wide else pd.Series(dtype=float)
+    delay = design.delay_test(mul, wide[NONE] if NONE in wide else pd.Series(dtype=float))
+    memorised = at[(at["penalty"] == MUL) & ~at["censored"].astype(bool)]
+    n = int((at["penalty"] == MUL).sum())
+    return claims.decide(pd.DataFrame([_d_row("D1", delay["n"], delay["median"], delay["p"]),
+                                       _d_row("D2", n, 0.5 - len(memorised) / n if n else math.nan,
+                                              float(stats.binomtest(len(memorised), n, 0.5).pvalue) if n else math.nan,
+                                              _share_interval(len(memorised), n))]))
+
+
+def _d_row(hid: str, n: int, statistic: float, p: float, interval: tuple[float, float] = (math.nan, math.nan)) -> dict:
+    """A family-D row in `claims.test`'s columns: the statistic as `mean`, the exact test's p."""
+    result = {"n": n, "mean": statistic, "sd": math.nan, "low": interval[0], "high": interval[1], "p_t": math.nan,
+              "p_perm": math.nan, "p": p if n >= claims.MIN_PAIRS else math.nan, "zero_sd": False, "diffs": ()}
+    return replication.registered_row(hid, result)
+
+
+def _share_interval(k: int, n: int) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) 95 % interval of one half − the share k/n, as D2's statistic reads."""
+    if not n:
+        return math.nan, math.nan
+    ci = stats.binomtest(k, n, 0.5).proportion_ci(0.95, method="exact")
+    return 0.5 - ci.high, 0.5 - ci.low
+
+
+def at_horizon(runs: pd.DataFrame) -> pd.DataFrame:
+    """Multiplicative against no penalty at noise 0.2 in test accuracy at the last epoch trained (the
+    horizon, for the runs trained past their stop): the secondary family of one."""
+    wide = per_seed(runs, "test_acc_last", NOISE)
+    diffs = replication.paired(wide, MUL, NONE)
+    return claims.decide(pd.DataFrame([{"claim": "multiplicative beats none at the horizon", "noise": f"{NOISE:g}",
+                                        **claims.test(diffs)}]))

@@ -1,0 +1,67 @@
+"""Replication 3's families (`mulreg.results.replication3`) on hand-made runs whose answers can be
+worked out by hand: the delay and prevent tests, B8 decidable at n = 8, the model at the stop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mulreg.results import replication3
+
+SEEDS = range(31, 39)  # n = 8
+MUL_AT = [300, 250, 1000, 400, 120, 90, 500, 600]  # the multiplicative runs' memorisation epochs (1000: censored)
+NONE_AT = [100, 110, 95, 130, 100, 90, 100, 100]
+
+
+def runs_table() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    rows = []
+    for penalty in ("none", "sum", "mul"):
+        for noise in (0.0, 0.2):
+            for i, seed in enumerate(SEEDS):
+                at = {"mul": MUL_AT, "none": NONE_AT, "sum": NONE_AT}[penalty][i]
+                rows.append({"key": f"{penalty}-{noise}-{seed}", "penalty": penalty, "label_noise": noise, "seed": seed,
+                             "stop_reason": "early_stopped",
+                             "norm_product": {"mul": 3e2, "sum": 3e4, "none": 1e5}[penalty] * rng.uniform(0.8, 1.2),
+                             "train_acc_flipped": {"mul": 0.3, "sum": 0.9, "none": 1.0}[penalty] + rng.normal(0, 0.02),
+                             "rank_conv4": {"mul": 60, "sum": 120, "none": 125}[penalty] + int(rng.integers(0, 5)),
+                             "rank_fc1": {"mul": 2, "sum": 256, "none": 256}[penalty],
+                             "memorised_at": at, "censored": penalty == "mul" and at == 1000})
+    return pd.DataFrame(rows)
+
+
+def test_d1_is_the_sign_test_on_the_memorisation_epochs_and_d2_the_binomial_test_of_the_share():
+    """Differences 200, 140, 905 (censored), 270, 20, 0, 400, 500: 7 later of the 7 that differ, p = 2/2⁷;
+    7 of 8 multiplicative runs memorise by the horizon: p = 2 · 9/256. Holm over 2: 0.031 (holds), 0.070."""
+    family = replication3.family_d(runs_table()).set_index("id")
+    assert family.loc["D1", "p"] == pytest.approx(2 / 128) and family.loc["D1", "p_holm"] == pytest.approx(4 / 128)
+    assert family.loc["D1", "mean"] == pytest.approx((200 + 270) / 2) and family.loc["D1", "outcome"] == "holds"
+    assert family.loc["D2", "mean"] == pytest.approx(0.5 - 7 / 8) and family.loc["D2", "p"] == pytest.approx(18 / 256)
+    assert family.loc["D2", "outcome"] == "not resolved" and (family["family"] == 2).all()
+    assert family.loc["D2", "low"] < 0.5 - 7 / 8 < 0 < family.loc["D2", "high"]  # the share's exact interval: 0.47-1
+
+
+def test_b8_with_every_difference_equal_is_decided_at_n_8():
+    """fc1 rank add − mul = 254 in all 8 seeds: the exact permutation p 2/256 = 0.0078 is below Holm's
+    first threshold 0.05/6, so B8 can hold (replication 2's n = 5 could not: 0.0625)."""
+    family = replication3.family_b(runs_table()).set_index("id")
+    assert list(family.index) == ["B1", "B2", "B5", "B6", "B7", "B8"] and (family["family"] == 6).all()
+    assert family.loc["B8", "p"] == pytest.approx(2 / 256) and family.loc["B8", "outcome"] == "holds"
+    assert family.loc["B1", "mean"] == pytest.approx(2.0, abs=0.2)  # log10(3e4 / 3e2)
+    secondary = replication3.family_b(runs_table().assign(matrix_rank_conv4=128, matrix_rank_fc1=256),
+                                      ranks="matrix_rank")
+    assert list(secondary["id"]) == ["B7", "B8"] and (secondary["n"] == 8).all() and (secondary["mean"] == 0).all()
+
+
+def test_read_takes_the_stop_and_the_memorisation_epoch_from_each_history():
+    """A run trained to epoch 6 whose validation loss last improved at epoch 2 (patience 200 does not fire:
+    the last epoch), and whose flipped fit first exceeds one half at epoch 4."""
+    runs = pd.DataFrame([{"key": "k", "penalty": "mul", "label_noise": 0.2, "seed": 31}])
+    hist = pd.DataFrame({"key": "k", "epoch": range(1, 7), "val_loss": [1.0, 0.5, 0.6, 0.7, 0.8, 0.9],
+                         "val_acc": 0.7, "test_acc": [0.5, 0.6, 0.7, 0.8, 0.75, 0.74], "train_loss": 0.1,
+                         "train_acc": 0.9, "train_acc_flipped": [0.1, 0.2, 0.4, 0.6, 0.8, 0.9]})
+    out = replication3.read(runs, hist).iloc[0]
+    assert out["memorised_at"] == 4 and not out["censored"]
+    assert out["authors_stop_epoch"] == 6 and out["test_acc_authors"] == pytest.approx(0.74)
+    assert out["test_acc_best_val"] == pytest.approx(0.6)
