@@ -135,7 +135,7 @@ def test_the_ledger_is_decided_by_replication_two_once_complete_else_by_one():
     paper = {("multiplicative beats additive", "0.2"): 9.4}
     runs = confirmation_runs()
     only_first = ledger.build(runs, None, None, None, None, paper, "not yet: make figures NB=07 (1 h)")
-    assert len(only_first) == 2 * 6 + 14 + 1  # Fig. 1 under the primary and the authors' rule (issue 38)
+    assert len(only_first) == 2 * 6 + 14 + 2 + 1  # Fig. 1 under the primary and the authors' rule (issue 38), family D
     assert only_first["claim"].str.endswith(", authors' rule)").sum() == 6
     fig1 = only_first[(only_first["where"] == "Fig. 1") & ~only_first["claim"].str.contains("authors")]
     assert (fig1["decided by"] == ledger.REPLICATION_1).all()

@@ -65,3 +65,21 @@ def test_read_takes_the_stop_and_the_memorisation_epoch_from_each_history():
     assert out["memorised_at"] == 4 and not out["censored"]
     assert out["authors_stop_epoch"] == 6 and out["test_acc_authors"] == pytest.approx(0.74)
     assert out["test_acc_best_val"] == pytest.approx(0.6)
+
+
+def test_the_ledger_shows_replication_3_in_its_column_and_decides_family_d():
+    from mulreg.results import ledger
+
+    runs = runs_table()
+    runs["test_acc_authors"] = runs["penalty"].map({"mul": 0.78, "sum": 0.72, "none": 0.72}) + 0.01 * runs["seed"] % 3
+    runs["test_acc_best_val"] = 0.80
+    table = ledger.build(None, None, None, None, None, {}, "not yet").set_index("claim")
+    with_third = ledger.build(None, None, None, None, None, {}, "not yet", third=runs).set_index("claim")
+    assert (table["replication 3"].isin(["not tested", ledger.NOT_REGISTERED])).all()
+    d1 = with_third.loc["D1: multiplicative memorises later than none (noise 0.2)"]
+    assert d1["outcome"] == "holds" and d1["decided by"] == ledger.REPLICATION_3
+    assert with_third.loc["B8: multiplicative cuts the rank of fc1 (noise 0)", "replication 3"].startswith("holds: ")
+    assert with_third.loc["B14: multiplicative prevents memorisation over a wider range of λ (noise 0.2)",
+                          "replication 3"] == ledger.NOT_REGISTERED
+    authors = with_third.loc["multiplicative beats additive (noise 0.2, authors' rule)", "replication 3"]
+    assert authors.startswith("holds: ") and authors.endswith("n 8")

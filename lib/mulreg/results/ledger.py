@@ -17,11 +17,12 @@ from mulreg.results.claims import with_magnitude
 
 REPLICATION_1 = "replication 1 (docs/PREREGISTRATION.md)"
 REPLICATION_2 = "replication 2 (docs/PREREGISTRATION-2.md)"
+REPLICATION_3 = "replication 3 (docs/PREREGISTRATION-3.md)"
 FIG1 = [(c["claim"], c["noise"]) for _, c in registry.family("A").iterrows()]  # (claim, noise), the paper's order
 TABLE2 = ("multiclass: multiplicative beats additive and none (Table 2)", "Table 2", "68.7 vs 65.1 / 65.0 %")
 AUTHORS = "test_acc_authors"  # the paper's own reading: the authors' released stop rule (secondary family)
 READINGS = {HEADLINE: "", AUTHORS: ", authors' rule"}  # Fig. 1 under each, the primary first
-REPLICATIONS = ("replication 1", "replication 2")  # a column each: Fig. 1's outcome under each, side by side
+REPLICATIONS = ("replication 1", "replication 2", "replication 3")  # a column each: every outcome side by side
 COLUMNS = ["claim", "where", "paper", "ours (95 % interval, n)", "test", "outcome", "what the data exclude",
            "decided by", *REPLICATIONS]
 NOT_REGISTERED = "— (not registered)"
@@ -66,13 +67,15 @@ def _side(verdict: pd.DataFrame | None, claim: str, noise: str, rule: str = HEAD
 
 
 def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, untested: str,
-                  notes: dict[str, str] | None = None) -> list[dict]:
+                  notes: dict[str, str] | None = None, third: pd.DataFrame | None = None) -> list[dict]:
     """The fourteen hypotheses of family B (`replication.family_b`), or 'not tested'; `notes`: a
-    line to add to a hypothesis's test (B12/B13: a λ chosen at its grid's end)."""
+    line to add to a hypothesis's test (B12/B13: a λ chosen at its grid's end); `third`: replication 3's
+    family B (`replication3.family_b`), shown in its column."""
     rows = []
     for hid, c in registry.family("B").iterrows():
         hit = None if family is None else family[family["id"] == hid]
-        base = {"where": c["where"], "paper": c["paper"], "replication 1": NOT_REGISTERED}
+        base = {"where": c["where"], "paper": c["paper"], "replication 1": NOT_REGISTERED,
+                "replication 3": _column(third, hid, 3)}
         if hit is None or hit.empty:
             rows.append(base | {"claim": registry.label(hid), "replication 2": "not tested"} | _untested(untested))
             continue
@@ -91,6 +94,33 @@ def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, un
                             "what the data exclude": _excludes_b(ex, hid) + _censored(r),
                             "decided by": REPLICATION_2, "replication 2": f"{outcome}: {_interval(r, 1, '')}"})
     return rows
+
+
+def family_d_rows(family: pd.DataFrame | None, untested: str) -> list[dict]:
+    """Replication 3's prevent-or-delay hypotheses (`replication3.family_d`), or 'not tested'."""
+    rows = []
+    for hid, c in registry.family("D").iterrows():
+        base = {"claim": registry.label(hid), "where": c["where"], "paper": c["paper"], "replication 1": NOT_REGISTERED,
+                "replication 2": NOT_REGISTERED, "replication 3": _column(family, hid, 3)}
+        hit = None if family is None else family[family["id"] == hid]
+        if hit is None or hit.empty:
+            rows.append(base | _untested(untested))
+            continue
+        r = hit.iloc[0]
+        rows.append(base | {"ours (95 % interval, n)": f"{r['statistic']}: " + _interval(r, 1, ""),
+                            "test": f"{r['test']}, Holm over {int(r['family'])}", "outcome": r["outcome"],
+                            "what the data exclude": "—", "decided by": REPLICATION_3})
+    return rows
+
+
+def _column(family: pd.DataFrame | None, hid: str, number: int) -> str:
+    """Hypothesis `hid`'s cell in replication `number`'s column: its outcome and interval, or why there is none."""
+    if hid not in registry.registered_in(number):
+        return NOT_REGISTERED
+    hit = None if family is None else family[family["id"] == hid]
+    if hit is None or hit.empty:
+        return "not tested"
+    return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 1, '')}"
 
 
 def _as_corrected(r) -> str:
@@ -170,15 +200,19 @@ def _excludes_b(ex: pd.DataFrame | None, hid: str) -> str:
 
 def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_selection: pd.DataFrame | None,
           larger_scale: pd.DataFrame | None, sharp: pd.DataFrame | None, paper: dict, untested: str,
-          scale_ends: list[str] | None = None) -> pd.DataFrame:
+          scale_ends: list[str] | None = None, third: pd.DataFrame | None = None) -> pd.DataFrame:
     """The ledger from the stored confirmation runs of replication 1 (`first`) and 2 (`second`, with
     its selection stage, the init-scale arm's confirmation and the sharpness per seed): Fig. 1 is
     decided by replication 2 where it is complete (its λ chosen on the fair grid), else by
-    replication 1; family B only by replication 2. `untested` says how to test what is not."""
-    from mulreg.results import claims, replication
+    replication 1; family B only by replication 2. Replication 3's runs (`third`, read by
+    `replication3.read`) fill its column and decide family D. `untested` says how to test what is not."""
+    from mulreg.results import claims, replication, replication3
 
     each = {name: claims.claims(runs, confirmed=True) if runs is not None and len(runs) else None
             for name, runs in zip(REPLICATIONS, (first, second))}
+    tested = third is not None and len(third) > 0
+    each["replication 3"] = replication3.family_a(third) if tested else None
+    third_b, third_d = (replication3.family_b(third), replication3.family_d(third)) if tested else (None, None)
     decider = "replication 2" if each["replication 2"] is not None else "replication 1"
     source = REPLICATION_2 if decider == "replication 2" else REPLICATION_1
     verdict = each[decider]
@@ -188,10 +222,11 @@ def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_select
         family = replication.family_b(second, second_selection, sharp, larger_scale)
         excluded, excluded_b = replication.family_c(excluded, replication.excluded_b(family))
     fig1 = [row for rule in READINGS for row in fig1_rows(verdict, excluded, paper, source, untested, each, rule)]
+    d_rows = family_d_rows(third_d, untested)
     if family is None:
-        return ledger(fig1, family_b_rows(None, None, untested))
+        return ledger(fig1, family_b_rows(None, None, untested, third=third_b) + d_rows)
     ends = "; ".join(f"the init-scale arm's {end}" for end in scale_ends or [])
-    return ledger(fig1, family_b_rows(family, excluded_b, untested, {"B12": ends, "B13": ends}))
+    return ledger(fig1, family_b_rows(family, excluded_b, untested, {"B12": ends, "B13": ends}, third_b) + d_rows)
 
 
 def assemble(first, second, scaled, second_store: str, untested: str, progress: bool = True) -> pd.DataFrame:
