@@ -83,3 +83,17 @@ def test_the_ledger_shows_replication_3_in_its_column_and_decides_family_d():
                           "replication 3"] == ledger.NOT_REGISTERED
     authors = with_third.loc["multiplicative beats additive (noise 0.2, authors' rule)", "replication 3"]
     assert authors.startswith("holds: ") and authors.endswith("n 8")
+
+
+def test_the_prevent_or_delay_figure_draws_a_line_per_run_and_its_sentences_follow_d1_d2():
+    from mulreg.report.memorisation import delay_sentences, memorisation_figure
+
+    runs = runs_table()
+    runs = runs[(runs["label_noise"] == 0.2) & runs["penalty"].isin(["mul", "none"])].assign(authors_stop_epoch=3)
+    hist = pd.concat([pd.DataFrame({"key": k, "epoch": range(1, 6), "train_acc_flipped": 0.2, "test_acc": 0.7})
+                      for k in runs["key"]])
+    fig = memorisation_figure(runs, hist)
+    assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2 * len(runs)  # a line and a stop dot per run
+    said = delay_sentences(replication3.family_d(runs_table()), 1000)
+    assert said[0].startswith("D1 (delay): the multiplicative runs memorise") and "+235 epochs" in said[0]
+    assert "88% of the 8 multiplicative runs memorise by epoch 1000" in said[1] and said[1].endswith("not resolved.")
