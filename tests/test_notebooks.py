@@ -188,8 +188,8 @@ def smoke_run():
     try:
         from mulreg.report.reports import run_notebooks
 
-        # `NB=07` (the replication, on request), then `make figures` (01-05 and the ledger), then `NB=06`
-        code = run_notebooks("smoke", "07") + run_notebooks("smoke") + run_notebooks("smoke", "06")
+        # `NB=07` and `NB=09` (the replications, on request), then `make figures` (01-05 and the ledger), then `NB=06`
+        code = sum(run_notebooks("smoke", nb) for nb in ("07", "09", None, "06"))
     finally:
         if saved is not None:
             os.environ["MULREG_CACHE"] = saved

@@ -26,6 +26,7 @@ REPLICATIONS = ("replication 1", "replication 2", "replication 3")  # a column e
 COLUMNS = ["claim", "where", "paper", "ours (95 % interval, n)", "test", "outcome", "what the data exclude",
            "decided by", *REPLICATIONS]
 NOT_REGISTERED = "— (not registered)"
+UNTESTED_3 = "not yet: `make figures NB=09`"  # replication 3 runs on request
 
 
 def fig1_rows(verdict: pd.DataFrame | None, excluded: pd.DataFrame | None, paper: dict, source: str,
@@ -222,17 +223,18 @@ def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_select
         family = replication.family_b(second, second_selection, sharp, larger_scale)
         excluded, excluded_b = replication.family_c(excluded, replication.excluded_b(family))
     fig1 = [row for rule in READINGS for row in fig1_rows(verdict, excluded, paper, source, untested, each, rule)]
-    d_rows = family_d_rows(third_d, untested)
+    d_rows = family_d_rows(third_d, UNTESTED_3)
     if family is None:
         return ledger(fig1, family_b_rows(None, None, untested, third=third_b) + d_rows)
     ends = "; ".join(f"the init-scale arm's {end}" for end in scale_ends or [])
     return ledger(fig1, family_b_rows(family, excluded_b, untested, {"B12": ends, "B13": ends}, third_b) + d_rows)
 
 
-def assemble(first, second, scaled, second_store: str, untested: str, progress: bool = True) -> pd.DataFrame:
+def assemble(first, second, scaled, second_store: str, untested: str, progress: bool = True,
+             third: pd.DataFrame | None = None) -> pd.DataFrame:
     """The ledger from the three sweeps' `analysis.stored_stages` (replication 1; replication 2, whose
-    store is `second_store`; its init-scale arm): family B, and the sharpness it reads, only once
-    replication 2 is complete."""
+    store is `second_store`; its init-scale arm) and replication 3's runs (`replication3.stored`, None
+    while incomplete): family B, and the sharpness it reads, only once replication 2 is complete."""
     from mulreg.results import analysis, claims, paper, replication
 
     complete = second.confirmation is not None and scaled.confirmation is not None
@@ -242,24 +244,27 @@ def assemble(first, second, scaled, second_store: str, untested: str, progress: 
                                            replication.SHARPNESS_DIRECTIONS, replication.SHARPNESS_IMAGES, progress)
     return build(first.confirmation, second.confirmation if complete else None, second.selection,
                  scaled.confirmation, sharp, claims.paper_gaps(paper.published("fig1")), untested,
-                 replication.grid_ends(scaled.selection, scaled.plan))
+                 replication.grid_ends(scaled.selection, scaled.plan), third)
 
 
 README_UNTESTED = "not yet: `make figures NB=07`"  # the README's ledger names the command, not this host's cost
+THIRD_FILES = ("replication3_file", "replication3_horizon_file")  # notebook 08's parameters: replication 3's sweeps
 
 
 def of_record(profile: str = "quick") -> tuple[pd.DataFrame, list]:
     """The ledger as the results of record alone give it (no local store is read): the README's table.
     Returns it with the stages read, for their source lines."""
     from mulreg.config import PROJECT_ROOT, load_yaml
-    from mulreg.results import analysis
+    from mulreg.results import analysis, replication3
 
     params = load_yaml(PROJECT_ROOT / "params" / profile / "08_claims_ledger.yaml")
     notebooks = PROJECT_ROOT / "notebooks"
     specs = [analysis.load_sweep(str(notebooks / params[name]))
              for name in ("binary_file", "replication_file", "init_scale_file")]
     read = [analysis.stored_stages(spec, params["paper_patience"], record_only=True)[0] for spec in specs]
-    return assemble(read[0], read[1], read[2], specs[1].store, README_UNTESTED, progress=False), read
+    third = [analysis.load_sweep(str(notebooks / params[name])) for name in THIRD_FILES]
+    runs, _, _ = replication3.stored(third, record_only=True)
+    return assemble(read[0], read[1], read[2], specs[1].store, README_UNTESTED, progress=False, third=runs), read
 
 
 def summary(table: pd.DataFrame) -> str:

@@ -29,6 +29,25 @@ RULES = (AUTHORS, HEADLINE)  # the primary family first
 NOISE = 0.2  # the prevent-or-delay arms' label noise
 
 
+def stored(specs: list, record_only: bool = False) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[str]]:
+    """Both sweeps' runs (`read`, with the ranks under matrix_rank's tolerance) and their histories, from
+    the local stores or the record (`analysis.stored_stages`), training nothing; (None, None, what is
+    missing) unless every run of both is there."""
+    from mulreg.results import analysis
+
+    parts, hists, missing = [], [], []
+    for spec in specs:
+        done, lacking = analysis.stored_stages(spec, PATIENCE, record_only)
+        missing += [f"{spec.store}: {line}" for line in lacking]
+        if not lacking:
+            parts.append(analysis.with_matrix_ranks(spec.store, done.selection))
+            hists.append(analysis.histories(spec.store, parts[-1]))
+    if missing:
+        return None, None, missing
+    hist = pd.concat(hists, ignore_index=True)
+    return read(pd.concat(parts, ignore_index=True), hist), hist, []
+
+
 def read(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
     """`runs` with every epoch rule read at the authors' patience, and each run's memorisation epoch
     (`memorised_at`, and `censored` where the fit never exceeded one half)."""
