@@ -294,3 +294,16 @@ def test_the_matrix_rank_table_uses_torchs_default_tolerance():
                          "matrix_rank_conv4": [40, 46, 128, 128], "matrix_rank_fc1": [2, 2, 256, 250]})
     table = stats.matrix_rank_table(runs).set_index("layer")
     assert table.loc["conv4", "mul"] == "43.0 (40–46)" and table.loc["fc1", "sum"] == "253.0 (250–256)"
+
+
+def test_the_corrected_window_needs_the_registered_horizon_after_escape_and_leaves_the_registered_one_alone():
+    """Issue 38: a run that leaves chance at epoch 140 and trains 10 epochs is in the registered window
+    (it fits few flipped labels: it has barely learned), not in the corrected variant's."""
+    runs = selection_runs([[True] * 4] * 3, [[True] * 4] * 3).assign(epochs=150, escape_epoch=30.0)
+    late = (runs["penalty"] == "mul") & (runs["lam"] == 1e-5) & (runs["seed"] == 11)
+    runs.loc[late, "escape_epoch"] = 140.0
+    registered = replication.window(runs)
+    corrected = replication.window(runs, replication.MIN_AFTER_ESCAPE)
+    assert registered["in_window"].sum() == 24 and corrected["in_window"].sum() == 23
+    assert not corrected.loc[(corrected["penalty"] == "mul") & (corrected["lam"] == 1e-5) & (corrected["seed"] == 11),
+                             "in_window"].item()

@@ -27,6 +27,7 @@ from mulreg.results import claims, registry
 
 FAMILY_B = 14  # registered hypotheses of family B
 WINDOW_FIT = 0.5  # a λ is in the window if its run fits at most this share of the flipped training labels
+MIN_AFTER_ESCAPE = 90  # the corrected window's minimum epochs after escape: the registered horizon (issue 38)
 POINTS_PER_DECADE = 3  # the grid's 1, 2, 5 steps
 EQUAL_DIFFERENCES = "exact permutation (every difference equal)"  # the registered test where sd is 0
 SHARPNESS_RADIUS = 0.25
@@ -119,12 +120,16 @@ def null_rejections(test, groups: int = 3, per_group: int = 5, draws: int = NULL
     return rejected / draws
 
 
-def window(selection: pd.DataFrame) -> pd.DataFrame:
+def window(selection: pd.DataFrame, min_after_escape: int | None = None) -> pd.DataFrame:
     """The λ window of each penalty and seed (noise of the selection stage): one row per run with
-    its grid `position` (0 = weakest), `learned`, the flipped labels it fits and `in_window`."""
+    its grid `position` (0 = weakest), `learned`, the flipped labels it fits and `in_window`. With
+    `min_after_escape` (the corrected variant, issue 38; the registered rule has none), a run counts as
+    learned only if it trained at least that many epochs after it left chance."""
     runs = selection[selection["penalty"].isin([SUM, MUL])].copy()
     runs["position"] = runs.groupby("penalty")["lam"].rank(method="dense").astype(int) - 1
     runs["learned"] = ~runs["stop_reason"].isin(EXCLUDED)
+    if min_after_escape is not None:
+        runs["learned"] &= (runs["epochs"] - runs["escape_epoch"]) >= min_after_escape
     runs["in_window"] = runs["learned"] & (runs["train_acc_flipped"] <= WINDOW_FIT)
     return runs.sort_values(["penalty", "seed", "lam"]).reset_index(drop=True)
 
