@@ -307,3 +307,17 @@ def test_the_corrected_window_needs_the_registered_horizon_after_escape_and_leav
     assert registered["in_window"].sum() == 24 and corrected["in_window"].sum() == 23
     assert not corrected.loc[(corrected["penalty"] == "mul") & (corrected["lam"] == 1e-5) & (corrected["seed"] == 11),
                              "in_window"].item()
+
+
+def test_a_diverged_runs_flipped_fit_enters_family_b_as_chance_not_dropped():
+    """Issue 38: 'no confirmation run is discarded'. On c51d60c a diverged run (its fit undefined) left
+    B5-B6, so their n fell to 2."""
+    runs = confirmation_runs()
+    bad = (runs["penalty"] == "mul") & (runs["seed"] == runs["seed"].min()) & (runs["label_noise"] == 0.2)
+    runs.loc[bad, ["stop_reason", "train_acc_flipped"]] = ["diverged", np.nan]
+    family = replication.family_b(runs, selection_runs([[True] * 4] * 3, [[True] * 4] * 3)).set_index("id")
+    assert family.loc["B5", "n"] == 3 and family.loc["B6", "n"] == 3  # all three seeds, the diverged one too
+    healthy = replication.family_b(confirmation_runs(), selection_runs([[True] * 4] * 3, [[True] * 4] * 3))
+    shift = family.loc["B5", "mean"] - healthy.set_index("id").loc["B5", "mean"]
+    mul_fit = confirmation_runs().loc[bad, "train_acc_flipped"].item()
+    assert shift == pytest.approx((mul_fit - 0.5) / 3)  # that seed's mul fit read as chance, 0.5

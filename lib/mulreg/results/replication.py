@@ -189,7 +189,9 @@ def family_b(confirmation: pd.DataFrame, selection: pd.DataFrame, sharp: pd.Data
         wide = per_seed(log_pi, "log_product", noise)
         rows.append(registered_row(f"B{1 + i}", claims.test(paired(wide, SUM, MUL))))
         rows.append(registered_row(f"B{3 + i}", claims.test(paired(wide, NONE, SUM))))
-    fit = per_seed(confirmation, "train_acc_flipped", 0.2)
+    # no confirmation run is discarded (docs/PREREGISTRATION-2.md): a diverged run's undefined fit enters as
+    # chance, like its accuracy; its norms and ranks are undefined, so its pair leaves B1-B4 and B7-B8 (n says so)
+    fit = per_seed(claims.as_trained(confirmation, "train_acc_flipped"), "train_acc_flipped", 0.2)
     rows += [registered_row(hid, claims.test(paired(fit, other, MUL))) for hid, other in (("B5", SUM), ("B6", NONE))]
     for hid, layer in (("B7", "conv4"), ("B8", "fc1")):
         rows.append(registered_row(hid, claims.test(paired(per_seed(confirmation, f"rank_{layer}", 0.0), SUM, MUL))))
