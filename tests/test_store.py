@@ -71,8 +71,11 @@ def test_claims_exclude_other_processes(tmp_path):
         assert got == ["a"]
 
 
+KILLED_EPOCHS = 150  # long enough to be killed mid-run (the first checkpoint comes after epoch 1)
+
+
 def _sweep_file(path, store, base=None, **overrides):
-    base = {**BASE, "max_epochs": 400, "penalty": "mul", "lam": 1e-6, **(base or {})}
+    base = {**BASE, "max_epochs": KILLED_EPOCHS, "penalty": "mul", "lam": 1e-6, **(base or {})}
     spec = SweepSpec(base=base, grid={"seed": [3]},
                      store=str(store), strategy="inline", checkpoint_every=1, **overrides)
     path.write_text(spec.model_dump_json())  # JSON is YAML
@@ -101,15 +104,15 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny, tmp_path, opt
     assert store.checkpoint_path(key).exists(), "the sweep never wrote a checkpoint"
     assert not store.is_complete(key), "the run finished before it could be killed: make it longer"
     saved_epoch = torch.load(store.checkpoint_path(key), weights_only=False)["epoch"]
-    assert 0 < saved_epoch < 400
+    assert 0 < saved_epoch < KILLED_EPOCHS
 
     assert _sweep_cli(tmp_path / "killed.yaml").wait() == 0  # resumes from the checkpoint
     assert _sweep_cli(tmp_path / "fresh.yaml").wait() == 0  # the same run, never interrupted
     a, b = store.load(key), Store(tmp_path / "fresh").load(key)
-    assert a.metrics["epochs"] == b.metrics["epochs"] == 400
+    assert a.metrics["epochs"] == b.metrics["epochs"] == KILLED_EPOCHS
     pd.testing.assert_frame_equal(a.history, b.history, check_exact=True)
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
-    assert a.test_correct.shape == (400, len(a.test_margins)) and (a.test_correct == b.test_correct).all()
+    assert a.test_correct.shape == (KILLED_EPOCHS, len(a.test_margins)) and (a.test_correct == b.test_correct).all()
     assert not store.checkpoint_path(key).exists()
 
 

@@ -259,10 +259,16 @@ def _sigterm_kept():
 ADDRESS = re.compile(r"^(local|auto|(ray://)?[A-Za-z0-9._\-\[\]:]+:\d{1,5})$")  # the forms Ray takes
 
 
-def _init(ray, spec) -> bool:
-    if not ADDRESS.match(spec.ray_address):  # Ray would raise a bare ValueError, or wait on something else
-        raise ConfigError(f"ray_address: {spec.ray_address!r} is not a Ray address; give local, auto, host:port or "
+def check_address(address: str) -> None:
+    """Refuse an address in none of the forms Ray takes (Ray would raise a bare ValueError, or wait on
+    something else); cheap: Ray is not imported."""
+    if not ADDRESS.match(address):
+        raise ConfigError(f"ray_address: {address!r} is not a Ray address; give local, auto, host:port or "
                           f"ray://host:port. {START_HINT}")
+
+
+def _init(ray, spec) -> bool:
+    check_address(spec.ray_address)
     quiet = dict(logging_level=logging.WARNING, log_to_driver=True)
     if spec.ray_address == "local":
         ray.init(address="local", num_cpus=spec.workers or os.cpu_count() or 1, include_dashboard=False, **quiet)

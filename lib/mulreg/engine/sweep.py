@@ -203,6 +203,10 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     store.clean()
     configs = spec.configs()
     pending = [c for c in configs if not store.is_complete(c.key())]
+    if pending and spec.executor == "ray":
+        from mulreg.engine.cluster import check_address
+
+        check_address(spec.ray_address)  # a mistyped address is named before the data are read
     if pending:  # one pre-flight for every executor, in this process, before anything trains or is sent
         _preflight(pending, root, devices=spec.executor == "local")
     if spec.executor == "ray":  # sized on the workers, which may have devices this driver lacks
