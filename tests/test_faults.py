@@ -103,9 +103,11 @@ def test_a_run_folder_that_is_a_dangling_link_is_set_aside_named_and_the_run_sto
 
 
 @pytest.mark.timeout(300)
-def test_a_figures_run_stopped_by_sigterm_leaves_no_ok_and_no_process(tmp_path):
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_a_figures_run_stopped_by_sigterm_leaves_no_ok_and_no_process(tmp_path, stop):
     """On c51d60c the index kept the notebook's earlier "ok" and linked an executed copy whose last cells
-    never ran. Now it says interrupted, links only the partial .ipynb, and the kernel goes with it."""
+    never ran. Now it says interrupted, links only the partial .ipynb, and the kernel goes with it; the
+    same for Ctrl-C as a terminal sends it, SIGINT to the whole process group, kernel included."""
     import signal
     import subprocess
     import sys
@@ -122,9 +124,12 @@ def test_a_figures_run_stopped_by_sigterm_leaves_no_ok_and_no_process(tmp_path):
     while "08_claims_ledger (smoke) ..." not in shown and time.time() - started < 240:
         shown += proc.stdout.read(1)  # the line ends only when the notebook has run: read what is shown
     time.sleep(1)  # papermill is starting the kernel or executing the notebook (it takes seconds)
-    proc.send_signal(signal.SIGTERM)
+    if stop == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert proc.returncode == 128 + (signal.SIGTERM if stop == "sigterm" else signal.SIGINT), err
     assert "Traceback" not in err and "interrupted" in err.splitlines()[-1]
     outcome = (out_dir / "08_claims_ledger.outcome.json").read_text()
     assert INTERRUPTED in outcome and not (out_dir / "08_claims_ledger.html").exists()

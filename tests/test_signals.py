@@ -102,7 +102,9 @@ def ray_processes(session_marker: str) -> list[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
-def test_sigterm_to_a_ray_sweep_ends_its_tasks_and_its_private_ray(tmp_path, tiny_cifar_image_folder):
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_sigterm_to_a_ray_sweep_ends_its_tasks_and_its_private_ray(tmp_path, tiny_cifar_image_folder, stop):
+    """SIGTERM to the sweep, or Ctrl-C as a terminal sends it: SIGINT to the whole process group (issue 40)."""
     pytest.importorskip("ray")
     spec = SweepSpec(base={**BASE, "max_epochs": 150}, grid={"seed": [1, 2]}, store=str(tmp_path / "store"),
                      executor="ray", ray_address="local", workers=2, checkpoint_every=1)
@@ -119,16 +121,19 @@ def test_sigterm_to_a_ray_sweep_ends_its_tasks_and_its_private_ray(tmp_path, tin
         assert wait_until(lambda: any(store.checkpoint_path(k).exists() for k in keys) or proc.poll() is not None,
                           300), "no Ray task wrote a checkpoint"
         assert proc.poll() is None, "the sweep finished before it could be terminated: make it longer"
-        proc.send_signal(signal.SIGTERM)
+        if stop == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
         wait_until(lambda: not group_members(proc.pid) and not ray_processes(str(data)), 60)
         left = group_members(proc.pid) + ray_processes(str(data))
-        assert not left, f"processes of the Ray sweep still running after SIGTERM: {left}"
+        assert not left, f"processes of the Ray sweep still running after {stop}: {left}"
     finally:
         for pid in {int(p.split()[0]) for p in group_members(proc.pid) + ray_processes(str(data))}:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert proc.returncode == 128 + (signal.SIGTERM if stop == "sigterm" else signal.SIGINT), err[-3000:]
     assert "Traceback" not in err and "interrupted: finished runs and checkpoints are kept" in err, err
     with store.claim(keys, only_incomplete=False) as free:
         assert free == keys, "run locks still held after SIGTERM"
