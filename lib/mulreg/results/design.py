@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -78,3 +79,42 @@ def delay_test(mul: pd.Series, none: pd.Series) -> dict:
     p = float(stats.binomtest(later, differ, 0.5).pvalue) if differ else 1.0
     return {"n": len(pairs), "later": later, "differ": differ, "median": float(diffs.median()) if len(diffs) else
             math.nan, "p": p}
+
+
+PROTOCOL_EPOCHS = 2000  # the authors' cap: a stop the pilot did not see is predicted there
+PAST_STOP = ("mul", "none")  # the arms trained past their stop, at `DELAY_NOISE`
+DELAY_NOISE = 0.2
+
+
+def pilot_stops(runs: pd.DataFrame, hist: pd.DataFrame, patience: int = 200) -> pd.DataFrame:
+    """Per pilot run: the epoch the authors' rule stops at (`authors_rule` with `patience`), `censored`
+    when it never fired within the recorded epochs, and the run's seconds per epoch (its wall time over
+    its epochs, from its provenance)."""
+    from mulreg.core.epochs import authors_rule
+
+    rows = []
+    for run in runs.itertuples():
+        h = hist[hist["key"] == run.key].sort_values("epoch").reset_index(drop=True)
+        beyond = pd.DataFrame({"epoch": [h["epoch"].iloc[-1] + 1], "val_loss": [math.inf]})  # stops every rule
+        at = authors_rule(pd.concat([h[["epoch", "val_loss"]], beyond], ignore_index=True), patience)
+        rows.append({"penalty": run.penalty, "label_noise": run.label_noise, "seed": run.seed,
+                     "stop": int(h["epoch"].iloc[min(at, len(h) - 1)]), "censored": at == len(h),
+                     "seconds_per_epoch": run.wall_seconds / len(h)})
+    return pd.DataFrame(rows)
+
+
+def predicted_hours(stops: pd.DataFrame, arms: list[tuple[str, float]], seeds: int, horizon: int,
+                    workers: int = 2) -> float:
+    """The registered cost rule (docs/PREREGISTRATION-3.md): each (penalty, noise) arm's runs take its
+    largest pilot stop (a censored one counts as `PROTOCOL_EPOCHS`), the arms trained past their stop take
+    `horizon`; epochs × the pilot's median seconds per run-epoch, shared by `workers`."""
+    per_epoch = float(stops["seconds_per_epoch"].median())
+    epochs = 0
+    for penalty, noise in arms:
+        if penalty in PAST_STOP and noise == DELAY_NOISE:
+            epochs += seeds * horizon
+            continue
+        mine = stops[(stops["penalty"] == penalty) & np.isclose(stops["label_noise"], noise)]
+        worst = PROTOCOL_EPOCHS if mine["censored"].any() or mine.empty else int(mine["stop"].max())
+        epochs += seeds * worst
+    return epochs * per_epoch / workers / 3600
