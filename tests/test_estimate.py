@@ -32,9 +32,11 @@ def test_each_run_is_counted_once_for_the_first_notebook_that_trains_it():
     runs = table["runs to train"].to_dict()
     # 01 trains the binary sweep's two stages (20 selection + 18 confirmation runs); 02-04 read it;
     # 06 shares the selection stage's noise-0.2 runs (10 of its 38)
-    # 07 trains the replication (15 selection + 18 confirmation) and its init-scale arm (15 + 9); 08 reads
+    # 07 trains the replication (15 selection + 18 confirmation) and its init-scale arm (15 + 9); 08 reads;
+    # 09 trains replication 3's two sweeps (12 runs that stop, 6 trained past their stop)
     assert runs == {"01_noise_robustness": 38, "02_training_dynamics": 0, "03_rank_table": 0, "04_loss_landscape": 0,
-                    "05_multiclass": 3, "06_beyond_the_paper": 28, "07_replication": 57, "08_claims_ledger": 0}
+                    "05_multiclass": 3, "06_beyond_the_paper": 28, "07_replication": 57, "08_claims_ledger": 0,
+                    "09_replication3": 18}
     assert table["runs in sweep"]["06_beyond_the_paper"] == 38
     assert all(table["hours here"][nb] > 0 for nb in ("01_noise_robustness", "05_multiclass", "06_beyond_the_paper"))
     assert math.isnan(table["hours here"]["03_rank_table"])
