@@ -34,7 +34,7 @@ lock:
 
 test: setup
 	$(PY) -m ruff check lib tests gpu_check
-	$(PY) -m pytest -n auto --dist loadgroup
+	$(PY) -m pytest -n auto --dist loadfile
 
 figures: setup
 	$(PY) -m mulreg figures --profile $(PROFILE) $(if $(NB),--nb $(NB),)

@@ -39,19 +39,6 @@ def tiny_image(rng: np.random.Generator, label: int) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-# Test modules that run notebooks or `mulreg figures` on the smoke profile, writing the project's own
-# reports/smoke and results/smoke* folders: under `pytest -n` (make test) they share one worker, in turn.
-PROJECT_FOLDERS = ("test_notebooks", "test_faults", "test_estimate")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist's `--dist loadgroup` (make test), a module's tests run on one worker (its
-    module-scoped fixtures are set up once) and the modules of `PROJECT_FOLDERS` on one worker together."""
-    for item in items:
-        module = item.module.__name__.rpartition(".")[2]
-        item.add_marker(pytest.mark.xdist_group("project-folders" if module in PROJECT_FOLDERS else module))
-
-
 @pytest.fixture(autouse=True)
 def mulreg_cache(tmp_path_factory, monkeypatch) -> Path:
     """A fresh, empty decoded-data cache per test (never the project's .cache/)."""

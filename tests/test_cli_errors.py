@@ -152,7 +152,7 @@ def test_a_seeds_override_reaches_every_sweep_notebook_and_narrows_its_sweep():
     params = reports.checked_parameters("smoke", reports.notebooks("0"), {"seeds": [1]})
     assert all(p["seeds"] == [1] for p in params.values() if "seeds" in p)
     fixed = {stem for stem, p in params.items() if "seeds" not in p}  # the second replication: its seeds registered
-    assert fixed == {"07_replication", "08_claims_ledger"}
+    assert fixed == {"07_replication", "08_claims_ledger", "09_replication3"}
     spec = analysis.load_sweep(reports.NOTEBOOKS / params["01_noise_robustness"]["sweep"], seeds=[1])
     full = analysis.load_sweep(reports.NOTEBOOKS / params["01_noise_robustness"]["sweep"])
     assert {c.seed for c in spec.configs()} == {1} and {c.seed for c in full.configs()} == {1, 2}

@@ -54,7 +54,8 @@ def test_the_command_refuses_an_unknown_profile_in_one_line():
 def test_the_paper_profile_is_counted_but_not_timed_on_a_machine_without_its_gpu():
     table = estimate.estimate("paper", fresh=True, every=True)
     trained = table[table["runs to train"] > 0]
-    assert set(trained["notebook"]) == {"01_noise_robustness", "05_multiclass", "06_beyond_the_paper", "07_replication"}
+    assert set(trained["notebook"]) == {"01_noise_robustness", "05_multiclass", "06_beyond_the_paper", "07_replication",
+                                        "09_replication3"}
     assert (trained["TFLOP"] > 0).all() and trained["hours here"].isna().all()
     at_best = trained.set_index("notebook")["H100 hours at best"]
     assert at_best["05_multiclass"] == pytest.approx(trained.set_index("notebook")["TFLOP"]["05_multiclass"]
@@ -68,7 +69,7 @@ def test_on_a_gpu_the_estimate_times_runs_stacked_as_the_sweep_stacks_them(tiny_
     """A GPU sweep trains `stack_size` runs per stack, so the rate is measured on such a stack and
     given per run; at most as many runs as are pending of that shape."""
     monkeypatch.setattr(estimate, "stack_size", lambda config: 64)
-    config = RunConfig(device="cpu", batch_size=4, early_stopping=None)
+    config = RunConfig(device="cpu", batch_size=4, early_stopping=None, n_train=12, n_test=6)  # the tiny data's all
     assert estimate.stacked(config, [config.replace(seed=s) for s in range(1, 4)] + [config.replace(batch_size=2)]) == 3
     trained = []
     real = estimate.train_group

@@ -21,7 +21,7 @@ from mulreg.engine.train import train_group
 from mulreg.provenance import device_name, git_state
 
 REFERENCE = Path(__file__).parent / "reference" / "three_runs.json"
-BASE = dict(device="cpu", init_scale=1.0, lr=0.02, batch_size=4, max_epochs=4, n_train=24, n_test=12,
+BASE = dict(device="cpu", init_scale=1.0, lr=0.02, batch_size=4, max_epochs=4, n_train=12, n_test=6,
             label_noise=0.2, seed=3, early_stopping=None, chance_margin=0.0)
 GROUP = [dict(penalty="none"), dict(penalty="sum", lam=1e-2), dict(penalty="mul", lam=1e-2)]  # one vmap stack
 ALONE = [dict(penalty="mul", lam=1e-2, momentum=0.9)]  # the unbatched path, with heavy-ball momentum

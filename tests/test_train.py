@@ -127,10 +127,10 @@ def test_train_end_to_end(tiny_cifar_image_folder):
 def test_flipped_and_clean_fit_add_up_to_the_training_accuracy(tiny_cifar_image_folder):
     from mulreg.core.data import load_pool, split_run
 
-    cfg = config(label_noise=0.25, n_train=40, val_fraction=0.2, seed=5, max_epochs=3)
+    cfg = config(label_noise=0.25, n_train=12, val_fraction=0.2, seed=5, max_epochs=3)
     result = run(cfg, tiny_cifar_image_folder)
     h, m = result.history, result.metrics
-    pool = load_pool("binary", 40, None, str(tiny_cifar_image_folder))
+    pool = load_pool("binary", 12, None, str(tiny_cifar_image_folder))
     data = split_run(pool, cfg.seed, cfg.label_noise, cfg.val_fraction)
     n = len(data.train_idx)
     n_flipped = int(np.isin(data.train_idx.numpy(), data.flipped.numpy()).sum())
@@ -528,7 +528,7 @@ def test_evaluators_see_one_shape_their_last_chunk_padded_and_masked(tiny_cifar_
             return fn(params, buffers, x, y)
         return called
 
-    cfg = config(n_test=11, n_train=23, val_fraction=0.3)
+    cfg = config(n_test=6, n_train=12, val_fraction=0.3)
     whole = run(cfg, tiny_cifar_image_folder).history
     monkeypatch.setattr(engine, "EVAL_IMAGES", 5)
     monkeypatch.setattr(engine._Engine, "_evaluator", recording)

@@ -77,14 +77,14 @@ def _arm_seeds(spec: SweepSpec) -> set[int]:
     return {s for arm in spec.arms for s in arm.get("seed", [])}
 
 
-def all_configs(spec: SweepSpec) -> list:
+def all_configs(spec: SweepSpec, planned: bool = True) -> list:
     """Every run of both stages: the selection grid, and the confirmation as planned in the store,
-    or, before its plan exists, with each penalty at its grid's first λ (right in number and shape,
-    for counting and timing only)."""
+    or, before its plan exists (or without `planned`, as on a fresh clone), with each penalty at its
+    grid's first λ (right in number and shape, for counting and timing only)."""
     first = selection_spec(spec).configs()
     if spec.confirmation is None:
         return first
-    plan = confirm.load(spec.open_store().root)
+    plan = confirm.load(spec.open_store().root) if planned else None
     if plan is None:
         lams = {str(c.penalty): c.lam for c in reversed(first) if c.penalty != "none"}
         plan = {"label_noise": spec.confirmation.label_noise, "seeds": spec.confirmation.seeds,

@@ -209,7 +209,12 @@ def preflight(profile: str, params: dict[str, dict]) -> Path:
     _check_kernel()
     for stem, values in params.items():
         writable_folder(_figures_dir(values), f"{stem}'s figures_dir")
-    return writable_folder(PROJECT_ROOT / "reports" / profile, "reports")
+    return writable_folder(reports_root() / profile, "reports")
+
+
+def reports_root() -> Path:
+    """Where executed notebooks, HTML and the index go: $MULREG_REPORTS, else `reports/` in the checkout."""
+    return Path(os.environ.get("MULREG_REPORTS") or PROJECT_ROOT / "reports")
 
 
 def _check_kernel() -> None:

@@ -157,7 +157,7 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
         specs = sweeps_of(profile, nb.stem)
         pending, configs = [], []
         for spec in specs:
-            mine = all_configs(spec)
+            mine = all_configs(spec, planned=not fresh)
             store = spec.open_store()
             pending += [c for c in mine if c.key() not in counted and (fresh or not store.is_complete(c.key()))]
             counted |= {c.key() for c in mine}
