@@ -97,3 +97,17 @@ def test_the_prevent_or_delay_figure_draws_a_line_per_run_and_its_sentences_foll
     said = delay_sentences(replication3.family_d(runs_table()), 1000)
     assert said[0].startswith("D1 (delay): the multiplicative runs memorise") and "+235 epochs" in said[0]
     assert "88% of the 8 multiplicative runs memorise by epoch 1000" in said[1] and said[1].endswith("not resolved.")
+
+
+def test_family_c_joins_fig1_and_the_published_b_numbers_in_one_family_under_the_primary_rule():
+    from mulreg.results import claims, paper
+
+    runs = runs_table()
+    runs["test_acc_authors"] = runs["penalty"].map({"mul": 0.78, "sum": 0.72, "none": 0.72}) + 0.001 * runs["seed"]
+    runs["test_acc_best_val"] = runs["penalty"].map({"mul": 0.80, "sum": 0.80, "none": 0.80}) + 0.002 * runs["seed"]
+    fig1, b = replication3.family_c(runs, claims.paper_gaps(paper.published("fig1")))
+    assert sorted(b["id"]) == ["B1", "B2", "B7", "B8"] and (b["family_excl"] == 10).all()
+    primary = fig1[fig1["rule"] == replication3.AUTHORS]
+    assert len(primary) == 6 and (primary["family_excl"] == 10).all()
+    assert (fig1[fig1["rule"] == replication3.HEADLINE]["family_excl"] == 6).all()
+    assert b.set_index("id").loc["B8", "excludes"] == False  # noqa: E712 - 254 in every seed: the paper's gap stands

@@ -82,6 +82,14 @@ def _b_row(hid: str, wide: pd.DataFrame, other: str) -> dict:
     return replication.registered_row(hid, claims.test(replication.paired(wide, other, MUL)))
 
 
+def family_c(runs: pd.DataFrame, paper: dict[tuple[str, str], float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What the data exclude, as registered: under the primary rule A1-A6 (the paper's gaps, `paper`:
+    `claims.paper_gaps`) and B1, B2, B7, B8 (its "10×" and rank gaps) one Holm family; the best
+    validation-loss epoch's A rows their own. Returns (Fig. 1's rows, family B's rows)."""
+    fig1 = claims.exclusion(family_a(runs), paper)
+    return replication.family_c(fig1, replication.excluded_b(family_b(runs)), rule=AUTHORS)
+
+
 def family_d(runs: pd.DataFrame) -> pd.DataFrame:
     """D1 and D2 on the multiplicative and no-penalty runs at noise 0.2 (those trained past their stop),
     Holm over 2."""
