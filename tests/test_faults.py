@@ -102,20 +102,13 @@ def test_a_run_folder_that_is_a_dangling_link_is_set_aside_named_and_the_run_sto
     assert again.returncode == 0 and "is a link to" not in again.stderr
 
 
-@pytest.mark.timeout(300)
-def test_a_figures_run_stopped_by_sigterm_leaves_no_ok_and_no_process(tmp_path, stop="sigterm"):
-    """On c51d60c the index kept the notebook's earlier "ok" and linked an executed copy whose last cells
-    never ran. Now it says interrupted, links only the partial .ipynb, and the kernel goes with it. (Ctrl-C
-    to the whole process group can kill the kernel before the runner hears it: nbclient then prints its
-    "Kernel died" traceback; not yet handled, so not yet tested here.)"""
-    import signal
-    import subprocess
-    import sys
+def figures_08_started(tmp_path) -> tuple[subprocess.Popen, Path]:
+    """`mulreg figures --profile smoke --nb 08` in a session of its own, returned once notebook 08 has
+    started, with the reports folder it writes (MULREG_REPORTS: the project's own reports/ are left alone)
+    holding the HTML of an earlier, complete run."""
     import time
 
-    from mulreg.report.reports import INTERRUPTED
-
-    out_dir = tmp_path / "reports" / "smoke"  # MULREG_REPORTS: the project's own reports/ are left alone
+    out_dir = tmp_path / "reports" / "smoke"
     out_dir.mkdir(parents=True)
     (out_dir / "08_claims_ledger.html").write_text("the report of an earlier, complete run")
     env = {**os.environ, "MULREG_REPORTS": str(tmp_path / "reports")}
@@ -125,8 +118,32 @@ def test_a_figures_run_stopped_by_sigterm_leaves_no_ok_and_no_process(tmp_path, 
     started = time.time()
     shown = ""
     while "08_claims_ledger (smoke) ..." not in shown and time.time() - started < 240:
-        shown += proc.stdout.read(1)  # the line ends only when the notebook has run: read what is shown
+        char = proc.stdout.read(1)  # the line ends only when the notebook has run: read what is shown
+        assert char, f"figures ended before notebook 08 started: {proc.communicate()[1]}"
+        shown += char
     time.sleep(1)  # papermill is starting the kernel or executing the notebook (it takes seconds)
+    return proc, out_dir
+
+
+def assert_group_gone(pgid: int) -> None:
+    import time
+
+    time.sleep(2)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)  # nothing of the process group is left: no kernel, no worker
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("stop", ["sigterm", "sigint"])
+def test_a_figures_run_stopped_leaves_no_ok_and_no_process(tmp_path, stop):
+    """On c51d60c the index kept the notebook's earlier "ok" and linked an executed copy whose last cells
+    never ran. Now it says interrupted, links only the partial .ipynb, and the kernel goes with it; Ctrl-C
+    (SIGINT to the whole process group, kernel included) as well as SIGTERM."""
+    import signal
+
+    from mulreg.report.reports import INTERRUPTED
+
+    proc, out_dir = figures_08_started(tmp_path)
     if stop == "sigterm":
         proc.send_signal(signal.SIGTERM)
     else:
@@ -137,9 +154,39 @@ def test_a_figures_run_stopped_by_sigterm_leaves_no_ok_and_no_process(tmp_path, 
     outcome = (out_dir / "08_claims_ledger.outcome.json").read_text()
     assert INTERRUPTED in outcome and not (out_dir / "08_claims_ledger.html").exists()
     assert "ipynb (incomplete)" in (out_dir / "index.html").read_text()
-    time.sleep(2)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)  # nothing of the process group is left: no kernel, no worker
+    assert_group_gone(proc.pid)
+
+
+@pytest.mark.timeout(300)
+def test_a_figures_run_killed_outright_leaves_an_index_that_says_unfinished(tmp_path):
+    """SIGKILL leaves the runner no time to write anything: on 364db68 the index kept the earlier "ok" and
+    linked the earlier report. Now the index says the notebook started and did not finish before it runs."""
+    import signal
+
+    from mulreg.report.reports import UNFINISHED
+
+    proc, out_dir = figures_08_started(tmp_path)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    index = (out_dir / "index.html").read_text()
+    assert UNFINISHED.split(":")[0] in index and "ipynb (incomplete)" in index
+    assert not (out_dir / "08_claims_ledger.html").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_cell_past_the_timeout_stops_its_notebook_and_says_timed_out(tmp_path):
+    out_dir = tmp_path / "reports" / "smoke"
+    out = mulreg("figures", "--profile", "smoke", "--nb", "08", "--timeout", "1", "-p", "figures_dir",
+                 str(tmp_path / "figures"), env={"MULREG_REPORTS": str(tmp_path / "reports")})
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "FAILED\n  timed out: A cell timed out while it was being executed, after 1 seconds" in out.stdout
+    assert "timed out" in (out_dir / "index.html").read_text()
+    assert not list((tmp_path / "figures").glob("08_*"))
+
+
+def test_a_timeout_that_is_not_a_positive_number_is_refused():
+    out = mulreg("figures", "--profile", "smoke", "--nb", "08", "--timeout", "0")
+    assert_one_message(out, "--timeout 0", "above 0")
 
 
 @pytest.mark.parametrize("address", ["localhost:abc", "head node:6379", "http://head:6379"])

@@ -102,10 +102,11 @@ def ray_processes(session_marker: str) -> list[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
-def test_sigterm_to_a_ray_sweep_ends_its_tasks_and_its_private_ray(tmp_path, tiny_cifar_image_folder,
-                                                                   stop="sigterm"):
-    """SIGTERM to the sweep. (Ctrl-C as a terminal sends it, SIGINT to the whole process group, reaches Ray's
-    own processes too; on 2026-12-06, under load, one such run exited 0, not 130: open, issue 40.)"""
+@pytest.mark.parametrize("stop", ["sigterm", "sigint"])
+def test_a_stopped_ray_sweep_ends_its_tasks_and_its_private_ray(tmp_path, tiny_cifar_image_folder, stop):
+    """SIGTERM to the sweep, or Ctrl-C as a terminal sends it: SIGINT to the whole process group, Ray's own
+    processes too. (On 2026-12-06, under load, one Ctrl-C run exited 0, not 130: the command now takes its
+    exit code from the signal it received, whatever a library did with the exception.)"""
     pytest.importorskip("ray")
     spec = SweepSpec(base={**BASE, "max_epochs": 150}, grid={"seed": [1, 2]}, store=str(tmp_path / "store"),
                      executor="ray", ray_address="local", workers=2, checkpoint_every=1)
@@ -138,3 +139,23 @@ def test_sigterm_to_a_ray_sweep_ends_its_tasks_and_its_private_ray(tmp_path, tin
     assert "Traceback" not in err and "interrupted: finished runs and checkpoints are kept" in err, err
     with store.claim(keys, only_incomplete=False) as free:
         assert free == keys, "run locks still held after SIGTERM"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_that_a_library_swallowed_still_ends_as_interrupted(monkeypatch, capsys, stop):
+    """A library (Ray, under load) can catch the KeyboardInterrupt that Ctrl-C raises and carry on: on
+    364db68 the command then ended with exit 0, as if nothing had been asked. The signal received decides."""
+    import mulreg.__main__ as cli
+
+    def swallowing(args) -> int:
+        try:
+            os.kill(os.getpid(), stop)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    monkeypatch.setattr(cli, "_runs", swallowing)
+    assert cli.main(["runs"]) == 128 + stop
+    assert "interrupted: finished runs and checkpoints are kept" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler given back

@@ -30,13 +30,13 @@ FIELD = {"noise": "label_noise", "epochs": "max_epochs", "dropout": "model.dropo
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    Terminated.received = False
+    Stopped.signal = None
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    previous = {sig: signal.signal(sig, _stopped) for sig in STOP_SIGNALS} if main_thread else {}
     try:
         commands = {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures, "estimate": _estimate,
                     "record": _record, "verify": _verify, "readme": _readme}
-        return commands[args.command](args)
+        code = commands[args.command](args)
     except MulregError as err:  # anticipated: bad input, missing data, unavailable device
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -44,13 +44,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: permission denied on {err.filename}: this user needs to read and write there (ask its "
               "owner, or give another folder)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`_terminated`): workers already stopped
-        print("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume",
-              file=sys.stderr)
-        return 128 + (signal.SIGTERM if Terminated.received else signal.SIGINT)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`_stopped`): workers already stopped
+        return _interrupted()
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code if Stopped.signal is None else _interrupted()  # a library that swallowed the interrupt
+
+
+def _interrupted() -> int:
+    print("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume", file=sys.stderr)
+    return 128 + (Stopped.signal or signal.SIGINT)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -101,6 +105,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--params", metavar="FILE", help="YAML file of parameter overrides for a one-off run")
     f.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                    help="override one parameter (VALUE read as YAML) in every notebook that defines it")
+    f.add_argument("--timeout", type=int, metavar="SECONDS",
+                   help="stop a notebook whose cell runs longer than this and report it as timed out (default: none)")
 
     e = sub.add_parser("estimate", help="what a profile's notebooks would train, and how long it would take here")
     e.add_argument("profile", choices=["smoke", "quick", "paper"])
@@ -113,17 +119,21 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is: the sweep stops its workers (or its Ray tasks), keeps what is
-    finished and checkpointed, and exits with 128 + 15."""
-
-    received = False  # set by `_terminated`: some callers (Ray) re-raise a plain KeyboardInterrupt
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what a scheduler or `kill` sends
 
 
-def _terminated(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    Terminated.received = True
-    raise Terminated()
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the sweep stops its workers (or its Ray tasks), keeps what is finished and
+    checkpointed, and exits with 128 + the signal's number."""
+
+    signal: int | None = None  # the signal received: the exit code holds even where a library caught the exception
+
+
+def _stopped(signum, frame) -> None:
+    # a second Ctrl-C interrupts the clean-up as Python's own handler would; a second SIGTERM ends the process
+    signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    Stopped.signal = signum
+    raise Stopped()
 
 
 def _train(args) -> int:
@@ -298,6 +308,8 @@ def _figures(args) -> int:
         raise ConfigError(f"--params {args.params}: expected a mapping of parameter names to values")
     for name, value in args.p:
         overrides[name] = parse_yaml(value, f"-p {name} {value!r}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ConfigError(f"--timeout {args.timeout}: give the seconds a cell may run, a whole number above 0")
     params = reports.checked_parameters(args.profile, reports.notebooks(args.nb), overrides)
     reports.preflight(args.profile, params)  # bad input, a missing kernel or read-only folder: before any training
     table = estimate(args.profile, every=True)  # every notebook: the index gives the cost of those not run
@@ -306,7 +318,8 @@ def _figures(args) -> int:
     for path in reproduced:  # trained here first, so the notebooks read this machine's runs, not the record's
         print(f"reproduction check: training {path.name} here, to compare with the results of record", flush=True)
         stages.run(SweepSpec.from_yaml(path))
-    code = reports.run_notebooks(args.profile, args.nb, overrides, costs=reports.cost_lines(table))
+    code = reports.run_notebooks(args.profile, args.nb, overrides, costs=reports.cost_lines(table),
+                                 timeout=args.timeout)
     for path in reproduced:
         print(_verify_text(path, retrain=None, seed=0)[0])
     return code

@@ -175,10 +175,10 @@ def _check_levels(stem: str, params: dict, overridden: set[str], profile: str, s
 
 
 def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | None = None,
-                  costs: dict[str, str] | None = None) -> int:
+                  costs: dict[str, str] | None = None, timeout: int | None = None) -> int:
     """Execute the chosen notebooks with their profile's parameters (and `overrides`), export HTML,
     record each outcome and rebuild the index (`costs`: a line per notebook, shown for those without
-    a report); 1 if any notebook failed."""
+    a report; `timeout`: the seconds a cell may run); 1 if any notebook failed."""
     chosen = notebooks(prefix)
     params = checked_parameters(profile, chosen, overrides)
     out_dir = preflight(profile, params)
@@ -186,11 +186,13 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
     outcomes = []
     for i, nb in enumerate(chosen, 1):
         print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", end=" ", flush=True)
+        incomplete(nb, out_dir, UNFINISHED)  # what the index says if this process is killed before it ends
+        write_index(out_dir, profile, recorded(out_dir), costs or {})
         start = time.perf_counter()
         try:
-            outcome = execute(nb, params[nb.stem], out_dir)
+            outcome = execute(nb, params[nb.stem], out_dir, timeout)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the index must not keep calling this notebook "ok"
-            interrupted(nb, out_dir, time.perf_counter() - start)
+            incomplete(nb, out_dir, INTERRUPTED, time.perf_counter() - start)
             write_index(out_dir, profile, recorded(out_dir), costs or {})
             raise
         outcomes.append(outcome)
@@ -252,27 +254,32 @@ def recorded_sweeps(profile: str) -> list[Path]:
 
 
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM) before its last cell ran: no report"
+UNFINISHED = "started, not finished: still running, or its runner was killed: no report"
+INCOMPLETE = (INTERRUPTED, UNFINISHED)  # outcomes whose executed copy stops short: only the .ipynb is linked
 
 
-def interrupted(nb: Path, out_dir: Path, seconds: float) -> None:
-    """Record `nb` as interrupted: its outcome says so, and its HTML reports (of an earlier, complete
-    run, or none) are removed, so nothing that looks complete is linked; the partial .ipynb is kept."""
+def incomplete(nb: Path, out_dir: Path, why: str, seconds: float = 0.0) -> None:
+    """Record `nb` as not finished (`why`): its outcome says so, and its HTML reports (of an earlier,
+    complete run, or none) are removed, so nothing that looks complete is linked; a partial .ipynb is kept."""
     for stale in (out_dir / f"{nb.stem}.html", out_dir / f"{nb.stem}.nocode.html"):
         stale.unlink(missing_ok=True)
-    outcome = Outcome(nb.stem, seconds, f"  {INTERRUPTED}; rerun `make figures NB={nb.stem[:2]}`", [])
+    outcome = Outcome(nb.stem, seconds, f"  {why}; rerun `make figures NB={nb.stem[:2]}`", [])
     (out_dir / f"{nb.stem}{OUTCOME}").write_text(json.dumps(asdict(outcome), default=str))
 
 
-def execute(nb: Path, params: dict, out_dir: Path) -> Outcome:
+def execute(nb: Path, params: dict, out_dir: Path, timeout: int | None = None) -> Outcome:
     executed = out_dir / nb.name
     start = time.perf_counter()
     error = None
     IPCKernelManager.kernel_log = out_dir / f"{nb.stem}.kernel.log"
     try:
         papermill.execute_notebook(nb, executed, parameters=params, kernel_name=KERNEL, cwd=NOTEBOOKS,
-                                   progress_bar=False, log_output=False, kernel_manager_class=IPCKernelManager)
+                                   progress_bar=False, log_output=False, kernel_manager_class=IPCKernelManager,
+                                   execution_timeout=timeout)
     except papermill.PapermillExecutionError as err:
         error = f"  cell {err.exec_count}: {err.ename}: {err.evalue}"
+    except TimeoutError as err:  # nbclient's CellTimeoutError (--timeout), or a kernel that stopped answering
+        error = f"  timed out: {str(err).splitlines()[0]} (--timeout); the executed copy stops there"
     except Exception as err:  # noqa: BLE001 - kernel death, missing kernel...: report, go on
         error = f"  {type(err).__name__}: {err}"
     seconds = time.perf_counter() - start
@@ -330,7 +337,8 @@ def write_index(out_dir: Path, profile: str, outcomes: list[Outcome], costs: dic
         figs = " ".join(_thumbnail(f, out_dir) for f in o.figures if f.suffix == ".png")
         others = " · ".join(f'<a href="{os.path.relpath(f, out_dir)}">{f.name}</a>' for f in o.figures
                             if f.suffix in (".html", ".csv", ".vtp"))
-        links = (f'<a href="{o.stem}.ipynb">ipynb (incomplete)</a>' if INTERRUPTED in (o.error or "") else
+        cut_short = any(why in (o.error or "") for why in INCOMPLETE)
+        links = (f'<a href="{o.stem}.ipynb">ipynb (incomplete)</a>' if cut_short else
                  f'<a href="{o.stem}.html">full</a> · <a href="{o.stem}.nocode.html">no code</a>'
                  f' · <a href="{o.stem}.ipynb">ipynb</a>')
         rows.append(f"<tr><td>{o.stem}</td><td>{status}</td><td>{o.seconds:.0f} s</td>"
