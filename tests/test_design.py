@@ -62,3 +62,26 @@ def test_the_pilots_stops_and_the_registered_cost_rule():
     hours = design.predicted_hours(stops.reset_index(), [("sum", 0.0), ("none", 0.0), ("mul", 0.2), ("none", 0.2)],
                                    seeds=2, horizon=10)
     assert hours == pytest.approx(2 * (4 + 2000 + 10 + 10) * 3.0 / 2 / 3600)
+
+
+def pilot_table(seconds_per_epoch: float) -> pd.DataFrame:
+    """Every arm of the design stopping at epoch 300, the multiplicative one at noise 0.2 at 400."""
+    arms = [("none", 0.0), ("sum", 0.0), ("mul", 0.0), ("sum", 0.2), ("none", 0.2), ("mul", 0.2)]
+    return pd.DataFrame([{"penalty": p, "label_noise": nu, "seed": 1, "stop": 400 if (p, nu) == ("mul", 0.2) else 300,
+                          "censored": False, "seconds_per_epoch": seconds_per_epoch} for p, nu in arms])
+
+
+@pytest.mark.parametrize(("seconds", "horizon"), [(2.0, 1000), (3.0, 900), (5.0, 600)])
+def test_the_registered_horizon_is_the_longest_within_ten_hours_and_never_below_600(seconds, horizon):
+    """8 seeds × (4 stopping arms × 300 + 2 arms × H) epochs × t / 2 workers: at t = 2 s, H = 1,000 costs
+    7.1 h; at t = 3 s it costs 10.7 h and H = 900 exactly 10.0 h; at t = 5 s even H = 600 costs 13.3 h."""
+    assert design.choose_horizon(pilot_table(seconds), seeds=8) == horizon
+
+
+def test_an_extra_is_taken_in_its_order_only_while_the_design_stays_within_ten_hours():
+    """At t = 2 s the design costs 8 × 3,200 × 2 / 7,200 = 7.11 h. Noise 0.1 has no pilot run, so its three
+    arms are priced at 2,000 epochs: + 13.33 h, skipped; multiplicative 5e-7 stops where the pilot's
+    multiplicative arm at 0.2 did (400): + 0.89 h, taken."""
+    hours = design.extras_that_fit(pilot_table(2.0), seeds=8)
+    assert hours["noise 0.1"] == pytest.approx(7.1111 + 13.3333, abs=1e-3)
+    assert hours["multiplicative 5e-7 at noise 0.2"] == pytest.approx(8.0, abs=1e-3)

@@ -84,6 +84,7 @@ def delay_test(mul: pd.Series, none: pd.Series) -> dict:
 PROTOCOL_EPOCHS = 2000  # the authors' cap: a stop the pilot did not see is predicted there
 PAST_STOP = ("mul", "none")  # the arms trained past their stop, at `DELAY_NOISE`
 DELAY_NOISE = 0.2
+WORKERS = 2  # this host's cores: the registered cost is for two runs training side by side
 
 
 def pilot_stops(runs: pd.DataFrame, hist: pd.DataFrame, patience: int = 200) -> pd.DataFrame:
@@ -104,17 +105,47 @@ def pilot_stops(runs: pd.DataFrame, hist: pd.DataFrame, patience: int = 200) -> 
 
 
 def predicted_hours(stops: pd.DataFrame, arms: list[tuple[str, float]], seeds: int, horizon: int,
-                    workers: int = 2) -> float:
+                    workers: int = WORKERS) -> float:
     """The registered cost rule (docs/PREREGISTRATION-3.md): each (penalty, noise) arm's runs take its
     largest pilot stop (a censored one counts as `PROTOCOL_EPOCHS`), the arms trained past their stop take
     `horizon`; epochs × the pilot's median seconds per run-epoch, shared by `workers`."""
-    per_epoch = float(stops["seconds_per_epoch"].median())
     epochs = 0
     for penalty, noise in arms:
-        if penalty in PAST_STOP and noise == DELAY_NOISE:
-            epochs += seeds * horizon
-            continue
-        mine = stops[(stops["penalty"] == penalty) & np.isclose(stops["label_noise"], noise)]
-        worst = PROTOCOL_EPOCHS if mine["censored"].any() or mine.empty else int(mine["stop"].max())
-        epochs += seeds * worst
-    return epochs * per_epoch / workers / 3600
+        past_stop = penalty in PAST_STOP and noise == DELAY_NOISE
+        epochs += seeds * (horizon if past_stop else stop_epochs(stops, penalty, noise))
+    return epochs * float(stops["seconds_per_epoch"].median()) / workers / 3600
+
+
+def stop_epochs(stops: pd.DataFrame, penalty: str, noise: float) -> int:
+    """A stopping run's predicted epochs: its arm and noise level's largest pilot stop, `PROTOCOL_EPOCHS`
+    where one was censored or the pilot has no such run."""
+    mine = stops[(stops["penalty"] == penalty) & np.isclose(stops["label_noise"], noise)]
+    return PROTOCOL_EPOCHS if mine["censored"].any() or mine.empty else int(mine["stop"].max())
+
+
+BUDGET_HOURS = 10.0  # the registered aim for the whole design on this 2-core host
+HORIZONS = range(1000, 599, -100)  # H: 1,000 where the budget allows, else the largest multiple of 100 ≥ 600
+DESIGN_ARMS = [("none", 0.0), ("sum", 0.0), ("mul", 0.0), ("sum", 0.2), ("none", 0.2), ("mul", 0.2)]
+# the extras in their registered order: noise 0.1 (three arms), then the paper's multiplicative 5e-7 at
+# noise 0.2, a run that stops (priced as the multiplicative arm's stop at that noise)
+EXTRAS = {"noise 0.1": [("none", 0.1), ("sum", 0.1), ("mul", 0.1)], "multiplicative 5e-7 at noise 0.2": [("mul", 0.2)]}
+
+
+def choose_horizon(stops: pd.DataFrame, seeds: int) -> int:
+    """The registered rule: the longest of `HORIZONS` whose whole design stays within `BUDGET_HOURS`, else
+    the shortest (the cost then is what it is, stated)."""
+    fitting = [h for h in HORIZONS if predicted_hours(stops, DESIGN_ARMS, seeds, h) <= BUDGET_HOURS]
+    return fitting[0] if fitting else HORIZONS[-1]
+
+
+def extras_that_fit(stops: pd.DataFrame, seeds: int) -> dict[str, float]:
+    """Each extra, in its registered order, with the predicted hours of the design with it at H = 1,000;
+    an extra is taken while that stays within `BUDGET_HOURS` (one that does not is skipped, the next tried)."""
+    hours = predicted_hours(stops, DESIGN_ARMS, seeds, HORIZONS[0])
+    per_epoch = float(stops["seconds_per_epoch"].median())
+    out = {}
+    for name, arms in EXTRAS.items():
+        extra = sum(seeds * stop_epochs(stops, penalty, noise) for penalty, noise in arms) * per_epoch / WORKERS / 3600
+        out[name] = hours + extra
+        hours += extra if hours + extra <= BUDGET_HOURS else 0.0
+    return out
