@@ -32,6 +32,13 @@ def test_paired_t_power_matches_the_normal_approximation_for_a_large_n():
     assert design.paired_t_power(0.0, 1.0, 6, 0.05) == pytest.approx(0.05, abs=1e-6)  # the level, under the null
 
 
+@pytest.mark.parametrize("shift", [12.6, 17.2, -20.0])
+def test_paired_t_power_is_one_for_a_very_large_effect_either_way(shift):
+    """n 8: a shift of 12.6 standard errors made scipy's nct.cdf return NaN in its lower tail (measured
+    effects of replication 1 did, e.g. B7's rank gap 58 with sd 9.5)."""
+    assert design.paired_t_power(shift / math.sqrt(8), 1.0, 8, 0.05 / 6) == pytest.approx(1.0, abs=1e-6)
+
+
 def test_the_memorisation_epoch_is_the_first_above_half_or_censored_at_the_last():
     history = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_acc_flipped": [0.1, 0.5, 0.51, 0.9]})
     assert design.memorisation_epoch(history) == (3, False)  # 0.5 is not more than half

@@ -111,3 +111,21 @@ def test_family_c_joins_fig1_and_the_published_b_numbers_in_one_family_under_the
     assert len(primary) == 6 and (primary["family_excl"] == 10).all()
     assert (fig1[fig1["rule"] == replication3.HEADLINE]["family_excl"] == 6).all()
     assert b.set_index("id").loc["B8", "excludes"] == False  # noqa: E712 - 254 in every seed: the paper's gap stands
+
+
+def test_power_restates_each_earlier_effect_at_n_8_against_holms_first_threshold():
+    """An earlier replication of 3 seeds whose multiplicative runs lead the additive ones by 1, 2 and 3 points
+    at noise 0 (mean 0.02, sd 0.01) under both rules: power at n = 8 and 0.05/6 is the paired t-test's for a
+    shift of 0.02 / (0.01/√8) = 5.66 standard errors (df 7): about 0.91."""
+    from mulreg.results import design
+
+    earlier = runs_table()
+    earlier = earlier[earlier["seed"] <= 33].copy()
+    lead = {31: 0.01, 32: 0.02, 33: 0.03}
+    earlier["test_acc_authors"] = 0.8 + np.where(earlier["penalty"] == "mul", earlier["seed"].map(lead), 0.0)
+    earlier["test_acc_best_val"] = earlier["test_acc_authors"]
+    table = replication3.power(earlier).set_index(["id", "rule"])
+    expected = design.paired_t_power(0.02, 0.01, 8, 0.05 / 6)
+    assert table.loc[("A1", "test_acc_authors"), "power"] == pytest.approx(expected)
+    assert 0.85 < expected < 0.95 and table.loc[("A1", "test_acc_authors"), "n"] == 3
+    assert table.loc[("B8", replication3.REPORTED), "power"] == pytest.approx(1.0)

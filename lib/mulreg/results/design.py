@@ -56,7 +56,9 @@ def paired_t_power(effect: float, sd: float, n: int, alpha: float) -> float:
     df = n - 1
     shift = effect / (sd / math.sqrt(n))
     critical = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift))
+    # P(T > c) + P(T < −c); the second as P(−T > c) with the shift negated: scipy's nct.cdf returns NaN
+    # far in its lower tail (shifts above about 12 at df 7)
+    return float(stats.nct.sf(critical, df, shift) + stats.nct.sf(critical, df, -shift))
 
 
 def memorisation_epoch(history: pd.DataFrame, share: float = MEMORISED) -> tuple[int, bool]:

@@ -20,13 +20,16 @@ import pandas as pd
 from scipy import stats
 
 from mulreg.core.epochs import HEADLINE, with_rules
-from mulreg.results import claims, design, replication
+from mulreg.results import claims, design, registry, replication
 from mulreg.results.replication import MUL, NONE, SUM, per_seed
 
 PATIENCE = 200  # the authors' early stopping (docs/PAPER.md, "What the released code reports")
 AUTHORS = "test_acc_authors"
 RULES = (AUTHORS, HEADLINE)  # the primary family first
 NOISE = 0.2  # the prevent-or-delay arms' label noise
+SEEDS = 8  # seeds 31-38 (docs/PREREGISTRATION-3.md: n chosen so that every exact test can decide)
+REPORTED = "reported model"  # family B's rows: read off the model each run reports (here the one at the stop)
+FIRST_STEP = 0.05 / 6  # Holm's first threshold in a family of six: the power is stated against it
 
 
 def stored(specs: list, record_only: bool = False) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[str]]:
@@ -127,3 +130,24 @@ def at_horizon(runs: pd.DataFrame) -> pd.DataFrame:
     diffs = replication.paired(wide, MUL, NONE)
     return claims.decide(pd.DataFrame([{"claim": "multiplicative beats none at the horizon", "noise": f"{NOISE:g}",
                                         **claims.test(diffs)}]))
+
+
+def power(earlier: pd.DataFrame, n: int = SEEDS, alpha: float = FIRST_STEP) -> pd.DataFrame:
+    """Families A and B as an earlier replication measured them (`earlier`, its runs with every rule
+    read), with the power of the two-sided paired t-test at `n` seeds and level `alpha` for the mean
+    difference and sd it found: what the registration states before its runs train."""
+    ids = registry.family("A").reset_index().set_index(["claim", "noise"])["id"]
+    fig1 = family_a(earlier)
+    fig1["id"] = [ids[(claim, noise)] for claim, noise in zip(fig1["claim"], fig1["noise"])]
+    measured = pd.concat([fig1, family_b(earlier).assign(rule=REPORTED)], ignore_index=True)
+    measured["power"] = [_power(m, s, n, alpha) for m, s in zip(measured["mean"], measured["sd"])]
+    return measured[["id", "claim", "noise", "rule", "n", "mean", "sd", "power"]]
+
+
+def _power(effect: float, sd: float, n: int, alpha: float) -> float:
+    """The paired t-test's power; where every earlier difference was equal (sd 0), the exact permutation
+    test's: certain when its floor at `n` is below `alpha`, nil otherwise."""
+    if sd > 0:
+        return design.paired_t_power(effect, sd, n, alpha)
+    floor = design.smallest_p("exact sign-flip permutation", n)
+    return float(effect != 0 and floor < alpha)
