@@ -60,12 +60,12 @@ def test_the_pilots_stops_and_the_registered_cost_rule():
     one still improving at epoch 5 is censored. Cost: 2 seeds × (4 + 2,000 censored + 10 horizon × 2 arms)
     epochs × 3 s / 2 workers."""
     runs = pd.DataFrame({"key": ["a", "b"], "penalty": ["sum", "none"], "label_noise": [0.0, 0.0], "seed": [1, 1],
-                         "wall_seconds": [18.0, 18.0]})
+                         "train_images_per_second": [100 / 3, 100 / 3]})  # 3 s an epoch of 100 images
     hist = pd.DataFrame({"key": ["a"] * 6 + ["b"] * 6, "epoch": list(range(1, 7)) * 2,
                          "val_loss": [1.0, 0.5, 0.6, 0.6, 0.7, 0.8] + [1.0, 0.9, 0.8, 0.7, 0.6, 0.6]})
-    stops = design.pilot_stops(runs, hist, patience=2).set_index("penalty")
+    stops = design.pilot_stops(runs, hist, train_images=100, patience=2).set_index("penalty")
     assert (stops.loc["sum", "stop"], stops.loc["sum", "censored"]) == (4, False)
-    assert stops.loc["none", "censored"] and stops.loc["none", "seconds_per_epoch"] == 3.0
+    assert stops.loc["none", "censored"] and stops.loc["none", "seconds_per_epoch"] == pytest.approx(3.0)
     hours = design.predicted_hours(stops.reset_index(), [("sum", 0.0), ("none", 0.0), ("mul", 0.2), ("none", 0.2)],
                                    seeds=2, horizon=10)
     assert hours == pytest.approx(2 * (4 + 2000 + 10 + 10) * 3.0 / 2 / 3600)

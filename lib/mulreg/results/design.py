@@ -89,10 +89,11 @@ DELAY_NOISE = 0.2
 WORKERS = 2  # this host's cores: the registered cost is for two runs training side by side
 
 
-def pilot_stops(runs: pd.DataFrame, hist: pd.DataFrame, patience: int = 200) -> pd.DataFrame:
+def pilot_stops(runs: pd.DataFrame, hist: pd.DataFrame, train_images: int, patience: int = 200) -> pd.DataFrame:
     """Per pilot run: the epoch the authors' rule stops at (`authors_rule` with `patience`), `censored`
-    when it never fired within the recorded epochs, and the run's seconds per epoch (its wall time over
-    its epochs, from its provenance)."""
+    when it never fired within the recorded epochs, and the seconds one epoch of its `train_images` took
+    (its provenance's throughput, of the process that trained it last: right for a run resumed from a
+    checkpoint too, whose wall time covers only that process's epochs)."""
     from mulreg.core.epochs import authors_rule
 
     rows = []
@@ -102,7 +103,7 @@ def pilot_stops(runs: pd.DataFrame, hist: pd.DataFrame, patience: int = 200) -> 
         at = authors_rule(pd.concat([h[["epoch", "val_loss"]], beyond], ignore_index=True), patience)
         rows.append({"penalty": run.penalty, "label_noise": run.label_noise, "seed": run.seed,
                      "stop": int(h["epoch"].iloc[min(at, len(h) - 1)]), "censored": at == len(h),
-                     "seconds_per_epoch": run.wall_seconds / len(h)})
+                     "seconds_per_epoch": train_images / run.train_images_per_second})
     return pd.DataFrame(rows)
 
 
