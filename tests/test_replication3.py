@@ -82,7 +82,8 @@ def test_the_ledger_shows_replication_3_in_its_column_and_decides_family_d():
     assert with_third.loc["B14: multiplicative prevents memorisation over a wider range of λ (noise 0.2)",
                           "replication 3"] == ledger.NOT_REGISTERED
     authors = with_third.loc["multiplicative beats additive (noise 0.2, authors' rule)", "replication 3"]
-    assert authors.startswith("holds: ") and authors.endswith("n 8")
+    assert authors.startswith("holds: ") and authors.endswith("n 8 · patience 200")  # not the stand-in 40
+    assert "patience" not in with_third.loc["multiplicative beats additive (noise 0.2)", "replication 3"]
 
 
 def test_the_prevent_or_delay_figure_draws_a_line_per_run_and_its_sentences_follow_d1_d2():

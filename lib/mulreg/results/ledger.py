@@ -14,6 +14,7 @@ import pandas as pd
 from mulreg.core.epochs import HEADLINE
 from mulreg.results import registry
 from mulreg.results.claims import with_magnitude
+from mulreg.results.replication3 import PATIENCE
 
 REPLICATION_1 = "replication 1 (docs/PREREGISTRATION.md)"
 REPLICATION_2 = "replication 2 (docs/PREREGISTRATION-2.md)"
@@ -40,7 +41,8 @@ def fig1_rows(verdict: pd.DataFrame | None, excluded: pd.DataFrame | None, paper
     for claim, noise in FIG1:
         row = {"claim": f"{claim} (noise {noise}{READINGS[rule]})", "where": "Fig. 1",
                "paper": _pp(paper.get((claim, noise)))}
-        row |= {name: _side(table, claim, noise, rule) for name, table in (each or {}).items()}
+        row |= {name: _side(table, claim, noise, rule) + _patience(name, rule, table) for name, table in
+                (each or {}).items()}
         hit = _hit(verdict, claim, noise, rule)
         if hit is None or hit.empty:
             rows.append(row | _untested(untested))
@@ -57,6 +59,14 @@ def _hit(verdict: pd.DataFrame | None, claim: str, noise: str, rule: str = HEADL
     if verdict is None or verdict.empty:
         return None
     return verdict[(verdict["rule"] == rule) & (verdict["claim"] == claim) & (verdict["noise"] == noise)]
+
+
+def _patience(name: str, rule: str, verdict: pd.DataFrame | None) -> str:
+    """Replication 3's cell under the authors' rule says that it was read at their own patience (200),
+    not at the stand-in the short horizons of replications 1 and 2 used (`paper_patience`)."""
+    if rule != AUTHORS or verdict is None or name != "replication 3":
+        return ""
+    return f" · patience {PATIENCE}"
 
 
 def _side(verdict: pd.DataFrame | None, claim: str, noise: str, rule: str = HEADLINE) -> str:
