@@ -142,7 +142,14 @@ def test_runs_lists_a_store_and_check_names_an_unreadable_run(tmp_path, tiny_cif
     assert check.returncode == 1 and configs[1].key() in check.stdout and "not valid JSON" in check.stdout
     assert configs[0].key() not in check.stdout
     listing = mulreg("runs", "--store", str(store.root))
-    assert listing.returncode == 0 and configs[1].key() not in listing.stdout and "1 runs" in listing.stdout
+    assert listing.returncode == 1 and configs[1].key() not in listing.stdout and "1 runs" in listing.stdout
+    assert "1 run folder(s) left out: they cannot be read" in listing.stdout  # on c51d60c: exit 0
+    provenance = store.run_dir(configs[0].key()) / "provenance.json"
+    provenance.write_text(provenance.read_text()[:30])  # cut off
+    listing = mulreg("runs", "--store", str(store.root))
+    assert listing.returncode == 1 and "2 run folder(s) left out" in listing.stdout and not listing.stderr
+    check = mulreg("runs", "--store", str(store.root), "--check")
+    assert check.returncode == 1 and f"{configs[0].key()}  {provenance.parent}: " in check.stdout
 
 
 def test_a_seeds_override_reaches_every_sweep_notebook_and_narrows_its_sweep():

@@ -292,7 +292,9 @@ def test_an_error_inside_a_ray_task_is_one_line_and_the_other_runs_are_stored(ra
     path.write_text(yaml.safe_dump({"base": BASE, "grid": GRID, "store": str(tmp_path / "s"), "executor": "ray"}))
     raise_marker.touch()
     assert main(["sweep", str(path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    said = capsys.readouterr().err
+    assert "Traceback" not in said and said.count("error: ") == 1, said
+    err = said.strip().splitlines()[-1]
     assert err.startswith("error: 1 of 4 Ray tasks failed") and "ZeroDivisionError: a fault inside the task" in err
     assert "rerun the sweep" in err and len(stored_dirs(tmp_path / "s")) == 3
     assert main(["sweep", str(path)]) == 0 and len(stored_dirs(tmp_path / "s")) == 4  # the rerun trains the rest

@@ -180,7 +180,9 @@ def test_a_cell_past_the_timeout_stops_its_notebook_and_says_timed_out(tmp_path)
                  str(tmp_path / "figures"), env={"MULREG_REPORTS": str(tmp_path / "reports")})
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert "FAILED\n  timed out: A cell timed out while it was being executed, after 1 seconds" in out.stdout
-    assert "timed out" in (out_dir / "index.html").read_text()
+    index = (out_dir / "index.html").read_text()
+    assert "timed out" in index and "ipynb (incomplete)" in index  # the partial copy, no report that looks whole
+    assert not (out_dir / "08_claims_ledger.html").exists()
     assert not list((tmp_path / "figures").glob("08_*"))
 
 
@@ -225,7 +227,7 @@ def test_a_run_folder_this_user_may_not_read_is_named_with_what_is_needed(stored
         check = unprivileged("runs", "--store", str(stored), "--check")
     finally:
         locked.chmod(0o755)
-    assert listing.returncode == 0 and "Traceback" not in listing.stderr, listing.stderr
+    assert listing.returncode == 1 and "Traceback" not in listing.stderr, listing.stderr
     assert "1 run folder(s) left out: they cannot be read; `mulreg runs --check` says why" in listing.stdout
     assert check.returncode == 1 and "Traceback" not in check.stderr, check.stderr
     assert f"permission denied on {locked}" in check.stdout and "needs read access" in check.stdout
@@ -274,6 +276,7 @@ def test_a_missing_kernel_names_the_command_that_installs_it(monkeypatch, capsys
     assert main(["figures", "--profile", "smoke", "--nb", "08"]) == 2
     err = capsys.readouterr().err
     assert "kernel 'mulreg-never-installed' is not installed" in err and "ipykernel install" in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_figures_counts_the_runs_the_chosen_notebook_lacks_even_when_another_notebook_trains_them(monkeypatch):

@@ -1,6 +1,7 @@
 """The run store: round trip, atomic completion, claims, and resuming after SIGKILL."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -179,7 +180,7 @@ def _stored_run(tmp_path, root) -> tuple[Store, RunConfig]:
     return store, cfg
 
 
-def test_an_unreadable_run_is_reported_skipped_and_stored_again(tmp_path, tiny_cifar_image_folder):
+def test_an_unreadable_run_is_reported_skipped_and_stored_again(tmp_path, tiny_cifar_image_folder, capsys):
     store, cfg = _stored_run(tmp_path, tiny_cifar_image_folder)
     key = cfg.key()
     metrics = store.run_dir(key) / "metrics.json"
@@ -192,6 +193,8 @@ def test_an_unreadable_run_is_reported_skipped_and_stored_again(tmp_path, tiny_c
     fresh.save(train(cfg, root=tiny_cifar_image_folder, progress=False))  # what the next sweep does
     assert fresh.is_complete(key) and len(Store(store.root).load_runs()) == 1
     assert list((store.root / "runs").glob(f".broken-{key}-*")), "the unreadable copy is kept aside"
+    said = [line for line in capsys.readouterr().err.splitlines() if "set aside" in line]  # the repair, said once
+    assert len(said) == 1 and said[0].startswith(f"run folder {store.run_dir(key)} could not be read (")
 
 
 def test_clean_removes_leftovers_of_killed_processes_but_not_of_live_ones(tmp_path):
@@ -354,12 +357,13 @@ def test_runs_lists_a_read_only_store_and_creates_nothing_in_a_folder_that_is_no
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 half a zip"], ids=["zero bytes", "truncated"])
-def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_again(tmp_path, content):
-    """A zero-byte checkpoint ended in IndexError."""
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_again(tmp_path, content, capsys):
+    """A zero-byte checkpoint ended in IndexError; then the repair was a two-line Python warning."""
     store = Store(tmp_path / "store")
     store.checkpoint_path("0123456789abcdef").write_bytes(content)
-    with pytest.warns(UserWarning, match="checkpoint .*0123456789abcdef.pt cannot be read .* set aside"):
-        assert store.checkpoints().load("0123456789abcdef") is None
+    assert store.checkpoints().load("0123456789abcdef") is None
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and re.match("checkpoint .*0123456789abcdef.pt cannot be read .* set aside", said[0])
     assert [p.name.startswith(".broken-0123456789abcdef-") for p in (store.root / "checkpoints").iterdir()] == [True]
 
 

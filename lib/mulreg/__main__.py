@@ -294,7 +294,7 @@ def _runs(args) -> int:
     left_out = len(store.keys()) - len(table)
     if left_out:
         print(f"{left_out} run folder(s) left out: they cannot be read; `mulreg runs --check` says why")
-    return 0
+    return 1 if left_out else 0  # a listing that leaves runs out is not a clean one
 
 
 def _figures(args) -> int:

@@ -148,7 +148,11 @@ class Store:
             _fsync_folder(tmp)
         target = self.run_dir(key)
         if target.exists() and _broken(target):  # an unreadable earlier copy: keep it aside, store this one
-            target.rename(self.root / "runs" / f".broken-{key}-{int(time.time())}")
+            aside = self.root / "runs" / f".broken-{key}-{int(time.time())}"
+            problem = _broken(target)
+            target.rename(aside)
+            print(f"run folder {target} could not be read ({problem}): set aside as {aside.name}, the run just "
+                  "trained stored in its place", file=sys.stderr, flush=True)
         try:
             os.rename(tmp, target)
         except OSError:  # already stored by someone else: keep theirs
@@ -273,8 +277,8 @@ class _Checkpoints:
         aside = path.with_name(f".broken-{path.stem}-{int(time.time())}.pt")
         with contextlib.suppress(OSError):
             path.rename(aside)
-        warnings.warn(f"checkpoint {path} cannot be read ({_first_line(err)}); set "
-                      f"aside as {aside.name}, the run starts again", stacklevel=3)
+        print(f"checkpoint {path} cannot be read ({_first_line(err)}); set aside as {aside.name}, the run "
+              "starts again", file=sys.stderr, flush=True)
         return None
 
     def save(self, key: str, state: dict) -> None:

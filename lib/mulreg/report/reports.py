@@ -255,7 +255,8 @@ def recorded_sweeps(profile: str) -> list[Path]:
 
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM) before its last cell ran: no report"
 UNFINISHED = "started, not finished: still running, or its runner was killed: no report"
-INCOMPLETE = (INTERRUPTED, UNFINISHED)  # outcomes whose executed copy stops short: only the .ipynb is linked
+TIMED_OUT = "timed out"
+INCOMPLETE = (INTERRUPTED, UNFINISHED, TIMED_OUT)  # outcomes whose executed copy stops short: only the .ipynb is linked
 
 
 def incomplete(nb: Path, out_dir: Path, why: str, seconds: float = 0.0) -> None:
@@ -279,11 +280,12 @@ def execute(nb: Path, params: dict, out_dir: Path, timeout: int | None = None) -
     except papermill.PapermillExecutionError as err:
         error = f"  cell {err.exec_count}: {err.ename}: {err.evalue}"
     except TimeoutError as err:  # nbclient's CellTimeoutError (--timeout), or a kernel that stopped answering
-        error = f"  timed out: {str(err).splitlines()[0]} (--timeout); the executed copy stops there"
+        error = f"  {TIMED_OUT}: {str(err).splitlines()[0]} (--timeout); the executed copy stops there"
     except Exception as err:  # noqa: BLE001 - kernel death, missing kernel...: report, go on
         error = f"  {type(err).__name__}: {err}"
     seconds = time.perf_counter() - start
-    if executed.exists():
+    cut_short = error is not None and error.lstrip().startswith(TIMED_OUT)
+    if executed.exists() and not cut_short:  # a notebook stopped mid-way gets no report that looks whole
         export_html(executed)
     figures = sorted(_figures_dir(params).glob(f"{nb.stem[:2]}_*")) if error is None else []
     return Outcome(nb.stem, seconds, error, figures)
