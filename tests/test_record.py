@@ -192,6 +192,9 @@ def test_a_readme_whose_ledger_was_edited_is_found_stale(tmp_path):
     row = text.index("| multiplicative beats additive (noise 0.2) |", start)
     (tmp_path / "README.md").write_text(text[:row] + text[row:].replace("| Fig. 1 |", "| Fig. 9 |", 1))
     (tmp_path / readme.FIGURES / f"{readme.NAME}.csv").write_text("claim\nsomething else\n")
+    figures = tmp_path / readme.FIGURES
+    shutil.copy(figures / "08_claims_ledger.png", figures / "02_training_dynamics.png")  # another figure's
     stale = readme.stale(tmp_path)
-    assert stale[0] == "README.md: its ledger differs from the record's" and len(stale) == 2
+    assert stale[0] == "README.md: its ledger differs from the record's" and len(stale) == 3
     assert stale[1].endswith("08_claims_ledger.csv: differs from the record's ledger")
+    assert stale[2].endswith("02_training_dynamics.png: not drawn from replication 1's record")

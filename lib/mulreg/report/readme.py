@@ -1,7 +1,9 @@
 """What the repository shows before anything runs: the claims ledger as the results of record give
 it, as a table in README.md (between `BEGIN`/`END` markers) and as `figures/08_claims_ledger.{csv,png}`,
-both committed. `render` writes them; `stale` says what no longer matches the record (a test runs it,
-so the README can never show other numbers than the record's)."""
+and the paper's figures as replication 1's record gives them (`PAPER_FIGURES`: Fig. 1's verdicts and
+accuracy/margin curves, Fig. 2's dynamics), all committed, each PNG stamped with the hash of the table
+it was drawn from. `render` writes them; `stale` says what no longer matches the record (a test runs
+it, so the README can never show other numbers than the record's)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import hashlib
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 from PIL import Image
 
@@ -36,11 +39,55 @@ def block(table: pd.DataFrame, sources: str) -> str:
     return f"{BEGIN}\n{markdown(table[SHOWN])}\n\nRead from {sources}.\n{END}"
 
 
-def _of_record() -> tuple[pd.DataFrame, str]:
+def _of_record() -> tuple[pd.DataFrame, str, list]:
     table, read = ledger.of_record()
     runs = [r for stages in read for r in (stages.selection, stages.confirmation) if r is not None and len(r)]
     sources = analysis.source_line(pd.concat(runs, ignore_index=True)) if runs else "no recorded runs"
-    return table, sources
+    return table, sources, read
+
+
+DYNAMICS_NOISE = (0.0, 0.2)  # Fig. 2's noise levels, as notebook 02 shows them by default
+
+
+def _fig1_verdicts(first) -> tuple[pd.DataFrame, object]:
+    """Fig. 1's six claims under every epoch rule, with the paper's gaps (notebook 01's forest)."""
+    from mulreg.report import plots
+    from mulreg.results import claims, paper
+
+    verdict = claims.claims(first.confirmation, confirmed=True)
+    fig = plots.verdict_forest(verdict, claims.paper_gaps(paper.published("fig1")), verdicts.short_labels())
+    return verdict.drop(columns="diffs"), fig
+
+
+def _fig1_curves(first) -> tuple[pd.DataFrame, object]:
+    """Test accuracy and margins against label noise beside the paper's (notebook 01's Fig. 1)."""
+    from mulreg.report import plots
+    from mulreg.results import paper, stats
+
+    summary = stats.headline_stats(first.confirmation, ["margin_mean", "margin_norm_mean", "margin_std_mean"])
+    return summary, plots.noise_robustness(summary, paper.published("fig1"))
+
+
+def _fig2_dynamics(first) -> tuple[pd.DataFrame, object]:
+    """Test accuracy and both norms over epochs of the reported runs (notebook 02's Fig. 2)."""
+    from mulreg.report import plots
+
+    hist = analysis.histories(_first_store(), first.confirmation)
+    shown = hist[hist["label_noise"].isin(DYNAMICS_NOISE)]
+    metrics = ["test_acc", "norm_product", "norm_sq_sum"]
+    return shown[["key", "epoch", *metrics]], plots.training_dynamics(shown, metrics)
+
+
+def _first_store() -> str:
+    """Replication 1's store, as notebook 08's parameters name its sweep (its runs are read from the record)."""
+    from mulreg.config import load_yaml
+
+    params = load_yaml(PROJECT_ROOT / "params" / "quick" / "08_claims_ledger.yaml")
+    return analysis.load_sweep(str(PROJECT_ROOT / "notebooks" / params["binary_file"])).store
+
+
+PAPER_FIGURES = {"01_verdict_every_rule": _fig1_verdicts, "01_accuracy_margin_vs_noise": _fig1_curves,
+                 "02_training_dynamics": _fig2_dynamics}
 
 
 def _digest(text: str) -> str:
@@ -50,7 +97,7 @@ def _digest(text: str) -> str:
 def render(root: Path = PROJECT_ROOT) -> list[Path]:
     """Write the ledger of record into README.md and figures/ (table as CSV, figure as PNG stamped
     with the table's hash). Returns the paths written."""
-    table, sources = _of_record()
+    table, sources, read = _of_record()
     folder = root / FIGURES
     folder.mkdir(exist_ok=True)
     csv = folder / f"{NAME}.csv"
@@ -58,17 +105,22 @@ def render(root: Path = PROJECT_ROOT) -> list[Path]:
     saving.note_source(sources)
     stamp = {STAMP: _digest(csv.read_text())}
     png, = saving.save(verdicts.ledger_figure(table), NAME, folder, ("png",), metadata=stamp)
+    figures = []
+    for name, draw in PAPER_FIGURES.items():
+        data, fig = draw(read[0])
+        figures += saving.save(fig, name, folder, ("png",), metadata={STAMP: _digest(data.to_csv(index=False))})
+        plt.close("all")
     readme = root / "README.md"
     text = readme.read_text()
     start, end = text.index(BEGIN), text.index(END) + len(END)
     readme.write_text(text[:start] + block(table, sources) + text[end:])
-    return [readme, csv, png]
+    return [readme, csv, png, *figures]
 
 
 def stale(root: Path = PROJECT_ROOT) -> list[str]:
     """What the repository shows that the record no longer gives: one line per file; empty when
     README.md's ledger, figures/08_claims_ledger.csv and its figure all match the record."""
-    table, sources = _of_record()
+    table, sources, read = _of_record()
     out = []
     readme = (root / "README.md").read_text()
     if block(table, sources) not in readme:
@@ -79,6 +131,12 @@ def stale(root: Path = PROJECT_ROOT) -> list[str]:
     png = root / FIGURES / f"{NAME}.png"
     if not png.exists() or Image.open(png).text.get(STAMP) != _digest(table.to_csv(index=False)):
         out.append(f"{png}: not drawn from the record's ledger")
+    for name, draw in PAPER_FIGURES.items():
+        data, _ = draw(read[0])
+        plt.close("all")
+        png = root / FIGURES / f"{name}.png"
+        if not png.exists() or Image.open(png).text.get(STAMP) != _digest(data.to_csv(index=False)):
+            out.append(f"{png}: not drawn from replication 1's record")
     return out + [f"{p}: drawn from another record ({', '.join(old)})" for p, old in _drawn_elsewhere(root)]
 
 
