@@ -45,6 +45,14 @@ def test_each_run_is_counted_once_for_the_first_notebook_that_trains_it():
     assert table["TFLOP"]["05_multiclass"] == pytest.approx(flop / 1e12)
 
 
+def test_a_sweep_given_on_the_command_line_is_the_one_estimated():
+    """Issue 40: `figures -p sweep FILE` trained FILE's runs while the estimate counted the default sweep's."""
+    default = estimate.sweeps_of("smoke", "01_noise_robustness")[0]
+    other = estimate.sweeps_of("smoke", "01_noise_robustness", {"sweep": "../params/smoke/multiclass_sweep.yaml",
+                                                                "unrelated": 1})[0]
+    assert default.base["task"] == "binary" and other.base["task"] == "multiclass"
+
+
 def test_the_command_refuses_an_unknown_profile_in_one_line():
     done = subprocess.run([sys.executable, "-m", "mulreg", "estimate", "huge"], capture_output=True, text=True)
     assert done.returncode == 2 and "invalid choice: 'huge'" in done.stderr and "Traceback" not in done.stderr

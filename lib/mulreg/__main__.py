@@ -312,8 +312,8 @@ def _figures(args) -> int:
         raise ConfigError(f"--timeout {args.timeout}: give the seconds a cell may run, a whole number above 0")
     params = reports.checked_parameters(args.profile, reports.notebooks(args.nb), overrides)
     reports.preflight(args.profile, params)  # bad input, a missing kernel or read-only folder: before any training
-    table = estimate(args.profile, every=True)  # every notebook: the index gives the cost of those not run
-    print(report(of_chosen(args.profile, args.nb, table), args.profile), flush=True)
+    table = estimate(args.profile, every=True, overrides=overrides)  # every notebook: the index gives their cost
+    print(report(of_chosen(args.profile, args.nb, table, overrides), args.profile), flush=True)
     reproduced = [] if args.nb or overrides else reports.recorded_sweeps(args.profile)
     for path in reproduced:  # trained here first, so the notebooks read this machine's runs, not the record's
         print(f"reproduction check: training {path.name} here, to compare with the results of record", flush=True)

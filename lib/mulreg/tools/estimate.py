@@ -123,10 +123,12 @@ def measure(config: RunConfig, root=None, runs: int = 1) -> Rate:
     return clock.rate(runs, Work.of(probe).units)
 
 
-def sweeps_of(profile: str, stem: str) -> list[SweepSpec]:
+def sweeps_of(profile: str, stem: str, overrides: dict | None = None) -> list[SweepSpec]:
     """The sweep files a notebook's profile parameters name (`sweep`, and any other `*sweep`, such as
-    notebook 07's `init_sweep`); none for a notebook that trains nothing."""
+    notebook 07's `init_sweep`), as `overrides` (`figures -p`/`--params`) replace them; none for a
+    notebook that trains nothing."""
     params = parameters(profile, stem)
+    params |= {k: v for k, v in (overrides or {}).items() if k in params}
     paths = [v for k, v in params.items() if k.endswith("sweep") and isinstance(v, str)]
     return [SweepSpec.from_yaml((NOTEBOOKS / path).resolve()) for path in paths]
 
@@ -144,17 +146,18 @@ def workers(spec: SweepSpec, pending: list[RunConfig]) -> int:
 
 
 def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=None,
-             every: bool = False) -> pd.DataFrame:
+             every: bool = False, overrides: dict | None = None) -> pd.DataFrame:
     """One row per notebook (`mulreg.report.reports.notebooks(prefix, every)`): runs to train (and in its
     sweep, both stages: `mulreg.engine.stages.all_configs`), run-epochs, images trained and evaluated,
     TFLOP, and the estimated hours on this device (NaN where nothing is trained). With `fresh`, as
-    on a fresh clone: the runs already in the stores count too."""
+    on a fresh clone: the runs already in the stores count too; `overrides`: notebook parameters
+    given on the command line (another sweep file, say)."""
     counted: set[str] = set()
     rates: dict[tuple, Rate] = {}
     flops: dict[tuple, int] = {}  # training FLOPs per image of each shape
     rows = []
     for nb in notebooks(prefix, every):
-        specs = sweeps_of(profile, nb.stem)
+        specs = sweeps_of(profile, nb.stem, overrides)
         pending, configs = [], []
         for spec in specs:
             mine = all_configs(spec, planned=not fresh)
@@ -184,12 +187,12 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
     return pd.DataFrame(rows)
 
 
-def of_chosen(profile: str, prefix: str | None, every: pd.DataFrame) -> pd.DataFrame:
+def of_chosen(profile: str, prefix: str | None, every: pd.DataFrame, overrides: dict | None = None) -> pd.DataFrame:
     """The rows `mulreg figures` shows: with `--nb prefix` the chosen notebooks' own runs (a run shared
     with a notebook not chosen counts here; in `every`, the estimate of every notebook, it counts
     there), else the paper notebooks' rows of `every`."""
     if prefix:
-        return estimate(profile, prefix)
+        return estimate(profile, prefix, overrides=overrides)
     return every[every["notebook"].isin({nb.stem for nb in notebooks()})]
 
 
