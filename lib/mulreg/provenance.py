@@ -159,6 +159,20 @@ def registered_before(runs: pd.DataFrame, document: str) -> str:
             f"first of its {len(runs)} runs started training ({first.isoformat()}).")
 
 
+def wall_time(runs: pd.DataFrame, name: str) -> str:
+    """How long stage `name` took, in words, from its runs' provenance: first start to last finish
+    (pauses and other work on the host included), the hosts, and the run-hours the runs' own processes
+    measured (`wall_seconds`: a run resumed from a checkpoint counts its last process only)."""
+    if not len(runs) or "started" not in runs:
+        return f"{name}: no runs with provenance"
+    started = pd.to_datetime(runs["started"], format="%Y-%m-%dT%H:%M:%S%z", utc=True).min()
+    finished = pd.to_datetime(runs["finished"], format="%Y-%m-%dT%H:%M:%S%z", utc=True).max()
+    hours = (finished - started).total_seconds() / 3600
+    hosts = ", ".join(sorted(set(runs["cpu_model"].dropna()))) or "host not recorded"
+    return (f"{name}: {len(runs)} runs, {started:%Y-%m-%d %H:%M} to {finished:%Y-%m-%d %H:%M} UTC, {hours:.1f} h "
+            f"elapsed on {hosts}; {runs['wall_seconds'].sum() / 3600:.1f} run-hours measured by the runs")
+
+
 # What decides a run's numbers besides its config and device: the modules that train (not those that
 # record, report or draw: provenance, progress, results/, report/, tools/) and the locked libraries.
 TRAINING_CODE = ("lib/mulreg/core", "lib/mulreg/engine", "lib/mulreg/config.py", "lib/mulreg/protocols.py",
