@@ -252,9 +252,12 @@ def test_train_refuses_an_n_train_larger_than_the_pool_before_training(tmp_path,
     assert not (tmp_path / "r.json").exists()
 
 
-def test_a_sweep_with_an_n_train_larger_than_the_pool_trains_nothing(tmp_path, tiny_cifar_image_folder):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_sweep_with_an_n_train_larger_than_the_pool_trains_nothing(tmp_path, tiny_cifar_image_folder, executor):
+    """Issue 40: one pre-flight for every executor, in the driver, before Ray starts or a task is sent (on
+    c51d60c the Ray path trained on the 12 images there are, exited 0 and stored the 40 asked for)."""
     path = sweep_file(tmp_path, "{seed: [1], n_train: [12, 40]}")
-    out = mulreg("sweep", str(path), env=tiny_env(tmp_path, tiny_cifar_image_folder))
+    out = mulreg("sweep", str(path), "--executor", executor, env=tiny_env(tmp_path, tiny_cifar_image_folder))
     assert_one_message(out, "n_train 40")
     assert not any((tmp_path / "store" / "runs").iterdir())
 
