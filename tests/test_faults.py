@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from test_cli_errors import assert_one_message, mulreg, sweep_file, tiny_env, train_args
+from test_signals import as_in_a_terminal
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
@@ -114,7 +115,8 @@ def figures_08_started(tmp_path) -> tuple[subprocess.Popen, Path]:
     env = {**os.environ, "MULREG_REPORTS": str(tmp_path / "reports")}
     proc = subprocess.Popen([sys.executable, "-m", "mulreg", "figures", "--profile", "smoke", "--nb", "08", "-p",
                              "figures_dir", str(tmp_path / "figures")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=as_in_a_terminal)
     started = time.time()
     shown = ""
     while "08_claims_ledger (smoke) ..." not in shown and time.time() - started < 240:

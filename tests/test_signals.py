@@ -21,6 +21,12 @@ BASE = dict(n_train=12, n_test=6, val_fraction=0.25, batch_size=4, init_scale=0.
             early_stopping=None, penalty="mul", lam=1e-6)
 
 
+def as_in_a_terminal() -> None:
+    """Ctrl-C as a terminal's foreground command has it (xdist's workers start with SIGINT ignored, and a
+    command started so keeps it ignored, as a background job should)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def group_members(pgid: int) -> list[str]:
     """Live processes (not zombies) of process group `pgid`: 'pid command' each."""
     out = []
@@ -55,7 +61,8 @@ def test_sigterm_ends_the_sweeps_process_tree_frees_its_locks_and_a_rerun_comple
     store = Store(spec.store)
     keys = [c.key() for c in spec.configs()]
     proc = subprocess.Popen([sys.executable, "-m", "mulreg", "sweep", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=as_in_a_terminal)
     try:
         assert wait_until(lambda: any(store.checkpoint_path(k).exists() for k in keys) or proc.poll() is not None,
                           240), "no worker wrote a checkpoint"
@@ -118,7 +125,8 @@ def test_a_stopped_ray_sweep_ends_its_tasks_and_its_private_ray(tmp_path, tiny_c
     store = Store(spec.store)
     keys = [c.key() for c in spec.configs()]
     proc = subprocess.Popen([sys.executable, "-m", "mulreg", "sweep", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=as_in_a_terminal)
     try:
         assert wait_until(lambda: any(store.checkpoint_path(k).exists() for k in keys) or proc.poll() is not None,
                           300), "no Ray task wrote a checkpoint"
@@ -156,6 +164,30 @@ def test_a_stop_that_a_library_swallowed_still_ends_as_interrupted(monkeypatch, 
         return 0
 
     monkeypatch.setattr(cli, "_runs", swallowing)
-    assert cli.main(["runs"]) == 128 + stop
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (xdist workers ignore it)
+    try:
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        assert cli.main(["runs"]) == 128 + stop
+        assert {sig: signal.getsignal(sig) for sig in before} == before  # the caller's handlers given back
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert "interrupted: finished runs and checkpoints are kept" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler given back
+
+
+def test_a_command_started_with_ctrl_c_ignored_keeps_it_ignored(monkeypatch):
+    """A background job (`cmd &` in a shell without job control) starts with SIGINT ignored: a Ctrl-C at
+    the terminal is not for it, and `mulreg` must not take it up."""
+    import mulreg.__main__ as cli
+
+    seen = {}
+
+    def runs(args) -> int:
+        seen["handler"] = signal.getsignal(signal.SIGINT)
+        return 0
+
+    monkeypatch.setattr(cli, "_runs", runs)
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert cli.main(["runs"]) == 0 and seen["handler"] is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, inherited)

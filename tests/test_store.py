@@ -325,7 +325,8 @@ def test_runs_check_names_a_run_whose_config_was_edited_and_the_listing_leaves_i
     check = subprocess.run([*cli, "--check"], capture_output=True, text=True)
     assert check.returncode == 1 and cfg.key() in check.stdout and "config.json is the config of run" in check.stdout
     listing = subprocess.run(cli, capture_output=True, text=True)
-    assert listing.returncode == 0 and "no runs" in listing.stdout and "5e-01" not in listing.stdout, listing.stdout
+    assert listing.returncode == 1 and "no runs" in listing.stdout and "5e-01" not in listing.stdout, listing.stdout
+    assert "1 run folder(s) left out" in listing.stdout
 
 
 def test_runs_lists_a_read_only_store_and_creates_nothing_in_a_folder_that_is_no_store(

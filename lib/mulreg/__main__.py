@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     Stopped.signal = None
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    previous = {sig: signal.signal(sig, _stopped) for sig in STOP_SIGNALS} if main_thread else {}
+    previous = {sig: signal.signal(sig, _stopped) for sig in STOP_SIGNALS
+                if main_thread and signal.getsignal(sig) is not signal.SIG_IGN}  # ignored (a background job's): kept
     try:
         commands = {"train": _train, "sweep": _sweep, "runs": _runs, "figures": _figures, "estimate": _estimate,
                     "record": _record, "verify": _verify, "readme": _readme}
