@@ -7,6 +7,8 @@ c51d60c (no record, no `--record`, no `verify`)."""
 from __future__ import annotations
 
 import shutil
+import signal
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -157,6 +159,28 @@ def test_retrain_draws_recorded_runs_and_compares_them(recorded):
     again = mulreg("verify", str(sweep), "--retrain", "2", "--seed", "5", env=env)
     drawn = next(line for line in again.stdout.splitlines() if line.startswith("retrained 2 of"))
     assert drawn.split(") in ")[0] == first.split(") in ")[0]  # the same draw
+
+
+def test_a_retrain_stopped_by_ctrl_c_says_its_runs_are_gone_not_kept(recorded, monkeypatch, capsys, tmp_path):
+    """Its runs train into a temporary store, removed as it stops: on 5f340a0 it said "finished runs and
+    checkpoints are kept; rerun the same command to resume", untrue of a temporary store."""
+    import mulreg.__main__ as cli
+
+    sweep, env, _ = recorded
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    real = record.run_sweep
+
+    def stopped_after_training(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt  # Ctrl-C as the last run finishes
+
+    monkeypatch.setattr(record, "run_sweep", stopped_after_training)
+    assert cli.main(["verify", str(sweep), "--retrain", "1"]) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert "temporary store, now removed: rerun to start again" in err and "rerun the same command to resume" not in err
+    assert not list(tmp_path.glob("mulreg-retrain-*"))
 
 
 def test_a_retrain_larger_than_the_record_is_refused(recorded):

@@ -46,15 +46,20 @@ def main(argv: list[str] | None = None) -> int:
               "owner, or give another folder)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`_stopped`): workers already stopped
-        return _interrupted()
+        return _interrupted(args.command)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return code if Stopped.signal is None else _interrupted()  # a library that swallowed the interrupt
+    return code if Stopped.signal is None else _interrupted(args.command)  # a library swallowed the interrupt
 
 
-def _interrupted() -> int:
-    print("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume", file=sys.stderr)
+KEPT = "finished runs and checkpoints are kept; rerun the same command to resume"
+INTERRUPTED = {"verify": "a retraining (--retrain) trains into a temporary store, now removed: rerun to start again; "
+               "the store and the record are unchanged"}
+
+
+def _interrupted(command: str) -> int:
+    print(f"\ninterrupted: {INTERRUPTED.get(command, KEPT)}", file=sys.stderr)
     return 128 + (Stopped.signal or signal.SIGINT)
 
 

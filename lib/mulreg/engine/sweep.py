@@ -192,8 +192,9 @@ def plan_groups(configs: list[RunConfig], group_size: int | None = None,
     return groups
 
 
-def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
-    """Train every run of `spec` the store lacks; return the runs table of the whole sweep.
+def run(spec: SweepSpec, *, progress: bool = True, root=None, configs: list[RunConfig] | None = None) -> pd.DataFrame:
+    """Train every run of `spec` (or only `configs`, runs of another origin) the store lacks; return
+    the runs table of the whole sweep.
 
     On a CPU the runs go to worker processes started from a forkserver, which imports the calling
     script's main module again: a script that calls `run` needs `if __name__ == "__main__":`
@@ -201,7 +202,7 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None) -> pd.DataFrame:
     spec = executor_from_env(spec)
     store = spec.open_store()
     store.clean()
-    configs = spec.configs()
+    configs = spec.configs() if configs is None else configs
     pending = [c for c in configs if not store.is_complete(c.key())]
     if pending and spec.executor == "ray":
         from mulreg.engine.cluster import check_address

@@ -451,11 +451,7 @@ def retrain(spec: SweepSpec, rec: Record, n: int, seed: int, patience: int | Non
     configs = rec.configs(name)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mulreg-retrain-") as tmp:
-        for key in drawn:
-            config = configs[key]
-            single = spec.model_copy(update={"base": config.model_dump(), "grid": {"lam": [config.lam]}, "arms": [],
-                                             "confirmation": None, "store": tmp})
-            run_sweep(single, progress=False)
+        run_sweep(spec.model_copy(update={"store": tmp}), configs=[configs[key] for key in drawn])
         fresh_store = Store(tmp, create=False)
         fresh = stages.read_rules(spec.model_copy(update={"store": tmp}), fresh_store.load_runs(drawn), patience)
         fresh_hist = fresh_store.load_histories(drawn)
