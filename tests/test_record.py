@@ -222,3 +222,26 @@ def test_a_readme_whose_ledger_was_edited_is_found_stale(tmp_path):
     assert stale[0] == "README.md: its ledger differs from the record's" and len(stale) == 3
     assert stale[1].endswith("08_claims_ledger.csv: differs from the record's ledger")
     assert stale[2].endswith("02_training_dynamics.png: not drawn from replication 1's record")
+
+
+def test_the_readme_paragraph_on_the_figures_is_computed_and_checked_without_drawing(tmp_path, monkeypatch):
+    """Its finding on the unit-norm margins comes from the record (on 5f340a0 it was typed), and `stale`
+    reads the figures' tables without drawing a figure (it drew all three to get them)."""
+    from mulreg.config import PROJECT_ROOT
+    from mulreg.report import readme
+
+    def no_drawing(data):
+        raise AssertionError("stale drew a figure")
+
+    monkeypatch.setattr(readme, "PAPER_FIGURES", {name: (read, no_drawing)
+                                                   for name, (read, _) in readme.PAPER_FIGURES.items()})
+    shutil.copy(PROJECT_ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(PROJECT_ROOT / readme.FIGURES, tmp_path / readme.FIGURES)
+    assert readme.stale(tmp_path) == []
+    text = (tmp_path / "README.md").read_text()
+    computed = text[text.index(readme.FIGURES_BEGIN):text.index(readme.FIGURES_END)]
+    assert "median std of |margin| over test images" in computed
+    typed = computed.replace("hardly depends on the image", "depends on the image")
+    (tmp_path / "README.md").write_text(text.replace(computed, typed))
+    differs = "README.md: its paragraph on the paper's figures differs from what the record gives"
+    assert readme.stale(tmp_path) == [differs]

@@ -152,7 +152,8 @@ def unit_norm_check(m: pd.DataFrame) -> str:
                 f"|margin| over test images {spread:.2g} vs median |margin| {size:.2g}): the untouched biases "
                 "dominate the unit-norm "
                 "network's output, so their mean mostly reflects the biases and the class balance, not "
-                "how well test points are separated. The y·f(x)/std(f) margins below do not have this problem.")
+                "how well test points are separated. The y·f(x)/std(f) margins (the authors' normalisation) do "
+                "not have this problem.")
     return (f"The unit-norm network's output varies with the image (median std of |margin| over test "
             f"images {spread:.2g}, median |margin| {size:.2g}).")
 

@@ -116,6 +116,11 @@ def predicted_hours(stops: pd.DataFrame, arms: list[tuple[str, float]], seeds: i
     for penalty, noise in arms:
         past_stop = penalty in PAST_STOP and noise == DELAY_NOISE
         epochs += seeds * (horizon if past_stop else stop_epochs(stops, penalty, noise))
+    return hours_of(stops, epochs, workers)
+
+
+def hours_of(stops: pd.DataFrame, epochs: int, workers: int = WORKERS) -> float:
+    """`epochs` run-epochs in hours at the pilot's median seconds per run-epoch, shared by `workers`."""
     return epochs * float(stops["seconds_per_epoch"].median()) / workers / 3600
 
 
@@ -145,10 +150,9 @@ def extras_that_fit(stops: pd.DataFrame, seeds: int) -> dict[str, float]:
     """Each extra, in its registered order, with the predicted hours of the design with it at H = 1,000;
     an extra is taken while that stays within `BUDGET_HOURS` (one that does not is skipped, the next tried)."""
     hours = predicted_hours(stops, DESIGN_ARMS, seeds, HORIZONS[0])
-    per_epoch = float(stops["seconds_per_epoch"].median())
     out = {}
     for name, arms in EXTRAS.items():
-        extra = sum(seeds * stop_epochs(stops, penalty, noise) for penalty, noise in arms) * per_epoch / WORKERS / 3600
+        extra = hours_of(stops, sum(seeds * stop_epochs(stops, penalty, noise) for penalty, noise in arms))
         out[name] = hours + extra
         hours += extra if hours + extra <= BUDGET_HOURS else 0.0
     return out

@@ -41,8 +41,7 @@ def fig1_rows(verdict: pd.DataFrame | None, excluded: pd.DataFrame | None, paper
     for claim, noise in FIG1:
         row = {"claim": f"{claim} (noise {noise}{READINGS[rule]})", "where": "Fig. 1",
                "paper": _pp(paper.get((claim, noise)))}
-        row |= {name: _side(table, claim, noise, rule) + _patience(name, rule, table) for name, table in
-                (each or {}).items()}
+        row |= {name: _side(table, claim, noise, rule, _patience(name, rule)) for name, table in (each or {}).items()}
         hit = _hit(verdict, claim, noise, rule)
         if hit is None or hit.empty:
             rows.append(row | _untested(untested))
@@ -61,20 +60,18 @@ def _hit(verdict: pd.DataFrame | None, claim: str, noise: str, rule: str = HEADL
     return verdict[(verdict["rule"] == rule) & (verdict["claim"] == claim) & (verdict["noise"] == noise)]
 
 
-def _patience(name: str, rule: str, verdict: pd.DataFrame | None) -> str:
-    """Replication 3's cell under the authors' rule says that it was read at their own patience (200),
+def _patience(name: str, rule: str) -> str:
+    """Replication 3's cells under the authors' rule say that they were read at their own patience (200),
     not at the stand-in the short horizons of replications 1 and 2 used (`paper_patience`)."""
-    if rule != AUTHORS or verdict is None or name != "replication 3":
-        return ""
-    return f" · patience {PATIENCE}"
+    return f" · patience {PATIENCE}" if rule == AUTHORS and name == "replication 3" else ""
 
 
-def _side(verdict: pd.DataFrame | None, claim: str, noise: str, rule: str = HEADLINE) -> str:
-    """One replication's cell beside the others: its outcome, mean [interval], n; or 'not tested'."""
+def _side(verdict: pd.DataFrame | None, claim: str, noise: str, rule: str = HEADLINE, note: str = "") -> str:
+    """One replication's cell beside the others: its outcome, mean [interval], n, and `note`; or 'not tested'."""
     hit = _hit(verdict, claim, noise, rule)
     if hit is None or hit.empty:
         return "not tested"
-    return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 100, ' pp')}"
+    return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 100, ' pp')}{note}"
 
 
 def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, untested: str,
