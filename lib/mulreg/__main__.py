@@ -255,7 +255,8 @@ def _verify_text(path, retrain: int | None, seed: int) -> tuple[str, list[str]]:
     else:
         lines, differs = record.compare(spec, rec, patience)
     verdict = "every decision agrees with the record" if not differs else f"{len(differs)} decision(s) differ"
-    return "\n".join([f"{spec.store} against the results of record ({rec.root / record.store_name(spec)}):",
+    compared = "runs retrained here" if retrain is not None else spec.store  # a retraining reads no store
+    return "\n".join([f"{compared} against the results of record ({rec.root / record.store_name(spec)}):",
                       *lines, *(f"differs: {line}" for line in differs), verdict]), differs
 
 
