@@ -149,7 +149,7 @@ def test_retrain_draws_recorded_runs_and_compares_them(recorded):
     sweep, env, _ = recorded
     out = mulreg("verify", str(sweep), "--retrain", "2", "--seed", "5", env=env)
     assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stdout + out.stderr
-    assert out.stdout.startswith("runs retrained here against the results of record")  # no store is read
+    assert "\nruns retrained here against the results of record (" in out.stdout  # no store is read
     first = next(line for line in out.stdout.splitlines() if line.startswith("retrained 2 of"))
     total = len(record.Record(env["MULREG_RECORD"]).configs("store"))
     assert first.startswith(f"retrained 2 of the record's {total} runs (drawn with seed 5: ")
