@@ -6,7 +6,7 @@ PROFILE ?= quick
 NB ?=
 export MULREG_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data/cifar10),)
 
-.PHONY: setup lock test figures bench lab clean gpu-wheels replication
+.PHONY: setup lock test figures bench lab clean gpu-wheels replication replication3
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,12 @@ figures: setup
 replication: setup
 	$(PY) -m mulreg sweep params/$(PROFILE)/replication_sweep.yaml --record
 	$(PY) -m mulreg sweep params/$(PROFILE)/init_scale_sweep.yaml --record
+
+# The third replication's two sweeps (docs/PREREGISTRATION-3.md), in its registered order: the arms trained
+# past their stop to the horizon first, then the runs that stop; each stage written into record/ as above.
+replication3: setup
+	$(PY) -m mulreg sweep params/$(PROFILE)/replication3_horizon_sweep.yaml --record
+	$(PY) -m mulreg sweep params/$(PROFILE)/replication3_sweep.yaml --record
 
 bench: setup
 	$(PY) -m mulreg.tools.bench
