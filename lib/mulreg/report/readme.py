@@ -123,10 +123,10 @@ def _first_store() -> str:
     return analysis.load_sweep(str(PROJECT_ROOT / "notebooks" / params["binary_file"])).store
 
 
-# name → (the table a figure shows, read from replication 1's record; how it is drawn): `stale` reads, `render` draws
 FIGURE_ALT = {"01_verdict_every_rule": "Fig. 1's claims under every epoch rule",
               "01_accuracy_margin_vs_noise": "Fig. 1: accuracy and margins against label noise",
               "02_training_dynamics": "Fig. 2: test accuracy and both norms over epochs"}
+# name → (the table a figure shows, read from replication 1's record; how it is drawn): `stale` reads, `render` draws
 PAPER_FIGURES = {"01_verdict_every_rule": (_fig1_verdicts, _draw_fig1_verdicts),
                  "01_accuracy_margin_vs_noise": (_fig1_curves, _draw_fig1_curves),
                  "02_training_dynamics": (_fig2_dynamics, _draw_fig2_dynamics)}
