@@ -9,10 +9,18 @@ from mulreg.results import executions
 from mulreg.results.claims import MAGNITUDE_EXCLUDED
 
 
+def later_plan_and_window() -> tuple[dict, pd.DataFrame]:
+    """A selection that chose the λ the first execution chose; multiplicative windows 8, 6, 8 grid points."""
+    plan = {"lam": {"mul": {"0": 1e-6, "0.2": 1e-6}, "sum": {"0": 2e-5, "0.2": 2e-5}}}
+    win = pd.DataFrame([{"penalty": pen, "seed": seed, "position": pos, "in_window": pen == "mul" and pos < inside}
+                        for seed, inside in ((11, 8), (12, 6), (13, 8)) for pen in ("mul", "sum") for pos in range(9)])
+    return plan, win
+
+
 def later_execution() -> dict:
     """An execution that chose the same λ, held one Fig. 1 claim, found mul − add at noise 0.2 of +1.5
     [+0.4, +2.6] points (primary) and +7.0 [+6.0, +8.0] (authors' rule), decided B8 (n 8) and lost B14."""
-    plan = {"lam": {"mul": {"0": 1e-6, "0.2": 1e-6}, "sum": {"0": 2e-5, "0.2": 2e-5}}}
+    plan, win = later_plan_and_window()
     verdict = pd.DataFrame([
         {"rule": "test_acc_best_val", "claim": "multiplicative beats additive", "noise": "0.2", "mean": 0.015,
          "low": 0.004, "high": 0.026, "outcome": "holds"},
@@ -22,8 +30,6 @@ def later_execution() -> dict:
          "low": 0.06, "high": 0.08, "outcome": "holds"}])
     family = pd.DataFrame({"id": ["B1", "B8", "B14"], "outcome": [MAGNITUDE_EXCLUDED,
                                                                    "holds", "not resolved"]})
-    win = pd.DataFrame([{"penalty": pen, "seed": seed, "position": pos, "in_window": pen == "mul" and pos < inside}
-                        for seed, inside in ((11, 8), (12, 6), (13, 8)) for pen in ("mul", "sum") for pos in range(9)])
     return executions.this_execution(plan, verdict, family, win)
 
 
@@ -47,3 +53,14 @@ def test_an_execution_not_recorded_is_named():
 
     with pytest.raises(ValueError, match="no execution 'second' of registration 2"):
         executions.recorded(2, "second")
+
+
+def test_a_selection_stage_alone_is_compared_on_what_it_decides():
+    """The λ chosen and the windows; every confirmation quantity "not computed" (on efe13ca this needed
+    the confirmation stage's tables)."""
+    plan, win = later_plan_and_window()
+    table = executions.compare(executions.recorded(2, "first"), executions.this_execution(plan, None, None, win))
+    decided = table["quantity"].str.startswith("λ")
+    assert (table.loc[decided, "agree"] != "not computed").all() and decided.sum() == 6
+    assert (table.loc[~decided, "agree"] == "not computed").all()
+    assert table.set_index("quantity").loc["λ multiplicative", "agree"] == "yes"

@@ -35,12 +35,24 @@ def recorded(registration: int, execution: str) -> pd.DataFrame:
     return mine.drop(columns=["registration", "execution"]).reset_index(drop=True)
 
 
-def this_execution(plan: dict, verdict: pd.DataFrame, family_b: pd.DataFrame, win: pd.DataFrame) -> dict:
+def this_execution(plan: dict, verdict: pd.DataFrame | None, family_b: pd.DataFrame | None,
+                   win: pd.DataFrame) -> dict:
     """The recorded quantities computed from this execution: its confirmation `plan` (the λ chosen),
     Fig. 1's `claims.claims` table, family B (`replication.family_b`) and the λ window
     (`replication.window`). Values: λ and counts as numbers, gaps as (mean, low, high) in points,
-    family B as outcomes."""
+    family B as outcomes. With `verdict` and `family_b` None (a selection stage alone), what the
+    selection decides: the λ chosen and the windows."""
     out = {f"λ {PENALTY_WORDS[pen]}": _one_lambda(plan["lam"][pen]) for pen in (MUL, SUM)}
+    if verdict is not None:
+        out |= _fig1_quantities(verdict)
+    if family_b is not None:
+        out |= dict(zip(family_b["id"], family_b["outcome"]))
+    return out | _window_quantities(win)
+
+
+def _fig1_quantities(verdict: pd.DataFrame) -> dict:
+    """Fig. 1's counts under the primary rule, and mul − add at noise 0.2 under each rule read."""
+    out = {}
     primary = verdict[verdict["rule"] == HEADLINE]
     out["Fig. 1, primary rule: claims held"] = int((primary["outcome"] == "holds").sum())
     out["Fig. 1, primary rule: claims reversed"] = int((primary["outcome"] == "reversed").sum())
@@ -50,9 +62,13 @@ def this_execution(plan: dict, verdict: pd.DataFrame, family_b: pd.DataFrame, wi
         if len(row):  # a rule this execution did not read stays "not computed"
             gap = tuple(POINTS * float(row.iloc[0][c]) for c in ("mean", "low", "high"))
             out[f"mul − add at noise {NOISE}, {words} (points)"] = gap
-    out |= dict(zip(family_b["id"], family_b["outcome"]))
+    return out
+
+
+def _window_quantities(win: pd.DataFrame) -> dict:
+    """The multiplicative λ window of each seed, and the additive ones summed, in grid points."""
     widths = window_widths(win).set_index(["penalty", "seed"])["points"]
-    out |= {f"λ window, multiplicative, seed {seed} (grid points)": int(widths[(MUL, seed)])
+    out = {f"λ window, multiplicative, seed {seed} (grid points)": int(widths[(MUL, seed)])
             for seed in sorted(win["seed"].unique())}
     seeds = sorted(win["seed"].unique())
     out[f"λ window, additive, seeds {seeds[0]}-{seeds[-1]} (grid points)"] = int(widths[SUM].sum())
