@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import html
 import json
+import logging
 import math
 import os
 import shutil
@@ -192,6 +193,9 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
         try:
             outcome = execute(nb, params[nb.stem], out_dir, timeout)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the index must not keep calling this notebook "ok"
+            # the abandoned cell's asyncio task can end in DeadKernelError as papermill shuts the kernel down,
+            # and asyncio would log it with a traceback as the task is collected, after "interrupted"
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             incomplete(nb, out_dir, INTERRUPTED, time.perf_counter() - start)
             write_index(out_dir, profile, recorded(out_dir), costs or {})
             raise
