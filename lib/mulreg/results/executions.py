@@ -68,9 +68,8 @@ def _fig1_quantities(verdict: pd.DataFrame) -> dict:
 def _window_quantities(win: pd.DataFrame) -> dict:
     """The multiplicative λ window of each seed, and the additive ones summed, in grid points."""
     widths = window_widths(win).set_index(["penalty", "seed"])["points"]
-    out = {f"λ window, multiplicative, seed {seed} (grid points)": int(widths[(MUL, seed)])
-            for seed in sorted(win["seed"].unique())}
     seeds = sorted(win["seed"].unique())
+    out = {f"λ window, multiplicative, seed {seed} (grid points)": int(widths[(MUL, seed)]) for seed in seeds}
     out[f"λ window, additive, seeds {seeds[0]}-{seeds[-1]} (grid points)"] = int(widths[SUM].sum())
     return out
 

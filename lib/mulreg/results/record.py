@@ -451,10 +451,9 @@ def retrain(spec: SweepSpec, rec: Record, n: int, seed: int, patience: int | Non
     configs = rec.configs(name)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mulreg-retrain-") as tmp:
-        run_sweep(spec.model_copy(update={"store": tmp}), configs=[configs[key] for key in drawn])
-        fresh_store = Store(tmp, create=False)
-        fresh = stages.read_rules(spec.model_copy(update={"store": tmp}), fresh_store.load_runs(drawn), patience)
-        fresh_hist = fresh_store.load_histories(drawn)
+        here = spec.model_copy(update={"store": tmp})
+        fresh = stages.read_rules(here, run_sweep(here, configs=[configs[key] for key in drawn]), patience)
+        fresh_hist = Store(tmp, create=False).load_histories(drawn)
     seconds = time.perf_counter() - start
     chosen = recorded[recorded["key"].isin(drawn)]
     recorded_hist = rec.histories(chosen)
