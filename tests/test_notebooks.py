@@ -327,3 +327,16 @@ def test_make_figures_runs_the_papers_notebooks_and_another_by_its_number():
     assert [nb.stem for nb in notebooks()] == list(STEMS[:5]) + ["08_claims_ledger"]  # the ledger reads, trains nothing
     assert [nb.stem for nb in notebooks("06")] == ["06_beyond_the_paper"]
     assert [nb.stem for nb in notebooks(every=True)] == list(STEMS)
+
+
+def test_kernel_sockets_live_in_the_runtime_folder_under_names_of_their_own():
+    """jupyter_client's default for IPC kernels is `kernel-ipc-N` in the working folder: every kernel killed
+    during a run (a stopped `make figures`, the fault tests) left its sockets in notebooks/."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    from mulreg.report.reports import IPCKernelManager
+
+    first = Path(IPCKernelManager().ip)
+    second = Path(IPCKernelManager().ip)
+    assert first.is_absolute() and first.parent == Path(jupyter_runtime_dir())
+    assert first != second

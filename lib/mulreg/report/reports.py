@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import nbformat
 import pandas as pd
 import papermill
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 from nbconvert import HTMLExporter
 
 from mulreg import provenance
@@ -45,13 +47,18 @@ LEDGER = "claims_ledger"  # the table notebook 08 saves, shown first in the inde
 
 class IPCKernelManager(AsyncKernelManager):
     """Kernels on local IPC sockets rather than TCP ports: nothing listens on the network, and
-    ipykernel has no reason to warn about unencrypted TCP once per notebook."""
+    ipykernel has no reason to warn about unencrypted TCP once per notebook. The sockets live in
+    Jupyter's runtime folder under a name of their own (jupyter_client's default, `kernel-ipc-N` in the
+    working folder, left sockets in notebooks/ whenever a kernel was killed)."""
 
     kernel_log: Path | None = None  # where the kernel's own output goes (`execute` sets it per notebook)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.transport = "ipc"
+        runtime = Path(jupyter_runtime_dir())
+        runtime.mkdir(parents=True, exist_ok=True)
+        self.ip = str(runtime / f"mulreg-{uuid.uuid4().hex[:12]}-ipc")
 
     async def start_kernel(self, **kwargs):
         """The kernel with its stdout and stderr in `kernel_log`: its messages (an interrupted cell's ZMQ
