@@ -7,6 +7,7 @@ import pandas as pd
 
 from mulreg.results import executions
 from mulreg.results.claims import MAGNITUDE_EXCLUDED
+from mulreg.results.replication import ONE_OBSERVATION
 
 
 def later_plan_and_window() -> tuple[dict, pd.DataFrame]:
@@ -28,8 +29,9 @@ def later_execution() -> dict:
          "high": 0.01, "outcome": "not resolved"},
         {"rule": "test_acc_authors", "claim": "multiplicative beats additive", "noise": "0.2", "mean": 0.07,
          "low": 0.06, "high": 0.08, "outcome": "holds"}])
-    family = pd.DataFrame({"id": ["B1", "B8", "B14"], "outcome": [MAGNITUDE_EXCLUDED,
-                                                                   "holds", "not resolved"]})
+    family = pd.DataFrame({"id": ["B1", "B5", "B6", "B8", "B14"],
+                           "outcome": [MAGNITUDE_EXCLUDED, "holds", f"{ONE_OBSERVATION} (counted there once)", "holds",
+                                       "not resolved"]})
     return executions.this_execution(plan, verdict, family, win)
 
 
@@ -44,6 +46,8 @@ def test_each_recorded_quantity_is_set_beside_this_execution_and_judged():
     assert table.loc["B1", "agree"] == "yes"  # holds, now with the paper's magnitude excluded: the same decision
     assert table.loc["B8", ["first", "this", "agree"]].tolist() == ["not resolved", "holds", "no"]
     assert table.loc["B14", "agree"] == "no" and table.loc["B2", "this"] == "—"
+    # B6 said once as B5's observation is B5's decision (on 305f14c it read "not decided" and disagreed)
+    assert table.loc["B6", "agree"] == "yes" and table.loc["B6", "this"].startswith(f"holds ({ONE_OBSERVATION}")
     assert table.loc["λ window, multiplicative, seed 12 (grid points)", ["first", "this"]].tolist() == ["7", "6"]
     assert table.loc["λ window, additive, seeds 11-13 (grid points)", "agree"] == "yes"
 

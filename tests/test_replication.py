@@ -321,3 +321,16 @@ def test_a_diverged_runs_flipped_fit_enters_family_b_as_chance_not_dropped():
     shift = family.loc["B5", "mean"] - healthy.set_index("id").loc["B5", "mean"]
     mul_fit = confirmation_runs().loc[bad, "train_acc_flipped"].item()
     assert shift == pytest.approx((mul_fit - 0.5) / 3)  # that seed's mul fit read as chance, 0.5
+
+
+def test_b9_b10_rows_state_the_simulated_level_of_both_their_tests():
+    """Issue 38's liberal-level note: the row says how often each test rejects a true null in its own
+    layout (3 penalties × the seeds), simulated, not typed; the bootstrap over 5 seeds is the liberal one."""
+    williams_level, bootstrap_level = replication.null_levels(3, 5)
+    assert 0.03 < williams_level < 0.08 and 0.06 < bootstrap_level < 0.2  # binomial sd: 0.7 % and 2.6 %
+    family = replication.family_b(confirmation_runs(), selection_runs([[True] * 4] * 3, [[True] * 4] * 3))
+    row = family.set_index("id").loc["B9"]
+    seeds = confirmation_runs()["seed"].nunique()
+    williams_level, bootstrap_level = replication.null_levels(3, seeds)
+    said = f"3 × {seeds} layout {100 * bootstrap_level:.0f} %, Williams' t {100 * williams_level:.0f} %"
+    assert said in row["how_corrected"]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mulreg.core.epochs import HEADLINE
-from mulreg.results.replication import MUL, SUM, window_widths
+from mulreg.results.replication import MUL, ONE_OBSERVATION, SUM, window_widths
 
 TABLE = Path(__file__).with_name("executions.csv")
 POINTS = 100  # accuracies are fractions; the notes give points
@@ -46,8 +46,14 @@ def this_execution(plan: dict, verdict: pd.DataFrame | None, family_b: pd.DataFr
     if verdict is not None:
         out |= _fig1_quantities(verdict)
     if family_b is not None:
-        out |= dict(zip(family_b["id"], family_b["outcome"]))
+        out |= _family_b_outcomes(family_b)
     return out | _window_quantities(win)
+
+
+def _family_b_outcomes(family_b: pd.DataFrame) -> dict:
+    """Each hypothesis's outcome; one said once as B5's observation carries B5's decision, its label kept."""
+    outcomes = dict(zip(family_b["id"], family_b["outcome"]))
+    return {hid: f"{outcomes['B5']} ({o})" if o.startswith(ONE_OBSERVATION) else o for hid, o in outcomes.items()}
 
 
 def _fig1_quantities(verdict: pd.DataFrame) -> dict:

@@ -15,6 +15,7 @@ registered family of `FAMILY_B` and the decision rule of the pre-registration.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -78,6 +79,8 @@ def williams(x: np.ndarray, y: np.ndarray, z: np.ndarray, ranks: bool = True) ->
 
 BOOTSTRAP_DRAWS = 2000  # resamples of the seeds in B9/B10's corrected test
 NULL_DRAWS = 1000  # simulated replications of the 3 × 5 layout for a test's level under the null
+NULL_BOOTSTRAP_LAYOUTS = 150  # simulated layouts for the bootstrap's own level (each a bootstrap of its own): seconds
+NULL_BOOTSTRAP_DRAWS = 200  # resamples per simulated layout
 RNG_SEED = 38  # of the bootstrap and of the null simulation (issue 38): the same numbers every time
 
 
@@ -118,6 +121,16 @@ def null_rejections(test, groups: int = 3, per_group: int = 5, draws: int = NULL
         x, y, z = (effect + rng.normal(size=groups * per_group) for _ in range(3))
         rejected += test(seeds, x, y, z) < alpha
     return rejected / draws
+
+
+@functools.lru_cache
+def null_levels(groups: int, per_group: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The simulated level (`null_rejections`) of B9/B10's registered test, Williams' t, and of its correction,
+    the seed bootstrap, in a layout of `groups` penalties × `per_group` seeds: the liberal-level note (issue 38)."""
+    registered = null_rejections(lambda g, x, y, z: williams(x, y, z)["p"], groups, per_group, alpha=alpha)
+    corrected = null_rejections(lambda g, x, y, z: seed_bootstrap(g, x, y, z, NULL_BOOTSTRAP_DRAWS)["p"],
+                                groups, per_group, NULL_BOOTSTRAP_LAYOUTS, alpha)
+    return registered, corrected
 
 
 def window(selection: pd.DataFrame, min_after_escape: int | None = None) -> pd.DataFrame:
@@ -241,10 +254,14 @@ def _correlation_row(hid: str, runs: pd.DataFrame, noise: float) -> dict:
     x, y, z = at["test_loss"].to_numpy(), np.log(at["norm_product"].to_numpy()), np.log(at["norm_sq_sum"].to_numpy())
     result = williams(x, y, z)
     corrected = seed_bootstrap(at["seed"].to_numpy(), x, y, z)
+    groups = at["penalty"].nunique()
+    level_registered, level_corrected = null_levels(groups, corrected["n"])
     return registered_row(hid, result | {
         "p_seed": corrected["p"], "seeds": corrected["n"],
         "how_corrected": f"bootstrap over the {corrected['n']} seeds keeping the penalty groups ({BOOTSTRAP_DRAWS} "
-                         f"draws; 95 % interval {corrected['low']:+.2f} to {corrected['high']:+.2f})"})
+                         f"draws; 95 % interval {corrected['low']:+.2f} to {corrected['high']:+.2f}; simulated level "
+                         f"at α 0.05 in this {groups} × {corrected['n']} layout {100 * level_corrected:.0f} %, "
+                         f"Williams' t {100 * level_registered:.0f} %)"})
 
 
 def _init_scale_rows(confirmation: pd.DataFrame, larger: pd.DataFrame | None) -> list[dict]:
