@@ -47,7 +47,7 @@ def test_each_recorded_quantity_is_set_beside_this_execution_and_judged():
     assert table.loc["B8", ["first", "this", "agree"]].tolist() == ["not resolved", "holds", "no"]
     assert table.loc["B14", "agree"] == "no" and table.loc["B2", "this"] == "—"
     # B6 said once as B5's observation is B5's decision (on 305f14c it read "not decided" and disagreed)
-    assert table.loc["B6", "agree"] == "yes" and table.loc["B6", "this"].startswith(f"holds ({ONE_OBSERVATION}")
+    assert table.loc["B6", "agree"] == "yes" and table.loc["B6", "this"].startswith(f"holds: {ONE_OBSERVATION}")
     assert table.loc["λ window, multiplicative, seed 12 (grid points)", ["first", "this"]].tolist() == ["7", "6"]
     assert table.loc["λ window, additive, seeds 11-13 (grid points)", "agree"] == "yes"
 

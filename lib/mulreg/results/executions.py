@@ -53,7 +53,7 @@ def this_execution(plan: dict, verdict: pd.DataFrame | None, family_b: pd.DataFr
 def _family_b_outcomes(family_b: pd.DataFrame) -> dict:
     """Each hypothesis's outcome; one said once as B5's observation carries B5's decision, its label kept."""
     outcomes = dict(zip(family_b["id"], family_b["outcome"]))
-    return {hid: f"{outcomes['B5']} ({o})" if o.startswith(ONE_OBSERVATION) else o for hid, o in outcomes.items()}
+    return {hid: f"{outcomes['B5']}: {o}" if o.startswith(ONE_OBSERVATION) else o for hid, o in outcomes.items()}
 
 
 def _fig1_quantities(verdict: pd.DataFrame) -> dict:
