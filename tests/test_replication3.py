@@ -86,6 +86,37 @@ def test_the_ledger_shows_replication_3_in_its_column_and_decides_family_d():
     assert "patience" not in with_third.loc["multiplicative beats additive (noise 0.2)", "replication 3"]
 
 
+def test_family_d_is_decided_by_the_runs_past_their_stop_before_the_other_stage_lands():
+    """The horizon sweep's runs alone (multiplicative and none at noise 0.2) decide D1-D2 as all 48 runs
+    would; every other claim of replication 3 stays 'not tested'."""
+    from mulreg.results import ledger
+
+    runs = runs_table()
+    past = runs[(runs["label_noise"] == 0.2) & runs["penalty"].isin(["mul", "none"])]
+    table = ledger.build(None, None, None, None, None, {}, "not yet", past=past).set_index("claim")
+    d1 = table.loc["D1: multiplicative memorises later than none (noise 0.2)"]
+    assert d1["outcome"] == "holds" and d1["replication 3"].startswith("holds: ")
+    assert table.loc["D2: multiplicative does not memorise up to the horizon (noise 0.2)", "outcome"] == "not resolved"
+    others = table[~table.index.str.startswith("D")]
+    assert others["replication 3"].isin(["not tested", ledger.NOT_REGISTERED]).all()
+
+
+def test_the_runs_past_their_stop_are_read_alone_once_their_stage_is_complete(monkeypatch):
+    """`stored_with_past` reads the horizon sweep (the last spec) on its own while the other is incomplete."""
+    complete = {"horizon"}
+    horizon_runs = runs_table()
+
+    def stored(specs, record_only=False):
+        missing = [f"{spec}: incomplete" for spec in specs if spec not in complete]
+        return (None, None, missing) if missing else (horizon_runs, None, [])
+
+    monkeypatch.setattr(replication3, "stored", stored)
+    assert replication3.stored_with_past(["stop", "horizon"]) == (None, horizon_runs, ["stop: incomplete"])
+    complete.add("stop")
+    runs, past, missing = replication3.stored_with_past(["stop", "horizon"])
+    assert runs is horizon_runs and past is horizon_runs and missing == []
+
+
 def test_the_prevent_or_delay_figure_draws_a_line_per_run_and_its_sentences_follow_d1_d2():
     from mulreg.report.memorisation import delay_sentences, memorisation_figure
 

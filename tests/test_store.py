@@ -84,8 +84,9 @@ def _sweep_file(path, store, base=None, **overrides):
 
 
 def _sweep_cli(spec_file, **kwargs):
+    kwargs = {"stderr": subprocess.DEVNULL} | kwargs
     return subprocess.Popen([sys.executable, "-m", "mulreg", "sweep", str(spec_file)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(), **kwargs)
+                            stdout=subprocess.DEVNULL, env=os.environ.copy(), **kwargs)
 
 
 @pytest.mark.parametrize("options", [{}, {"model": {"batch_norm": True}, "augment": True},
@@ -107,7 +108,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny, tmp_path, opt
     saved_epoch = torch.load(store.checkpoint_path(key), weights_only=False)["epoch"]
     assert 0 < saved_epoch < KILLED_EPOCHS
 
-    assert _sweep_cli(tmp_path / "killed.yaml").wait() == 0  # resumes from the checkpoint
+    assert store.checkpoints().epoch(key) == saved_epoch
+    resumed = _sweep_cli(tmp_path / "killed.yaml", stderr=subprocess.PIPE, text=True)
+    log = resumed.communicate()[1]
+    assert resumed.returncode == 0  # resumes from the checkpoint
+    assert f" {saved_epoch}/{KILLED_EPOCHS} [" in log  # the epochs bar starts where the run stopped, not at 0
     assert _sweep_cli(tmp_path / "fresh.yaml").wait() == 0  # the same run, never interrupted
     a, b = store.load(key), Store(tmp_path / "fresh").load(key)
     assert a.metrics["epochs"] == b.metrics["epochs"] == KILLED_EPOCHS

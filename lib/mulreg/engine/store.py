@@ -272,6 +272,11 @@ class _Checkpoints:
         except Exception as err:  # noqa: BLE001 - torch reports damage as RuntimeError, IndexError, EOFError, ...
             return self._set_aside(path, err)
 
+    def epoch(self, key: str) -> int:
+        """The epochs the run's last checkpoint holds (0 without one): what a resumed run has done."""
+        saved = self.load(key)
+        return int(saved["epoch"]) if saved else 0
+
     @staticmethod
     def _set_aside(path: Path, err: BaseException) -> None:
         aside = path.with_name(f".broken-{path.stem}-{int(time.time())}.pt")

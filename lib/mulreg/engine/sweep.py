@@ -216,11 +216,13 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None, configs: list[RunC
         groups = plan_groups(pending, spec.group_size, task_size)
     else:  # stackable runs: one group per shape, its slots refilled as runs stop (`train_group`)
         groups = plan_groups(pending, size=lambda c: 1 if slots_for(spec, c) == 1 else len(pending))
+    show_epochs = progress and spec.executor != "ray"  # Ray's workers report runs, not epochs
     with (_cluster_session(spec, pending),
           progress_bar(total=len(configs), initial=len(configs) - len(pending), unit="run", desc="sweep",
                        disable=not progress) as bar,
-          progress_bar(total=sum(c.max_epochs for c in pending), unit="epoch", desc="epochs", position=1,
-                       leave=False, disable=not progress or spec.executor == "ray") as epochs):
+          progress_bar(total=sum(c.max_epochs for c in pending), initial=_resumed_epochs(pending, store) if
+                       show_epochs else 0, unit="epoch", desc="epochs", position=1, leave=False,
+                       disable=not show_epochs) as epochs):
         if spec.executor == "ray":
             from mulreg.engine.cluster import run_groups_on_ray
 
@@ -233,6 +235,13 @@ def run(spec: SweepSpec, *, progress: bool = True, root=None, configs: list[RunC
                 _train_claimed(group, store, root, bar, epochs.update, slots_for(spec, group[0]))
     require_complete(configs, store)
     return store.load_runs([c.key() for c in configs])
+
+
+def _resumed_epochs(pending: list[RunConfig], store: Store) -> int:
+    """The epochs the pending runs' checkpoints hold (they resume there), so the epochs bar starts where
+    the sweep stopped and its time left counts only what is left."""
+    checkpoints = store.checkpoints()
+    return sum(checkpoints.epoch(c.key()) for c in pending)
 
 
 class IncompleteStage(MulregError):

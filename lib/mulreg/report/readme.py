@@ -62,8 +62,9 @@ def _replace(text: str, begin: str, end: str, block: str) -> str:
 
 
 def _of_record() -> tuple[pd.DataFrame, str, list]:
-    table, read = ledger.of_record()
+    table, read, third = ledger.of_record()
     runs = [r for stages in read for r in (stages.selection, stages.confirmation) if r is not None and len(r)]
+    runs += [third] if third is not None else []
     sources = analysis.source_line(pd.concat(runs, ignore_index=True)) if runs else "no recorded runs"
     return table, sources, read
 

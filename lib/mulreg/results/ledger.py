@@ -208,19 +208,23 @@ def _excludes_b(ex: pd.DataFrame | None, hid: str) -> str:
 
 def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_selection: pd.DataFrame | None,
           larger_scale: pd.DataFrame | None, sharp: pd.DataFrame | None, paper: dict, untested: str,
-          scale_ends: list[str] | None = None, third: pd.DataFrame | None = None) -> pd.DataFrame:
+          scale_ends: list[str] | None = None, third: pd.DataFrame | None = None,
+          past: pd.DataFrame | None = None) -> pd.DataFrame:
     """The ledger from the stored confirmation runs of replication 1 (`first`) and 2 (`second`, with
     its selection stage, the init-scale arm's confirmation and the sharpness per seed): Fig. 1 is
     decided by replication 2 where it is complete (its λ chosen on the fair grid), else by
     replication 1; family B only by replication 2. Replication 3's runs (`third`, read by
-    `replication3.read`) fill its column and decide family D. `untested` says how to test what is not."""
+    `replication3.read`) fill its column; family D is decided by its runs trained past their stop (`past`,
+    its complete horizon stage, even before the other stage lands). `untested` says how to test what is not."""
     from mulreg.results import claims, replication, replication3
 
     each = {name: claims.claims(runs, confirmed=True) if runs is not None and len(runs) else None
             for name, runs in zip(REPLICATIONS, (first, second))}
     tested = third is not None and len(third) > 0
     each["replication 3"] = replication3.family_a(third) if tested else None
-    third_b, third_d = (replication3.family_b(third), replication3.family_d(third)) if tested else (None, None)
+    third_b = replication3.family_b(third) if tested else None
+    trained_past = third if tested else past
+    third_d = replication3.family_d(trained_past) if trained_past is not None and len(trained_past) else None
     decider = "replication 2" if each["replication 2"] is not None else "replication 1"
     source = REPLICATION_2 if decider == "replication 2" else REPLICATION_1
     verdict = each[decider]
@@ -238,10 +242,11 @@ def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_select
 
 
 def assemble(first, second, scaled, second_store: str, untested: str, progress: bool = True,
-             third: pd.DataFrame | None = None) -> pd.DataFrame:
+             third: pd.DataFrame | None = None, past: pd.DataFrame | None = None) -> pd.DataFrame:
     """The ledger from the three sweeps' `analysis.stored_stages` (replication 1; replication 2, whose
-    store is `second_store`; its init-scale arm) and replication 3's runs (`replication3.stored`, None
-    while incomplete): family B, and the sharpness it reads, only once replication 2 is complete."""
+    store is `second_store`; its init-scale arm) and replication 3's runs (`replication3.stored_with_past`:
+    all of them, None while incomplete, and those trained past their stop): family B, and the sharpness
+    it reads, only once replication 2 is complete."""
     from mulreg.results import analysis, claims, paper, replication
 
     complete = second.confirmation is not None and scaled.confirmation is not None
@@ -251,16 +256,17 @@ def assemble(first, second, scaled, second_store: str, untested: str, progress: 
                                            replication.SHARPNESS_DIRECTIONS, replication.SHARPNESS_IMAGES, progress)
     return build(first.confirmation, second.confirmation if complete else None, second.selection,
                  scaled.confirmation, sharp, claims.paper_gaps(paper.published("fig1")), untested,
-                 replication.grid_ends(scaled.selection, scaled.plan), third)
+                 replication.grid_ends(scaled.selection, scaled.plan), third, past)
 
 
 README_UNTESTED = "not yet: `make figures NB=07`"  # the README's ledger names the command, not this host's cost
 THIRD_FILES = ("replication3_file", "replication3_horizon_file")  # notebook 08's parameters: replication 3's sweeps
 
 
-def of_record(profile: str = "quick") -> tuple[pd.DataFrame, list]:
+def of_record(profile: str = "quick") -> tuple[pd.DataFrame, list, pd.DataFrame | None]:
     """The ledger as the results of record alone give it (no local store is read): the README's table.
-    Returns it with the stages read, for their source lines."""
+    Returns it with the stages read and replication 3's runs read (None while none of its stages is
+    complete), for their source lines."""
     from mulreg.config import PROJECT_ROOT, load_yaml
     from mulreg.results import analysis, replication3
 
@@ -270,8 +276,9 @@ def of_record(profile: str = "quick") -> tuple[pd.DataFrame, list]:
              for name in ("binary_file", "replication_file", "init_scale_file")]
     read = [analysis.stored_stages(spec, params["paper_patience"], record_only=True)[0] for spec in specs]
     third = [analysis.load_sweep(str(notebooks / params[name])) for name in THIRD_FILES]
-    runs, _, _ = replication3.stored(third, record_only=True)
-    return assemble(read[0], read[1], read[2], specs[1].store, README_UNTESTED, progress=False, third=runs), read
+    runs, past, _ = replication3.stored_with_past(third, record_only=True)
+    table = assemble(read[0], read[1], read[2], specs[1].store, README_UNTESTED, progress=False, third=runs, past=past)
+    return table, read, runs if runs is not None else past
 
 
 def summary(table: pd.DataFrame) -> str:

@@ -29,10 +29,11 @@ RULES = (AUTHORS, HEADLINE)  # the primary family first
 NOISE = 0.2  # the prevent-or-delay arms' label noise
 SEEDS = 8  # seeds 31-38 (docs/PREREGISTRATION-3.md: n chosen so that every exact test can decide)
 REPORTED = "reported model"  # family B's rows: read off the model each run reports (here the one at the stop)
+Table = pd.DataFrame | None  # a table, or None where a stage it needs is incomplete
 FIRST_STEP = 0.05 / 6  # Holm's first threshold in a family of six: the power is stated against it
 
 
-def stored(specs: list, record_only: bool = False) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[str]]:
+def stored(specs: list, record_only: bool = False) -> tuple[Table, Table, list[str]]:
     """Both sweeps' runs (`read`, with the ranks under matrix_rank's tolerance) and their histories, from
     the local stores or the record (`analysis.stored_stages`), training nothing; (None, None, what is
     missing) unless every run of both is there."""
@@ -49,6 +50,15 @@ def stored(specs: list, record_only: bool = False) -> tuple[pd.DataFrame | None,
         return None, None, missing
     hist = pd.concat(hists, ignore_index=True)
     return read(pd.concat(parts, ignore_index=True), hist), hist, []
+
+
+def stored_with_past(specs: list, record_only: bool = False) -> tuple[Table, Table, list[str]]:
+    """`stored`'s runs of both sweeps (None unless every run is there), the runs trained past their stop
+    (the horizon sweep, the last of `specs`: read on their own as soon as that stage is complete, for
+    family D reads no other run) and what is missing."""
+    runs, _, missing = stored(specs, record_only)
+    past = runs if runs is not None else stored(specs[-1:], record_only)[0]
+    return runs, past, missing
 
 
 def read(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
