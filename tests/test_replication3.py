@@ -161,3 +161,30 @@ def test_power_restates_each_earlier_effect_at_n_8_against_holms_first_threshold
     assert table.loc[("A1", "test_acc_authors"), "power"] == pytest.approx(expected)
     assert 0.85 < expected < 0.95 and table.loc[("A1", "test_acc_authors"), "n"] == 3
     assert table.loc[("B8", replication3.REPORTED), "power"] == pytest.approx(1.0)
+
+
+def test_the_readme_answers_prevent_or_delay_from_the_runs_past_their_stop_and_checks_its_figure(tmp_path,
+                                                                                                   monkeypatch):
+    """Before the horizon stage is in the record the README says so; once it is, its paragraph carries D1-D2's
+    sentences and `stale` finds the paragraph and figure until `render` writes them from those runs."""
+    import shutil
+
+    from mulreg.config import PROJECT_ROOT
+    from mulreg.report import readme
+
+    runs = runs_table()
+    past = runs[(runs["label_noise"] == 0.2) & runs["penalty"].isin(["mul", "none"])].assign(authors_stop_epoch=3)
+    hist = pd.concat([pd.DataFrame({"key": k, "epoch": range(1, 6), "train_acc_flipped": 0.2, "test_acc": 0.7})
+                      for k in past["key"]])
+    assert "not in the record yet" in readme.delay_block(None, None, 1000)
+    said = readme.delay_block(past, hist, 1000)
+    assert "n = 8 seeds" in said and "to epoch 1000" in said and f"{readme.DELAY_NAME}.png" in said
+    assert "D1 (delay): the multiplicative runs memorise" in said and "88% of the 8 multiplicative runs" in said
+    shutil.copy(PROJECT_ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(PROJECT_ROOT / readme.FIGURES, tmp_path / readme.FIGURES)
+    monkeypatch.setattr(readme, "_past_of_record", lambda: (past, hist, 1000))
+    png = tmp_path / readme.FIGURES / f"{readme.DELAY_NAME}.png"
+    assert readme.stale(tmp_path) == ["README.md: its prevent-or-delay paragraph differs from what the record gives",
+                                      f"{png}: not drawn from replication 3's record"]
+    readme.render(tmp_path)
+    assert readme.stale(tmp_path) == [] and said in (tmp_path / "README.md").read_text()

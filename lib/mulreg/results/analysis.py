@@ -370,7 +370,7 @@ def source_line(runs: pd.DataFrame, store: str | os.PathLike | None = None) -> s
     commit, dates" or "trained here (<store>)"."""
     local, recorded = _split(runs)
     parts = []
-    for where, group in recorded.groupby("record"):
+    for where, group in recorded.groupby("record") if len(recorded) else ():  # local runs may lack the column
         commits = ", ".join(sorted({str(c)[:10] for c in group.get("git_commit", pd.Series(dtype=object)).dropna()}))
         hosts = ", ".join(sorted(set(group.get("cpu_model", pd.Series(dtype=object)).dropna())))
         started = group.get("started", pd.Series(dtype=object)).dropna().astype(str).str[:10]
