@@ -193,6 +193,8 @@ def test_the_registration_is_the_commit_that_added_the_document_and_is_checked_a
         pd.DataFrame({"started": [later, later]}), "docs/PREREGISTRATION-2.md")
     assert "AFTER the first of its 2 runs" in provenance.registered_before(
         pd.DataFrame({"started": [later, earlier]}), "docs/PREREGISTRATION-2.md")
+    resumed = pd.DataFrame({"first_started": [earlier, None], "started": [later, later]})  # began before, resumed after
+    assert "AFTER the first of its 2 runs" in provenance.registered_before(resumed, "docs/PREREGISTRATION-2.md")
 
 
 def test_b14_as_registered_beside_its_correction_to_the_seed_with_censoring():

@@ -120,6 +120,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny, tmp_path, opt
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert a.test_correct.shape == (KILLED_EPOCHS, len(a.test_margins)) and (a.test_correct == b.test_correct).all()
     assert not store.checkpoint_path(key).exists()
+    assert a.provenance["first_started"] < a.provenance["started"]  # the killed process began it, the second ended it
 
 
 def test_every_run_records_its_provenance(tmp_path, tiny_cifar_image_folder):

@@ -449,6 +449,24 @@ def test_a_run_gives_the_same_numbers_alone_in_a_full_stack_and_refilled_mid_sta
     assert_states_close(alone.state_dict, full.state_dict)
 
 
+def test_a_run_waiting_for_a_slot_starts_its_clock_when_it_takes_one(tiny_cifar_image_folder, monkeypatch):
+    """A run's provenance times it from the moment it takes a slot (it read the moment its group was
+    made: a queued run's start, wall time and throughput counted its wait), and a fresh run's first
+    start is that moment. The clock is an hour a tick, so the two moments cannot fall in one second."""
+    import itertools
+    import types
+
+    from mulreg.engine import stack
+
+    clock = itertools.count(1_800_000_000, 3600)
+    monkeypatch.setattr(stack, "time", types.SimpleNamespace(time=lambda: float(next(clock))))
+    first, queued = (config(penalty="none", seed=seed, lr=0.002, max_epochs=1) for seed in (1, 2))
+    a, b = (out.provenance for out in train_group([first, queued], root=tiny_cifar_image_folder, progress=False,
+                                                  slots=1))
+    assert b["started"] > a["started"]
+    assert a["first_started"] == a["started"] and b["first_started"] == b["started"]
+
+
 def test_a_stack_keeps_its_shape_so_a_sweep_compiles_a_bounded_number_of_graphs(tiny_cifar_image_folder,
                                                                                 monkeypatch):
     """Runs that stop at different epochs and are refilled from the queue never change the stack's

@@ -21,7 +21,8 @@ import torch
 from mulreg import __version__
 from mulreg.config import PROJECT_ROOT
 
-TIMES = ("started", "finished", "wall_seconds", "train_images_per_second")  # of this process's share of a run
+# when the run's first process began it, then this process's share of the run
+TIMES = ("first_started", "started", "finished", "wall_seconds", "train_images_per_second")
 MEASURED = (*TIMES, "matmul_gflops")  # measured, not set: they differ between two trainings of one run
 PROBE_SIZE = 1024  # n of the n×n float32 matrix product that probes the host's speed
 PROBE_REPEATS = 5  # timed products after one warm-up; their median counts
@@ -99,9 +100,12 @@ def environment(device: torch.device | str) -> dict:
             "threads": threads, "matmul_gflops": round(matmul_gflops(device, threads), 1)}
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # `timestamp`'s
+
+
 def timestamp(seconds: float | None = None) -> str:
     """ISO 8601 local time with offset, to the second."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seconds))
+    return time.strftime(TIME_FORMAT, time.localtime(seconds))
 
 
 def caption(profile: str) -> str:
@@ -143,6 +147,16 @@ def registration_commit(document: str) -> str | None:
     return out.splitlines()[-1] if out else None
 
 
+def first_start(runs: pd.DataFrame) -> pd.Timestamp:
+    """When the first of `runs` began training: each run's first process (`first_started`) where its
+    provenance has it, else the process that finished it (`started`: later, for a run resumed from a
+    checkpoint)."""
+    started = runs["started"]
+    if "first_started" in runs:
+        started = runs["first_started"].fillna(started)
+    return pd.to_datetime(started, format=TIME_FORMAT, utc=True).min()
+
+
 def registered_before(runs: pd.DataFrame, document: str) -> str:
     """Whether `document` was registered (the commit that added it) before the first of `runs`
     started training, in words, with both times (the runs' `started` provenance): what a
@@ -153,7 +167,7 @@ def registered_before(runs: pd.DataFrame, document: str) -> str:
     if not len(runs):
         return f"{document}: registered {found.split()[1]} ({found.split()[0][:10]}); none of its runs is stored yet."
     committed = pd.Timestamp(found.split()[1])
-    first = pd.to_datetime(runs["started"], format="%Y-%m-%dT%H:%M:%S%z", utc=True).min()
+    first = first_start(runs)
     order = "before" if committed <= first else "AFTER"
     return (f"{document}: registered (committed) {committed.isoformat()} ({found.split()[0][:10]}), {order} the "
             f"first of its {len(runs)} runs started training ({first.isoformat()}).")
@@ -165,8 +179,8 @@ def wall_time(runs: pd.DataFrame, name: str) -> str:
     measured (`wall_seconds`: a run resumed from a checkpoint counts its last process only)."""
     if not len(runs) or "started" not in runs:
         return f"{name}: no runs with provenance"
-    started = pd.to_datetime(runs["started"], format="%Y-%m-%dT%H:%M:%S%z", utc=True).min()
-    finished = pd.to_datetime(runs["finished"], format="%Y-%m-%dT%H:%M:%S%z", utc=True).max()
+    started = first_start(runs)
+    finished = pd.to_datetime(runs["finished"], format=TIME_FORMAT, utc=True).max()
     hours = (finished - started).total_seconds() / 3600
     hosts = ", ".join(sorted(set(runs["cpu_model"].dropna()))) or "host not recorded"
     return (f"{name}: {len(runs)} runs, {started:%Y-%m-%d %H:%M} to {finished:%Y-%m-%d %H:%M} UTC, {hours:.1f} h "

@@ -38,8 +38,15 @@ class RunState:
     stop_state: dict | None = None  # ... and the model reported from there (the best epoch's with restore_best)
     test_correct: list[torch.Tensor] = field(default_factory=list)  # per epoch: test images right, bits packed
     stop_reason: str | None = None
-    started: float = field(default_factory=time.time)  # when this process began (or resumed) the run
+    started: float = field(default_factory=time.time)  # when this process began (or resumed) training it
+    first_started: float | None = None  # when its first process began it (checkpoints keep it; None: not known)
     start_epoch: int = 0
+
+    def begin(self) -> None:
+        """The run takes a slot: this process's share of it starts now, and a fresh run's first start."""
+        self.started = time.time()
+        if self.epoch == 0:
+            self.first_started = self.started
 
     def capture(self, stack: Stack) -> None:
         """Copy this run's row of the stack back into `state`."""
@@ -50,7 +57,7 @@ class RunState:
     def checkpoint(self, stack: Stack) -> dict:
         self.capture(stack)
         fields = ("epoch", "history", "best", "best_epoch", "best_state", "stop_epoch", "stop_state", "state",
-                  "test_correct")
+                  "test_correct", "first_started")
         return tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t,
                         {f: getattr(self, f) for f in fields})
 
@@ -102,6 +109,8 @@ class Stack:
 
     def __init__(self, runs: list[RunState], device: torch.device, vectorize: bool, group: list[RunState]):
         self.runs, self.live = list(runs), [True] * len(runs)
+        for run in runs:
+            run.begin()
 
         def stacked(part):
             return {n: torch.stack([r.state[part][n] for r in runs]).to(device) for n in runs[0].state[part]}
@@ -154,6 +163,7 @@ class Stack:
         if new is None:
             self.live[k] = False
             return
+        new.begin()
         for part, tensors in self.tensors().items():
             for n, t in tensors.items():
                 t[k] = new.state[part][n]
@@ -164,8 +174,9 @@ class Stack:
 
 
 def upgraded(checkpoint: dict) -> dict:
-    """A checkpoint as this code reads it: older ones named the optimiser state `OLD_OPTIMIZER_KEY`."""
+    """A checkpoint as this code reads it: older ones named the optimiser state `OLD_OPTIMIZER_KEY` and
+    did not keep when the run first started (None: not known)."""
     state = dict(checkpoint["state"])
     if OLD_OPTIMIZER_KEY in state:
         state["optimizer"] = state.pop(OLD_OPTIMIZER_KEY)
-    return checkpoint | {"state": state}
+    return checkpoint | {"state": state, "first_started": checkpoint.get("first_started")}

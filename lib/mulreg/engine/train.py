@@ -382,7 +382,8 @@ class _Engine:
         """Code, versions and device, and this process's share of the run: times and throughput."""
         end = time.time()
         images = (run.epoch - run.start_epoch) * len(run.train_idx)
-        times = (provenance.timestamp(run.started), provenance.timestamp(end), end - run.started,
+        first = None if run.first_started is None else provenance.timestamp(run.first_started)
+        times = (first, provenance.timestamp(run.started), provenance.timestamp(end), end - run.started,
                  images / max(end - run.started, 1e-9))
         return provenance.environment(self.device) | self.backend | dict(zip(provenance.TIMES, times))
 
