@@ -188,3 +188,19 @@ def test_the_readme_answers_prevent_or_delay_from_the_runs_past_their_stop_and_c
                                       f"{png}: not drawn from replication 3's record"]
     readme.render(tmp_path)
     assert readme.stale(tmp_path) == [] and said in (tmp_path / "README.md").read_text()
+
+
+def test_the_lambda_note_names_each_arm_whose_lambda_is_not_the_records():
+    """Replication 3 took replication 2's first execution's λ (executions.csv: 1e-06, 2e-05); the execution
+    in the record chose additive 5e-05 (its plan), so the note names the additive arm, computed."""
+    from types import SimpleNamespace as Run
+
+    registered = [Run(penalty="mul", lam=1e-6), Run(penalty="sum", lam=2e-5), Run(penalty="none", lam=0.0)]
+    said = replication3.lambda_note(registered)
+    assert said.startswith("λ here: multiplicative 1e-06, additive 2e-05; replication 2's first execution chose "
+                           "multiplicative 1e-06, additive 2e-05")
+    assert said.endswith("its execution of record multiplicative 1e-06, additive 5e-05. The additive arm is at the "
+                         "first execution's λ, not at the record's.")
+    own = replication3.lambda_note([Run(penalty="mul", lam=5e-13), Run(penalty="sum", lam=5e-5)])
+    assert own.endswith("The multiplicative arm is at a λ of its own, neither execution's; the additive arm is at the "
+                        "record's λ, not at the first execution's.")

@@ -103,7 +103,7 @@ def _past_of_record() -> tuple[pd.DataFrame | None, pd.DataFrame | None, int]:
     None while that stage is not there), and the horizon they trained to."""
     from mulreg.results import replication3
 
-    spec = _sweep_of_record("replication3_horizon_file")
+    spec = analysis.ledger_sweep("replication3_horizon_file")
     past, hist, _ = replication3.stored([spec], record_only=True)
     return past, hist, max(c.max_epochs for c in spec.configs())
 
@@ -157,15 +157,7 @@ def _draw_fig2_dynamics(shown: pd.DataFrame):
 
 def _first_store() -> str:
     """Replication 1's store (its runs are read from the record)."""
-    return _sweep_of_record("binary_file").store
-
-
-def _sweep_of_record(name: str):
-    """The sweep notebook 08's `quick` parameter `name` names (its runs are read from the record)."""
-    from mulreg.config import load_yaml
-
-    params = load_yaml(PROJECT_ROOT / "params" / "quick" / "08_claims_ledger.yaml")
-    return analysis.load_sweep(str(PROJECT_ROOT / "notebooks" / params[name]))
+    return analysis.ledger_sweep("binary_file").store
 
 
 FIGURE_ALT = {"01_verdict_every_rule": "Fig. 1's claims under every epoch rule",

@@ -347,6 +347,15 @@ def _from_record(name: str, stage: str, patience: int | None) -> pd.DataFrame:
     return with_rules(runs, evidence().histories(runs), patience)
 
 
+def ledger_sweep(name: str, profile: str = "quick") -> SweepSpec:
+    """The sweep the ledger notebook's (08) parameter `name` names in `profile` (its runs may be read
+    from the record)."""
+    from mulreg.config import PROJECT_ROOT, load_yaml
+
+    params = load_yaml(PROJECT_ROOT / "params" / profile / "08_claims_ledger.yaml")
+    return load_sweep(str(PROJECT_ROOT / "notebooks" / params[name]))
+
+
 def evidence() -> record.Record:
     """The results of record (`record/`, or $MULREG_RECORD), checked against its manifest once per
     process: a damaged file is refused in one line naming it."""

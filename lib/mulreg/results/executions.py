@@ -42,7 +42,7 @@ def this_execution(plan: dict, verdict: pd.DataFrame | None, family_b: pd.DataFr
     (`replication.window`). Values: λ and counts as numbers, gaps as (mean, low, high) in points,
     family B as outcomes. With `verdict` and `family_b` None (a selection stage alone), what the
     selection decides: the λ chosen and the windows."""
-    out = {f"λ {PENALTY_WORDS[pen]}": _one_lambda(plan["lam"][pen]) for pen in (MUL, SUM)}
+    out = {f"λ {PENALTY_WORDS[pen]}": one_lambda(plan["lam"][pen]) for pen in (MUL, SUM)}
     if verdict is not None:
         out |= _fig1_quantities(verdict)
     if family_b is not None:
@@ -100,7 +100,8 @@ def decision(outcome: str) -> str:
     return "reversed" if outcome.startswith("reversed") else "not decided"
 
 
-def _one_lambda(by_noise: dict) -> float:
+def one_lambda(by_noise: dict) -> float:
+    """A plan's λ of one penalty (noise level → λ), NaN where it differs between noise levels."""
     values = sorted(set(by_noise.values()))
     return values[0] if len(values) == 1 else math.nan  # one λ per penalty for every noise level, as registered
 

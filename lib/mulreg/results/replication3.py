@@ -33,6 +33,40 @@ Table = pd.DataFrame | None  # a table, or None where a stage it needs is incomp
 FIRST_STEP = 0.05 / 6  # Holm's first threshold in a family of six: the power is stated against it
 
 
+def lambda_note(configs: list) -> str:
+    """Where this replication's λ come from, computed: each penalty's λ in its sweep (`configs`) beside
+    the λ replication 2's first execution chose (which the registration took: `executions.csv`) and
+    the λ its execution of record chose (the record's plan), naming any penalty where they differ."""
+    from pathlib import Path
+
+    from mulreg.results import analysis, executions
+
+    words = executions.PENALTY_WORDS
+    recorded = executions.recorded(2, "first").set_index("quantity")["value"]
+    first = {pen: float(recorded[f"λ {word}"]) for pen, word in words.items()}
+    plan = analysis.evidence().plan(Path(analysis.ledger_sweep("replication_file").store).name)
+    ours = {pen: sorted({c.lam for c in configs if c.penalty == pen}) for pen in words}
+    chose = {pen: executions.one_lambda(plan["lam"][pen]) if plan else math.nan for pen in words}
+
+    def listed(values: dict) -> str:
+        return ", ".join(f"{words[pen]} {values[pen]:.3g}" for pen in words)
+
+    def origin(pen: str) -> str:
+        at_first, at_record = ours[pen] == [first[pen]], ours[pen] == [chose[pen]]
+        if at_first and (at_record or plan is None):
+            return ""
+        here, other = ("first execution", "record") if at_first else ("record", "first execution")
+        if at_first or at_record:
+            return f"the {words[pen]} arm is at the {here}'s λ, not at the {other}'s"
+        return f"the {words[pen]} arm is at a λ of its own, neither execution's"
+
+    said = (f"λ here: {listed({pen: ours[pen][0] for pen in words})}; replication 2's first execution chose "
+            f"{listed(first)} (the registration took these), its execution of record "
+            f"{listed(chose) if plan else 'is not in the record'}.")
+    notes = "; ".join(note for note in map(origin, words) if note)
+    return f"{said} {notes[0].upper() + notes[1:]}." if notes else f"{said} Here they agree."
+
+
 def stored(specs: list, record_only: bool = False) -> tuple[Table, Table, list[str]]:
     """Both sweeps' runs (`read`, with the ranks under matrix_rank's tolerance) and their histories, from
     the local stores or the record (`analysis.stored_stages`), training nothing; (None, None, what is
