@@ -234,6 +234,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     store = Store(tmp_path / "store")
     with open(store.checkpoint_path("0123456789abcdef"), "wb") as f:
         pickle.dump({"epoch": 3, "state": Payload()}, f)
+    assert store.checkpoints().epoch("0123456789abcdef") == 0  # the sweep's epoch count reads it: no code runs
     with pytest.raises(CheckpointError, match="was refused"):
         store.checkpoints().load("0123456789abcdef")
     assert not marker.exists()
@@ -368,6 +369,8 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_again(tmp_path, co
     """A zero-byte checkpoint ended in IndexError; then the repair was a two-line Python warning."""
     store = Store(tmp_path / "store")
     store.checkpoint_path("0123456789abcdef").write_bytes(content)
+    assert store.checkpoints().epoch("0123456789abcdef") == 0 and not capsys.readouterr().err  # counts it, quietly
+    assert store.checkpoint_path("0123456789abcdef").exists()  # set aside only where the run resumes
     assert store.checkpoints().load("0123456789abcdef") is None
     said = capsys.readouterr().err.splitlines()
     assert len(said) == 1 and re.match("checkpoint .*0123456789abcdef.pt cannot be read .* set aside", said[0])

@@ -273,9 +273,13 @@ class _Checkpoints:
             return self._set_aside(path, err)
 
     def epoch(self, key: str) -> int:
-        """The epochs the run's last checkpoint holds (0 without one): what a resumed run has done."""
-        saved = self.load(key)
-        return int(saved["epoch"]) if saved else 0
+        """The epochs the run's last checkpoint holds: what a resumed run has done. 0 without one, or with
+        one that cannot be read (read-only: the process that resumes the run refuses or sets it aside)."""
+        path = self.store.checkpoint_path(key)
+        try:
+            return int(torch.load(path, weights_only=True, mmap=True)["epoch"]) if path.exists() else 0
+        except Exception:  # noqa: BLE001 - damage or a refused object: said where the run resumes, not here
+            return 0
 
     @staticmethod
     def _set_aside(path: Path, err: BaseException) -> None:
