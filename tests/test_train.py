@@ -467,6 +467,25 @@ def test_a_run_waiting_for_a_slot_starts_its_clock_when_it_takes_one(tiny_cifar_
     assert a["first_started"] == a["started"] and b["first_started"] == b["started"]
 
 
+def test_flush_denormal_is_set_for_each_run_either_way_and_keyed_only_when_on(tiny_cifar_image_folder):
+    """Subnormal floats computed as zero only in the runs that ask (the flag is process-wide: a run after
+    one that set it must not inherit it); the default leaves every existing run key as it was."""
+    subnormal = torch.tensor([1e-39])
+    base = config(penalty="mul", lam=1e-3, max_epochs=1)
+    assert base.key() == base.replace(flush_denormal=False).key() != base.replace(flush_denormal=True).key()
+    try:
+        flushed = run(base.replace(flush_denormal=True), tiny_cifar_image_folder)
+        if not flushed.provenance["flush_denormal"]:
+            pytest.skip("this CPU cannot flush subnormals")
+        assert (subnormal * 1.0).item() == 0.0
+        assert not run(base, tiny_cifar_image_folder).provenance["flush_denormal"]
+        assert (subnormal * 1.0).item() > 0.0
+        train_plain(base.replace(flush_denormal=True), tiny_cifar_image_folder)
+        assert (subnormal * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_a_stack_keeps_its_shape_so_a_sweep_compiles_a_bounded_number_of_graphs(tiny_cifar_image_folder,
                                                                                 monkeypatch):
     """Runs that stop at different epochs and are refilled from the queue never change the stack's

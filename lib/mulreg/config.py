@@ -34,7 +34,7 @@ Monitor = Literal["val_acc", "val_loss", "test_acc"]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PAPER_CLASSES = (3, 4)  # cat → −1, deer → +1 (paper, Sec. 4)
 # fields added after stores existed: left out of the run key at their default, so old keys stay valid
-KEY_OMITS_DEFAULT = ("classes", "augment", "effective_lr", "epochs_after_escape", "train_past_stop")
+KEY_OMITS_DEFAULT = ("classes", "augment", "effective_lr", "epochs_after_escape", "train_past_stop", "flush_denormal")
 # where and how a run is computed: not part of its key
 HOW = ("device", "compile", "compile_mode", "deterministic", "memory_format")
 
@@ -106,6 +106,9 @@ class RunConfig(_Strict):
     # torch.compile's mode: "reduce-overhead" replays CUDA graphs on a GPU (a stack keeps one shape, so one graph)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     deterministic: bool = False  # deterministic kernels on CUDA, at some speed (`devices.backend_settings`)
+    # on a CPU, compute subnormal floats as zero: the multiplicative penalty decays unused weights below
+    # 1.2e-38, where x86 arithmetic is slow (docs/PERFORMANCE.md, "Subnormal weights"); changes the numbers
+    flush_denormal: bool = False
     # images' memory layout: "auto" is channels-last for one run and NCHW for a stack under vmap
     # (docs/PERFORMANCE.md, "Memory layout"); the others force one layout for both
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"

@@ -35,7 +35,7 @@ def on_this_machine(name: str) -> bool:
     return name == "auto" or name in available_devices()
 
 
-def backend_settings(device: torch.device, deterministic: bool = False) -> dict:
+def backend_settings(device: torch.device, deterministic: bool = False, flush_denormal: bool = False) -> dict:
     """Set this process's backend flags for training on `device` and return them (a run stores them
     with its provenance; docs/PERFORMANCE.md, "Backend settings", says what each costs):
 
@@ -45,7 +45,9 @@ def backend_settings(device: torch.device, deterministic: bool = False) -> dict:
       would otherwise run this network's convolutions, ≈ 97 % of its FLOPs, in TF32 on Ampere and
       later), so numbers on a GPU stay comparable with the CPU's and across GPU generations;
     - with `deterministic`, deterministic algorithms (`torch.use_deterministic_algorithms`) and
-      deterministic cuDNN, for bit-identical results on one GPU at some cost in speed."""
+      deterministic cuDNN, for bit-identical results on one GPU at some cost in speed;
+    - with `flush_denormal`, subnormal floats computed as zero on the CPU (`torch.set_flush_denormal`;
+      set either way, so what a process trained before does not carry over), where the CPU supports it."""
     if deterministic and device.type == "cuda" and os.environ.get("CUBLAS_WORKSPACE_CONFIG") is None:
         raise DeviceError("deterministic: true on CUDA needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts; "
                           "importing mulreg first sets it (mulreg/__init__.py), or export "
@@ -55,7 +57,8 @@ def backend_settings(device: torch.device, deterministic: bool = False) -> dict:
     torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.allow_tf32 = False  # the flag torch 2.11 and later read alike (one API: mixing raises)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    flushed = torch.set_flush_denormal(flush_denormal) and flush_denormal  # False where the CPU lacks it
     return {"cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": deterministic,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "float32_conv_precision": "tf32" if torch.backends.cudnn.allow_tf32 else "highest",
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(), "flush_denormal": flushed}

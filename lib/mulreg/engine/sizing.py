@@ -22,7 +22,7 @@ def group_key(config: RunConfig) -> tuple:
     return (config.task, config.classes, config.batch_size, config.n_train, config.n_test, config.val_fraction,
             config.model, config.optimizer, config.depth_normalization,
             config.features_normalization, config.device, config.compile, config.compile_mode, config.deterministic,
-            config.memory_format, config.effective_lr)
+            config.memory_format, config.effective_lr, config.flush_denormal)
 
 
 def vectorizable(config: RunConfig) -> bool:

@@ -134,7 +134,7 @@ class _Engine:
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.steps: dict[tuple[bool, ...], Callable] = {}  # (batched, heavy_ball, effective_lr) → compiled step
         self.evaluators: dict[tuple[bool, bool], Callable] = {}  # (batched, shared images) → compiled evaluator
-        self.backend = backend_settings(device, config.deterministic)  # recorded with each run's provenance
+        self.backend = backend_settings(device, config.deterministic, config.flush_denormal)  # in each provenance
         provenance.git_state()  # the commit is read (and cached) when training starts, not when a run ends
 
     def new_run(self, config: RunConfig, checkpoints: Checkpoints | None) -> RunState:
