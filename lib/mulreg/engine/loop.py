@@ -36,7 +36,7 @@ def train_plain(config: RunConfig, root=None) -> tuple[torch.nn.Module, pd.DataF
     y = pool.targets(run.labels)  # training-pool targets after label noise
     model = build_model(config)
     opt = _optimizer(config, model)
-    torch.set_flush_denormal(config.flush_denormal)  # as the engine's `backend_settings`, either way
+    torch.set_flush_denormal(config.flush_denormal)  # as `backend_settings` does
     es = config.early_stopping
     best = math.inf
     best_epoch = 0
