@@ -314,16 +314,34 @@ def test_a_damaged_data_folder_or_cache_names_the_file_in_one_line(tmp_path, tin
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
 
 
-def test_a_sweep_whose_every_run_diverges_says_no_lambda_qualified(tmp_path, tiny_cifar_image_folder):
-    """It trained, then failed in `select` with a KeyError."""
+def diverging_sweep(tmp_path: Path, lams: str) -> Path:
+    """A sweep file whose every run diverges (lr 1e8), at the multiplicative `lams`."""
     path = tmp_path / "sweep.yaml"
     path.write_text(f"store: {tmp_path / 'store'}\nstrategy: inline\n"
                     "base: {device: cpu, n_train: 8, n_test: 4, max_epochs: 2, lr: 1.0e+8, batch_size: 4, "
-                    "early_stopping: null}\ngrid: {penalty: [none, mul], lam: [1.0e+30], seed: [1]}\n")
+                    f"early_stopping: null}}\ngrid: {{penalty: [none, mul], lam: {lams}, seed: [1]}}\n")
+    return path
+
+
+def test_a_sweep_whose_every_run_diverges_says_no_lambda_qualified(tmp_path, tiny_cifar_image_folder):
+    """It trained, then failed in `select` with a KeyError."""
+    path = diverging_sweep(tmp_path, "[1.0e+30, 1.0e+31]")
     out = mulreg("sweep", str(path), env=tiny_env(tmp_path, tiny_cifar_image_folder))
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
-    assert "no λ for mul qualified at noise 0: 1 of its 1 runs failed" in out.stdout, out.stdout
+    assert "no λ for mul qualified at noise 0: 2 of its 2 runs failed" in out.stdout, out.stdout
     assert "no run of the unregularised baseline qualified" in out.stdout
+
+
+def test_a_sweep_with_one_lambda_per_arm_prints_no_selection_and_no_accuracy(tmp_path, tiny_cifar_image_folder):
+    """A registered sweep (replication 3) printed a selection table, test accuracy included, on finishing."""
+    path = diverging_sweep(tmp_path, "[1.0e+30]")
+    out = mulreg("sweep", str(path), env=tiny_env(tmp_path, tiny_cifar_image_folder))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    closing = out.stdout.partition("selection stage:")[2]
+    assert "no selection: every arm has one λ" in closing, out.stdout
+    assert "acc" not in closing and "qualified" not in closing
+    rows = [line.split() for line in closing.splitlines() if line.split()[:1] in (["none"], ["mul"])]
+    assert sorted(rows) == [["mul", "1.000000e+30", "0.0", "1", "1"], ["none", "0.000000e+00", "0.0", "1", "1"]]
 
 
 def test_train_refuses_an_n_test_larger_than_the_pool_before_training(tmp_path, tiny_cifar_image_folder):

@@ -193,3 +193,12 @@ def test_verdict_sentences_are_written_from_the_outcomes():
     assert "+5.0 points over 4 seed pairs" in steady and steady.endswith(": holds.")
     assert "too few pairs for the decision rule" in thin and "not resolved (2 pairs: +1.00, +2.00 pp)" in thin
     assert untested.endswith("not tested (one noise level).")
+
+
+def test_chooses_only_where_some_group_holds_more_than_one_lambda():
+    fixed = pd.DataFrame({"penalty": ["none", "mul", "mul"], "label_noise": [0.2] * 3, "lam": [0.0, 1e-6, 1e-6]})
+    assert not selection.chooses(fixed)
+    assert not selection.chooses(fixed.iloc[:0])
+    other_noise = pd.concat([fixed, fixed.assign(label_noise=0.0, lam=[0.0, 1e-5, 1e-5])])
+    assert not selection.chooses(other_noise)  # one λ per (penalty, noise) group
+    assert selection.chooses(pd.concat([fixed, fixed.assign(lam=[0.0, 1e-5, 1e-5])]))

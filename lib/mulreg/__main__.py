@@ -185,7 +185,7 @@ def _check_out(path: str) -> None:
 
 def _sweep(args) -> int:
     from mulreg.engine import confirm, stages
-    from mulreg.engine.selection import select
+    from mulreg.engine.selection import chooses, select
     from mulreg.engine.sweep import SweepSpec
 
     spec = SweepSpec.from_yaml(args.file)
@@ -196,19 +196,38 @@ def _sweep(args) -> int:
                       on_stage=_recorder(spec) if args.record else None)
     print(f"selection stage: {len(done.selection)} runs in {spec.open_store().root}")
     if "penalty" in done.selection and "lam" in done.selection:
-        table = select(stages.read_rules(spec, done.selection))
-        print(table.to_string(index=False))
-        for row in table[table["lam"].isna()].itertuples():
-            what = "no run of the unregularised baseline" if row.penalty == "none" else f"no λ for {row.penalty}"
-            print(f"{what} qualified at noise {row.label_noise:g}: {row.n_excluded} of its {row.n_runs} runs "
-                  "failed (diverged, or stayed at chance level); as docs/PREREGISTRATION.md says, its claims are "
-                  "not tested")
+        if chooses(done.selection):
+            _print_selection(select(stages.read_rules(spec, done.selection)))
+        else:
+            _print_fixed(done.selection)
     if done.plan is not None:
         print(f"confirmation plan ({confirm.folder(spec.open_store().root)}):")
         print(confirm.describe(done.plan).to_string(index=False))
         trained = 0 if done.confirmation is None else len(done.confirmation)
         print(f"confirmation stage: {trained} runs stored")
     return 0
+
+
+def _print_selection(table) -> None:
+    """The λ each group's selection chose, and the groups where none qualified."""
+    print(table.to_string(index=False))
+    for row in table[table["lam"].isna()].itertuples():
+        what = "no run of the unregularised baseline" if row.penalty == "none" else f"no λ for {row.penalty}"
+        print(f"{what} qualified at noise {row.label_noise:g}: {row.n_excluded} of its {row.n_runs} runs "
+              "failed (diverged, or stayed at chance level); as docs/PREREGISTRATION.md says, its claims are "
+              "not tested")
+
+
+def _print_fixed(runs) -> None:
+    """A sweep whose every arm has one λ, fixed beforehand, chooses nothing: its runs and failures per
+    arm, and no accuracy (its analysis reads them under its registration)."""
+    from mulreg.protocols import EXCLUDED
+
+    arms = (runs.assign(failed=runs["stop_reason"].isin(EXCLUDED))
+            .groupby(["penalty", "lam", "label_noise"], dropna=False)
+            .agg(runs=("failed", "size"), failed=("failed", "sum")).reset_index())
+    print("no selection: every arm has one λ, fixed beforehand (failed: diverged, or stayed at chance level)")
+    print(arms.to_string(index=False))
 
 
 def _recorder(spec):

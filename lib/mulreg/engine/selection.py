@@ -82,6 +82,12 @@ def grid_end(best: pd.DataFrame, runs: pd.DataFrame, by: Sequence[str] = GROUP, 
     return best.assign(grid_end=np.where(merged["nunique"].to_numpy() > 1, end, ""))
 
 
+def chooses(runs: pd.DataFrame, by: Sequence[str] = GROUP, setting: str = "lam") -> bool:
+    """Whether `runs` leave a choice to make: some group holds more than one `setting` (a sweep whose
+    every arm has one λ, fixed beforehand, selects nothing)."""
+    return bool(len(runs)) and bool((runs.groupby(list(by))[setting].nunique(dropna=False) > 1).any())
+
+
 def chosen_runs(runs: pd.DataFrame, best: pd.DataFrame, by: Sequence[str] = GROUP,
                 setting: str = "lam") -> pd.DataFrame:
     """The runs behind `select`'s numbers: the usable runs of each group's chosen setting."""
