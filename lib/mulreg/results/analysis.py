@@ -347,13 +347,19 @@ def _from_record(name: str, stage: str, patience: int | None) -> pd.DataFrame:
     return with_rules(runs, evidence().histories(runs), patience)
 
 
+def ledger_params(profile: str = "quick") -> dict:
+    """The ledger notebook's (08) parameters in `profile`."""
+    from mulreg.config import PROJECT_ROOT, load_yaml
+
+    return load_yaml(PROJECT_ROOT / "params" / profile / "08_claims_ledger.yaml")
+
+
 def ledger_sweep(name: str, profile: str = "quick") -> SweepSpec:
     """The sweep the ledger notebook's (08) parameter `name` names in `profile` (its runs may be read
     from the record)."""
-    from mulreg.config import PROJECT_ROOT, load_yaml
+    from mulreg.config import PROJECT_ROOT
 
-    params = load_yaml(PROJECT_ROOT / "params" / profile / "08_claims_ledger.yaml")
-    return load_sweep(str(PROJECT_ROOT / "notebooks" / params[name]))
+    return load_sweep(str(PROJECT_ROOT / "notebooks" / ledger_params(profile)[name]))
 
 
 def evidence() -> record.Record:

@@ -267,15 +267,12 @@ def of_record(profile: str = "quick") -> tuple[pd.DataFrame, list, pd.DataFrame 
     """The ledger as the results of record alone give it (no local store is read): the README's table.
     Returns it with the stages read and replication 3's runs read (None while none of its stages is
     complete), for their source lines."""
-    from mulreg.config import PROJECT_ROOT, load_yaml
     from mulreg.results import analysis, replication3
 
-    params = load_yaml(PROJECT_ROOT / "params" / profile / "08_claims_ledger.yaml")
-    notebooks = PROJECT_ROOT / "notebooks"
-    specs = [analysis.load_sweep(str(notebooks / params[name]))
-             for name in ("binary_file", "replication_file", "init_scale_file")]
-    read = [analysis.stored_stages(spec, params["paper_patience"], record_only=True)[0] for spec in specs]
-    third = [analysis.load_sweep(str(notebooks / params[name])) for name in THIRD_FILES]
+    patience = analysis.ledger_params(profile)["paper_patience"]
+    specs = [analysis.ledger_sweep(name, profile) for name in ("binary_file", "replication_file", "init_scale_file")]
+    read = [analysis.stored_stages(spec, patience, record_only=True)[0] for spec in specs]
+    third = [analysis.ledger_sweep(name, profile) for name in THIRD_FILES]
     runs, past, _ = replication3.stored_with_past(third, record_only=True)
     table = assemble(read[0], read[1], read[2], specs[1].store, README_UNTESTED, progress=False, third=runs, past=past)
     return table, read, runs if runs is not None else past
