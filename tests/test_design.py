@@ -39,10 +39,23 @@ def test_paired_t_power_is_one_for_a_very_large_effect_either_way(shift):
     assert design.paired_t_power(shift / math.sqrt(8), 1.0, 8, 0.05 / 6) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_the_memorisation_epoch_is_the_first_above_half_or_censored_at_the_last():
+def test_the_memorisation_epoch_is_the_first_above_half_or_censored_at_the_horizon():
+    """A history that ends before the horizon (a diverged run) is censored at the horizon, as registered,
+    not at its last epoch (it read as censored at epoch 2 and so as memorising before a run censored at H)."""
     history = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_acc_flipped": [0.1, 0.5, 0.51, 0.9]})
-    assert design.memorisation_epoch(history) == (3, False)  # 0.5 is not more than half
-    assert design.memorisation_epoch(history.iloc[:2]) == (2, True)
+    assert design.memorisation_epoch(history, 600) == (3, False)  # 0.5 is not more than half
+    assert design.memorisation_epoch(history.iloc[:2], 600) == (600, True)
+
+
+def test_the_authors_stop_is_censored_only_where_the_rule_never_fired():
+    """Patience 2: the loss last improves at epoch 2, so the rule fires at epoch 4; cut at epoch 3 it has
+    not fired (censored, read at 3); a non-finite loss at the last epoch stops there (not censored)."""
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "val_loss": [1.0, 0.5, 0.6, 0.6, 0.7]})
+    assert design.authors_stop(history, 2) == (4, False)
+    assert design.authors_stop(history.iloc[:3], 2) == (3, True)
+    assert design.authors_stop(history.iloc[:4], 2) == (4, False)  # fires exactly at the last epoch
+    diverged = history.iloc[:3].assign(val_loss=[1.0, 0.5, math.nan])
+    assert design.authors_stop(diverged, 2) == (3, False)
 
 
 def test_the_delay_test_is_the_exact_sign_test_on_the_pairs_that_differ():

@@ -64,7 +64,21 @@ def test_read_takes_the_stop_and_the_memorisation_epoch_from_each_history():
     out = replication3.read(runs, hist).iloc[0]
     assert out["memorised_at"] == 4 and not out["censored"]
     assert out["authors_stop_epoch"] == 6 and out["test_acc_authors"] == pytest.approx(0.74)
-    assert out["test_acc_best_val"] == pytest.approx(0.6)
+    assert out["test_acc_best_val"] == pytest.approx(0.6) and out["stop_censored"]  # patience 200 never fired
+
+
+def test_a_run_trained_past_its_stop_is_censored_at_its_horizon_even_when_its_history_ends_early():
+    """Trained past its stop to H = 600 but its history ends at epoch 3 (diverged): never above one half,
+    so censored at 600 (on the old code at 3, before every other run's memorisation). A run that stopped
+    (not trained past its stop) is censored at its last epoch."""
+    runs = pd.DataFrame([{"key": k, "penalty": "mul", "label_noise": 0.2, "seed": 31, "max_epochs": 600,
+                          "train_past_stop": past} for k, past in (("past", True), ("stopped", False))])
+    hist = pd.concat([pd.DataFrame({"key": k, "epoch": [1, 2, 3], "val_loss": [1.0, 0.9, 0.8], "val_acc": 0.6,
+                                    "test_acc": 0.6, "train_loss": 0.1, "train_acc": 0.6,
+                                    "train_acc_flipped": [0.1, 0.2, 0.3]}) for k in ("past", "stopped")])
+    out = replication3.read(runs, hist).set_index("key")
+    assert out.loc["past", "memorised_at"] == 600 and out.loc["past", "censored"]
+    assert out.loc["stopped", "memorised_at"] == 3 and out.loc["stopped", "censored"]
 
 
 def test_the_ledger_shows_replication_3_in_its_column_and_decides_family_d():
@@ -95,7 +109,11 @@ def test_family_d_is_decided_by_the_runs_past_their_stop_before_the_other_stage_
     past = runs[(runs["label_noise"] == 0.2) & runs["penalty"].isin(["mul", "none"])]
     table = ledger.build(None, None, None, None, None, {}, "not yet", past=past).set_index("claim")
     d1 = table.loc["D1: multiplicative memorises later than none (noise 0.2)"]
-    assert d1["outcome"] == "holds" and d1["replication 3"].startswith("holds: ")
+    assert d1["outcome"] == "holds" and d1["replication 3"] == ("holds: median +235 epochs (later in 7, earlier in 0, "
+                                                               "tied 1; never memorised by H, counted there: 1 mul, "
+                                                               "0 none), n 8")
+    d2 = table.loc["D2: multiplicative does not memorise up to the horizon (noise 0.2)", "replication 3"]
+    assert d2.endswith("n 8 (7 of 8 memorised by H)")
     assert table.loc["D2: multiplicative does not memorise up to the horizon (noise 0.2)", "outcome"] == "not resolved"
     others = table[~table.index.str.startswith("D")]
     assert others["replication 3"].isin(["not tested", ledger.NOT_REGISTERED]).all()
@@ -127,8 +145,39 @@ def test_the_prevent_or_delay_figure_draws_a_line_per_run_and_its_sentences_foll
     fig = memorisation_figure(runs, hist)
     assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2 * len(runs)  # a line and a stop dot per run
     said = delay_sentences(replication3.family_d(runs_table()), 1000)
-    assert said[0].startswith("D1 (delay): the multiplicative runs memorise") and "+235 epochs" in said[0]
-    assert "88% of the 8 multiplicative runs memorise by epoch 1000" in said[1] and said[1].endswith("not resolved.")
+    assert said[0].startswith("D1 (delay): of 8 seeds, the multiplicative run memorises") and "+235 epochs" in said[0]
+    assert "later than the unpenalised run of the same seed in 7, earlier in 0, at the same epoch in 1" in said[0]
+    assert "1 multiplicative and 0 unpenalised runs never did" in said[0] and said[0].endswith("holds.")
+    assert "7 of the 8 multiplicative runs (88%) memorise by epoch 1000" in said[1]
+    assert said[1].endswith("not resolved.")
+
+
+def test_the_sentences_never_say_a_censored_run_memorises():
+    """Every run censored at H = 600 (none memorised): on the old code D1 read 'the multiplicative runs
+    memorise ... a median +0 epochs after', which no run did."""
+    from mulreg.report.memorisation import delay_sentences
+
+    runs = runs_table().assign(memorised_at=600, censored=True)
+    said = delay_sentences(replication3.family_d(runs), 600)
+    assert "in 0, earlier in 0, at the same epoch in 8" in said[0]
+    assert "8 multiplicative and 8 unpenalised runs never did" in said[0] and said[0].endswith("not resolved.")
+    assert "0 of the 8 multiplicative runs (0%) memorise by epoch 600" in said[1]
+    assert said[1].endswith("it prevents memorisation up to the horizon.")  # p = 2/256, Holm 4/256
+
+
+def test_an_unfired_stop_is_drawn_hollow_and_named_in_the_legend():
+    from mulreg.report.memorisation import memorisation_figure
+
+    runs = runs_table()
+    runs = runs[(runs["label_noise"] == 0.2) & runs["penalty"].isin(["mul", "none"])]
+    runs = runs.assign(authors_stop_epoch=5, stop_censored=runs["penalty"] == "mul")
+    hist = pd.concat([pd.DataFrame({"key": k, "epoch": range(1, 6), "train_acc_flipped": 0.2, "test_acc": 0.7})
+                      for k in runs["key"]])
+    ax = memorisation_figure(runs, hist).axes[1]
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert sum(line.get_markerfacecolor() == "none" for line in dots) == 8 and len(dots) == 16
+    labels = [text.get_text() for text in memorisation_figure(runs, hist).axes[0].get_legend().get_texts()]
+    assert "no stop by the last epoch (read there)" in labels
 
 
 def test_family_c_joins_fig1_and_the_published_b_numbers_in_one_family_under_the_primary_rule():
@@ -179,7 +228,7 @@ def test_the_readme_answers_prevent_or_delay_from_the_runs_past_their_stop_and_c
     assert "not in the record yet" in readme.delay_block(None, None, 1000)
     said = readme.delay_block(past, hist, 1000)
     assert "n = 8 seeds" in said and "to epoch 1000" in said and f"{readme.DELAY_NAME}.png" in said
-    assert "D1 (delay): the multiplicative runs memorise" in said and "88% of the 8 multiplicative runs" in said
+    assert "D1 (delay): of 8 seeds" in said and "7 of the 8 multiplicative runs (88%)" in said
     shutil.copy(PROJECT_ROOT / "README.md", tmp_path / "README.md")
     shutil.copytree(PROJECT_ROOT / readme.FIGURES, tmp_path / readme.FIGURES)
     monkeypatch.setattr(readme, "_past_of_record", lambda: (past, hist, 1000))
@@ -204,3 +253,17 @@ def test_the_lambda_note_names_each_arm_whose_lambda_is_not_the_records():
     own = replication3.lambda_note([Run(penalty="mul", lam=5e-13), Run(penalty="sum", lam=5e-5)])
     assert own.endswith("The multiplicative arm is at a λ of its own, neither execution's; the additive arm is at the "
                         "record's λ, not at the first execution's.")
+
+
+def test_the_censored_counts_and_the_pairs_seed_by_seed():
+    """The hand-made runs: the multiplicative run of seed 33 never memorised by H (1000) and its stop never
+    fired; the runs that stop are not asked whether they memorised by H."""
+    runs = runs_table().assign(lam=0.0, authors_stop_epoch=300, stop_censored=False)
+    runs["train_past_stop"] = (runs["label_noise"] == 0.2) & runs["penalty"].isin(["mul", "none"])
+    runs.loc[runs["key"] == "mul-0.2-33", "stop_censored"] = True
+    counts = replication3.censored(runs).set_index(["penalty", "label_noise"])
+    assert counts.loc[("mul", 0.2), ["runs", "stop_not_fired", "never_memorised_by_H"]].tolist() == [8, 1, 1]
+    assert counts.loc[("mul", 0.0), "never_memorised_by_H"] == 0  # censored in the table, but not trained past
+    pairs = replication3.delays(runs).set_index("seed")
+    assert pairs.loc[33, "mul memorised at"] == 1000 and pairs.loc[33, "mul censored"]
+    assert pairs["mul − none"].tolist() == [200, 140, 905, 270, 20, 0, 400, 500]

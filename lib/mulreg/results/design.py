@@ -5,7 +5,7 @@
   threshold α/m, so that no hypothesis is undecidable by design (replication 2's B8: 0.0625 at n = 5);
 - `paired_t_power`: the power of a two-sided paired t-test for an effect and sd measured earlier;
 - `memorisation_epoch`: the first epoch a run fits more than half of its flipped training labels,
-  censored at its last epoch;
+  censored at the horizon; `authors_stop`: the authors' stop, censored where it never fired;
 - `delay_test`: multiplicative against no penalty, paired by seed, on those epochs (exact sign test).
 """
 
@@ -61,13 +61,25 @@ def paired_t_power(effect: float, sd: float, n: int, alpha: float) -> float:
     return float(stats.nct.sf(critical, df, shift) + stats.nct.sf(critical, df, -shift))
 
 
-def memorisation_epoch(history: pd.DataFrame, share: float = MEMORISED) -> tuple[int, bool]:
-    """(the first epoch whose flipped-label fit exceeds `share`, False), or (the last epoch, True)
-    when no epoch does: censored at the horizon."""
+def memorisation_epoch(history: pd.DataFrame, horizon: int, share: float = MEMORISED) -> tuple[int, bool]:
+    """(the first epoch whose flipped-label fit exceeds `share`, False), or (`horizon`, True) when no
+    epoch does: censored at the horizon H, as registered, also for a run whose history ends before it
+    (a diverged run: its fit after the divergence is undefined and enters as chance, not above one half)."""
     over = history.loc[history["train_acc_flipped"] > share, "epoch"]
     if len(over):
         return int(over.iloc[0]), False
-    return int(history["epoch"].iloc[-1]), True
+    return horizon, True
+
+
+def authors_stop(history: pd.DataFrame, patience: int) -> tuple[int, bool]:
+    """(the epoch the authors' rule stops at, False), or (the last epoch, True) when it never fired within
+    the recorded epochs: censored (a run read there is read at its last epoch, as registered)."""
+    from mulreg.core.epochs import authors_rule
+
+    h = history.sort_values("epoch").reset_index(drop=True)
+    beyond = pd.DataFrame({"epoch": [h["epoch"].iloc[-1] + 1], "val_loss": [math.inf]})  # stops every rule
+    at = authors_rule(pd.concat([h[["epoch", "val_loss"]], beyond], ignore_index=True), patience)
+    return int(h["epoch"].iloc[min(at, len(h) - 1)]), at == len(h)
 
 
 def delay_test(mul: pd.Series, none: pd.Series) -> dict:
@@ -94,16 +106,11 @@ def pilot_stops(runs: pd.DataFrame, hist: pd.DataFrame, train_images: int, patie
     when it never fired within the recorded epochs, and the seconds one epoch of its `train_images` took
     (its provenance's throughput, of the process that trained it last: right for a run resumed from a
     checkpoint too, whose wall time covers only that process's epochs)."""
-    from mulreg.core.epochs import authors_rule
-
     rows = []
     for run in runs.itertuples():
-        h = hist[hist["key"] == run.key].sort_values("epoch").reset_index(drop=True)
-        beyond = pd.DataFrame({"epoch": [h["epoch"].iloc[-1] + 1], "val_loss": [math.inf]})  # stops every rule
-        at = authors_rule(pd.concat([h[["epoch", "val_loss"]], beyond], ignore_index=True), patience)
-        rows.append({"penalty": run.penalty, "label_noise": run.label_noise, "seed": run.seed,
-                     "stop": int(h["epoch"].iloc[min(at, len(h) - 1)]), "censored": at == len(h),
-                     "seconds_per_epoch": train_images / run.train_images_per_second})
+        stop, censored = authors_stop(hist[hist["key"] == run.key], patience)
+        rows.append({"penalty": run.penalty, "label_noise": run.label_noise, "seed": run.seed, "stop": stop,
+                     "censored": censored, "seconds_per_epoch": train_images / run.train_images_per_second})
     return pd.DataFrame(rows)
 
 

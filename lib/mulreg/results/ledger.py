@@ -115,10 +115,22 @@ def family_d_rows(family: pd.DataFrame | None, untested: str) -> list[dict]:
             rows.append(base | _untested(untested))
             continue
         r = hit.iloc[0]
-        rows.append(base | {"ours (95 % interval, n)": f"{r['statistic']}: " + _interval(r, 1, ""),
+        rows.append(base | {"ours (95 % interval, n)": f"{r['statistic']}: {_d_number(r)}",
                             "test": f"{r['test']}, Holm over {int(r['family'])}", "outcome": r["outcome"],
-                            "what the data exclude": "—", "decided by": REPLICATION_3})
+                            "what the data exclude": "—", "decided by": REPLICATION_3,
+                            "replication 3": f"{r['outcome']}: {_d_number(r)}"})
     return rows
+
+
+def _d_number(r) -> str:
+    """A family-D row's number with the counts behind it: D1's median with the seeds later, earlier and
+    tied and the runs censored at H; D2's share with how many memorised."""
+    if r["id"] == "D2":
+        return f"{_interval(r, 1, '')} ({int(r['memorised'])} of {int(r['n'])} memorised by H)"
+    never = (f"; never memorised by H, counted there: {int(r['censored_mul'])} mul, {int(r['censored_none'])} none"
+             if r["censored_mul"] or r["censored_none"] else "")
+    return (f"median {r['mean']:+.3g} epochs (later in {int(r['later'])}, earlier in {int(r['earlier'])}, "
+            f"tied {int(r['tied'])}{never}), n {int(r['n'])}")
 
 
 def _column(family: pd.DataFrame | None, hid: str, number: int) -> str:

@@ -96,13 +96,27 @@ def stored_with_past(specs: list, record_only: bool = False) -> tuple[Table, Tab
 
 
 def read(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
-    """`runs` with every epoch rule read at the authors' patience, and each run's memorisation epoch
-    (`memorised_at`, and `censored` where the fit never exceeded one half)."""
+    """`runs` with every epoch rule read at the authors' patience, each run's memorisation epoch
+    (`memorised_at`, and `censored` where the fit never exceeded one half) and `stop_censored` where the
+    authors' rule never fired (the run is read at its last epoch)."""
     out = with_rules(runs, hist, PATIENCE)
-    epochs = {key: design.memorisation_epoch(h.sort_values("epoch")) for key, h in hist.groupby("key")}
-    out["memorised_at"] = [epochs.get(k, (math.nan, True))[0] for k in out["key"]]
-    out["censored"] = [epochs.get(k, (math.nan, True))[1] for k in out["key"]]
+    by_key = {key: h.sort_values("epoch") for key, h in hist.groupby("key")}
+    memorised = [_memorisation(run, by_key.get(run["key"])) for run in out.to_dict("records")]
+    out["memorised_at"] = [epoch for epoch, _ in memorised]
+    out["censored"] = [censored for _, censored in memorised]
+    out["stop_censored"] = [design.authors_stop(by_key[key], PATIENCE)[1] if key in by_key else True
+                            for key in out["key"]]
     return out
+
+
+def _memorisation(run: dict, history: pd.DataFrame | None) -> tuple[float, bool]:
+    """The run's memorisation epoch: censored at its horizon H when it trained past its stop (so also when
+    its history ends before H), else at its last epoch (a run that stopped was not watched further)."""
+    if history is None:
+        return math.nan, True
+    past_stop = isinstance(run.get("train_past_stop"), (bool, np.bool_)) and bool(run["train_past_stop"])
+    horizon = int(run["max_epochs"]) if past_stop else int(history["epoch"].iloc[-1])
+    return design.memorisation_epoch(history, horizon)
 
 
 def family_a(runs: pd.DataFrame) -> pd.DataFrame:
@@ -137,6 +151,28 @@ def family_c(runs: pd.DataFrame, paper: dict[tuple[str, str], float]) -> tuple[p
     return replication.family_c(fig1, replication.excluded_b(family_b(runs)), rule=AUTHORS)
 
 
+def censored(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and noise level: the runs, those whose stop never fired (read at their last epoch) and,
+    among those trained past their stop, those that never memorised by H: the censored counts that every
+    table of this replication reads (docs/PREREGISTRATION-3.md)."""
+    past = runs["train_past_stop"].eq(True) if "train_past_stop" in runs else False
+    return (runs.assign(stop_censored=runs["stop_censored"].astype(bool), never=runs["censored"].astype(bool) & past)
+            .groupby(["penalty", "lam", "label_noise"])
+            .agg(runs=("key", "size"), stop_not_fired=("stop_censored", "sum"), never_memorised_by_H=("never", "sum"))
+            .reset_index())
+
+
+def delays(runs: pd.DataFrame) -> pd.DataFrame:
+    """D1's pairs seed by seed: each arm's memorisation epoch (censored: never above one half by H), its
+    stop, and the difference the sign test reads."""
+    at = runs[np.isclose(runs["label_noise"], NOISE) & runs["penalty"].isin([MUL, NONE])]
+    shown = ["memorised_at", "censored", "authors_stop_epoch"]
+    wide = at.pivot_table(index="seed", columns="penalty", values=shown, aggfunc="first")
+    wide = wide[[(what, pen) for pen in (MUL, NONE) for what in shown]]
+    wide.columns = [f"{pen} {what.replace('_', ' ')}" for what, pen in wide.columns]
+    return wide.assign(**{"mul − none": wide["mul memorised at"] - wide["none memorised at"]}).reset_index()
+
+
 def family_d(runs: pd.DataFrame) -> pd.DataFrame:
     """D1 and D2 on the multiplicative and no-penalty runs at noise 0.2 (those trained past their stop),
     Holm over 2."""
@@ -146,10 +182,15 @@ def family_d(runs: pd.DataFrame) -> pd.DataFrame:
     delay = design.delay_test(mul, wide[NONE] if NONE in wide else pd.Series(dtype=float))
     memorised = at[(at["penalty"] == MUL) & ~at["censored"].astype(bool)]
     n = int((at["penalty"] == MUL).sum())
-    return claims.decide(pd.DataFrame([_d_row("D1", delay["n"], delay["median"], delay["p"]),
-                                       _d_row("D2", n, 0.5 - len(memorised) / n if n else math.nan,
-                                              float(stats.binomtest(len(memorised), n, 0.5).pvalue) if n else math.nan,
-                                              _share_interval(len(memorised), n))]))
+    censored = {f"censored_{pen}": int(at.loc[at["penalty"] == pen, "censored"].astype(bool).sum())
+                for pen in (MUL, NONE)}  # runs whose fit never exceeded one half by H
+    # D1's direction is its median's: at n = 8, p < 0.05 needs 6 or more differing pairs, all on one side
+    d1 = _d_row("D1", delay["n"], delay["median"], delay["p"]) | {
+        "later": delay["later"], "earlier": delay["differ"] - delay["later"], "tied": delay["n"] - delay["differ"]}
+    share = 0.5 - len(memorised) / n if n else math.nan
+    p_share = float(stats.binomtest(len(memorised), n, 0.5).pvalue) if n else math.nan
+    d2 = _d_row("D2", n, share, p_share, _share_interval(len(memorised), n)) | {"memorised": len(memorised)}
+    return claims.decide(pd.DataFrame([d1 | censored, d2 | censored]))
 
 
 def _d_row(hid: str, n: int, statistic: float, p: float, interval: tuple[float, float] = (math.nan, math.nan)) -> dict:
