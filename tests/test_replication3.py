@@ -267,3 +267,34 @@ def test_the_censored_counts_and_the_pairs_seed_by_seed():
     pairs = replication3.delays(runs).set_index("seed")
     assert pairs.loc[33, "mul memorised at"] == 1000 and pairs.loc[33, "mul censored"]
     assert pairs["mul − none"].tolist() == [200, 140, 905, 270, 20, 0, 400, 500]
+
+
+def test_a_run_trained_past_its_stop_is_read_as_if_it_had_stopped_there():
+    """Patience 2 stands in for 200 (monkeypatched): the validation loss last improves at epoch 2, the rule fires
+    at 4, and the loss improves again at epoch 6 (past the stop). The best validation-loss epoch is read up to the
+    stop (epoch 2, as for a run that stopped), not at 6 (the old code, reading epochs the protocol never trains);
+    the horizon's accuracy is its own column."""
+    runs = pd.DataFrame([{"key": "k", "penalty": "mul", "label_noise": 0.2, "seed": 31, "max_epochs": 7,
+                          "train_past_stop": True}])
+    hist = pd.DataFrame({"key": "k", "epoch": range(1, 8), "val_loss": [1.0, 0.5, 0.6, 0.7, 0.8, 0.1, 0.2],
+                         "val_acc": 0.7, "test_acc": [0.5, 0.6, 0.7, 0.8, 0.75, 0.9, 0.95], "train_loss": 0.1,
+                         "train_acc": 0.9, "train_acc_flipped": 0.1})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(replication3, "PATIENCE", 2)
+        out = replication3.read(runs, hist).iloc[0]
+    assert out["authors_stop_epoch"] == 4 and out["test_acc_authors"] == pytest.approx(0.8)
+    assert out["best_val_epoch"] == 2 and out["test_acc_best_val"] == pytest.approx(0.6)
+    assert out["test_acc_last"] == pytest.approx(0.8) and out["test_acc_horizon"] == pytest.approx(0.95)
+    assert not out["stop_censored"] and out["censored"] and out["memorised_at"] == 7
+
+
+def test_a_diverged_run_enters_the_horizon_claim_and_the_flipped_fit_as_chance():
+    """Nothing is discarded (the registration): a run whose accuracy or fit is undefined after a divergence
+    enters as 0.5; on the old code its pair left the test (n 7)."""
+    runs = runs_table().assign(test_acc_horizon=lambda t: t["penalty"].map({"mul": 0.8, "none": 0.7, "sum": 0.7}))
+    runs.loc[runs["key"] == "mul-0.2-31", ["test_acc_horizon", "train_acc_flipped", "stop_reason"]] = \
+        [np.nan, np.nan, "diverged"]
+    horizon = replication3.at_horizon(runs).iloc[0]
+    assert horizon["n"] == 8 and horizon["mean"] == pytest.approx((7 * 0.1 - 0.2) / 8)
+    b = replication3.family_b(runs).set_index("id")
+    assert b.loc["B5", "n"] == 8 and b.loc["B6", "n"] == 8 and b.loc["B1", "n"] == 8  # its norms are kept

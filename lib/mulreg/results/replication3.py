@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mulreg.core.epochs import HEADLINE, with_rules
+from mulreg.core.epochs import HEADLINE, defined, with_rules
 from mulreg.results import claims, design, registry, replication
 from mulreg.results.replication import MUL, NONE, SUM, per_seed
 
 PATIENCE = 200  # the authors' early stopping (docs/PAPER.md, "What the released code reports")
 AUTHORS = "test_acc_authors"
+HORIZON = "test_acc_horizon"  # test accuracy at the last epoch trained: H for the runs trained past their stop
 RULES = (AUTHORS, HEADLINE)  # the primary family first
 NOISE = 0.2  # the prevent-or-delay arms' label noise
 SEEDS = 8  # seeds 31-38 (docs/PREREGISTRATION-3.md: n chosen so that every exact test can decide)
@@ -96,25 +97,37 @@ def stored_with_past(specs: list, record_only: bool = False) -> tuple[Table, Tab
 
 
 def read(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
-    """`runs` with every epoch rule read at the authors' patience, each run's memorisation epoch
+    """`runs` with every epoch rule read at the authors' patience, a run trained past its stop read on its
+    history up to the stop (as the run that stopped there would be: the registration) with its test accuracy
+    at the horizon apart (`test_acc_horizon`); each run's memorisation epoch over its whole history
     (`memorised_at`, and `censored` where the fit never exceeded one half) and `stop_censored` where the
     authors' rule never fired (the run is read at its last epoch)."""
-    out = with_rules(runs, hist, PATIENCE)
     by_key = {key: h.sort_values("epoch") for key, h in hist.groupby("key")}
-    memorised = [_memorisation(run, by_key.get(run["key"])) for run in out.to_dict("records")]
+    stops = {key: design.authors_stop(h, PATIENCE) for key, h in by_key.items()}
+    past = dict(zip(runs["key"], trained_past(runs)))
+    to_stop = [h[h["epoch"] <= stops[key][0]] if past.get(key) else h for key, h in by_key.items()]
+    out = with_rules(runs, pd.concat(to_stop, ignore_index=True) if to_stop else hist, PATIENCE)
+    out[HORIZON] = [float(defined(by_key[key])["test_acc"].iloc[-1]) if key in by_key else math.nan
+                    for key in out["key"]]
+    memorised = [_memorisation(run, by_key.get(run["key"]), past[run["key"]]) for run in out.to_dict("records")]
     out["memorised_at"] = [epoch for epoch, _ in memorised]
     out["censored"] = [censored for _, censored in memorised]
-    out["stop_censored"] = [design.authors_stop(by_key[key], PATIENCE)[1] if key in by_key else True
-                            for key in out["key"]]
+    out["stop_censored"] = [stops[key][1] if key in stops else True for key in out["key"]]
     return out
 
 
-def _memorisation(run: dict, history: pd.DataFrame | None) -> tuple[float, bool]:
+def trained_past(runs: pd.DataFrame) -> pd.Series:
+    """Which of `runs` trained on past their stop (`train_past_stop`; none where the column is absent)."""
+    if "train_past_stop" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["train_past_stop"].eq(True)
+
+
+def _memorisation(run: dict, history: pd.DataFrame | None, past_stop: bool) -> tuple[float, bool]:
     """The run's memorisation epoch: censored at its horizon H when it trained past its stop (so also when
     its history ends before H), else at its last epoch (a run that stopped was not watched further)."""
     if history is None:
         return math.nan, True
-    past_stop = isinstance(run.get("train_past_stop"), (bool, np.bool_)) and bool(run["train_past_stop"])
     horizon = int(run["max_epochs"]) if past_stop else int(history["epoch"].iloc[-1])
     return design.memorisation_epoch(history, horizon)
 
@@ -128,7 +141,8 @@ def family_b(runs: pd.DataFrame, ranks: str = "rank") -> pd.DataFrame:
     """B1, B2, B5-B8 of the model at the stop, Holm over 6; `ranks`: "rank" (singular values above 1 % of
     the largest, registered) or "matrix_rank" (the authors' tolerance: B7, B8 only, the secondary family of 2)."""
     logged = runs.assign(log_product=np.log10(runs["norm_product"]))
-    fit = per_seed(runs, "train_acc_flipped", 0.2)
+    # nothing is discarded: a diverged run's undefined fit enters as chance (its norms and ranks leave, n says so)
+    fit = per_seed(claims.as_trained(runs, "train_acc_flipped"), "train_acc_flipped", 0.2)
     compared = {"B1": (per_seed(logged, "log_product", 0.0), SUM), "B2": (per_seed(logged, "log_product", 0.2), SUM),
                 "B5": (fit, SUM), "B6": (fit, NONE),
                 "B7": (per_seed(runs, f"{ranks}_conv4", 0.0), SUM), "B8": (per_seed(runs, f"{ranks}_fc1", 0.0), SUM)}
@@ -155,8 +169,8 @@ def censored(runs: pd.DataFrame) -> pd.DataFrame:
     """Per arm and noise level: the runs, those whose stop never fired (read at their last epoch) and,
     among those trained past their stop, those that never memorised by H: the censored counts that every
     table of this replication reads (docs/PREREGISTRATION-3.md)."""
-    past = runs["train_past_stop"].eq(True) if "train_past_stop" in runs else False
-    return (runs.assign(stop_censored=runs["stop_censored"].astype(bool), never=runs["censored"].astype(bool) & past)
+    never = runs["censored"].astype(bool) & trained_past(runs)
+    return (runs.assign(stop_censored=runs["stop_censored"].astype(bool), never=never)
             .groupby(["penalty", "lam", "label_noise"])
             .agg(runs=("key", "size"), stop_not_fired=("stop_censored", "sum"), never_memorised_by_H=("never", "sum"))
             .reset_index())
@@ -211,7 +225,7 @@ def _share_interval(k: int, n: int) -> tuple[float, float]:
 def at_horizon(runs: pd.DataFrame) -> pd.DataFrame:
     """Multiplicative against no penalty at noise 0.2 in test accuracy at the last epoch trained (the
     horizon, for the runs trained past their stop): the secondary family of one."""
-    wide = per_seed(runs, "test_acc_last", NOISE)
+    wide = per_seed(claims.as_trained(runs, HORIZON), HORIZON, NOISE)  # an undefined accuracy enters as chance
     diffs = replication.paired(wide, MUL, NONE)
     return claims.decide(pd.DataFrame([{"claim": "multiplicative beats none at the horizon", "noise": f"{NOISE:g}",
                                         **claims.test(diffs)}]))
