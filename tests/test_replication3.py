@@ -27,7 +27,8 @@ def runs_table() -> pd.DataFrame:
                              "train_acc_flipped": {"mul": 0.3, "sum": 0.9, "none": 1.0}[penalty] + rng.normal(0, 0.02),
                              "rank_conv4": {"mul": 60, "sum": 120, "none": 125}[penalty] + int(rng.integers(0, 5)),
                              "rank_fc1": {"mul": 2, "sum": 256, "none": 256}[penalty],
-                             "memorised_at": at, "censored": penalty == "mul" and at == 1000})
+                             "memorised_at": at, "censored": penalty == "mul" and at == 1000,
+                             "stop_censored": False})
     return pd.DataFrame(rows)
 
 
@@ -192,6 +193,35 @@ def test_family_c_joins_fig1_and_the_published_b_numbers_in_one_family_under_the
     assert len(primary) == 6 and (primary["family_excl"] == 10).all()
     assert (fig1[fig1["rule"] == replication3.HEADLINE]["family_excl"] == 6).all()
     assert b.set_index("id").loc["B8", "excludes"] == False  # noqa: E712 - 254 in every seed: the paper's gap stands
+
+
+def test_decided_says_where_the_papers_magnitude_is_excluded_and_counts_the_unfired_stops_row_by_row():
+    """Gaps of 6 points with a tiny spread: A2 (the paper's 9.41) holds in direction with its magnitude excluded,
+    A1 (1.63) holds; B7's rank gap ≈ 60 excludes the paper's 81; B8 (254 in every seed) does not. The three
+    multiplicative runs at noise 0 whose stop never fired count in every row that compares that arm at 0."""
+    from mulreg.results import claims, ledger, paper
+
+    runs = runs_table()
+    runs["test_acc_authors"] = runs["penalty"].map({"mul": 0.78, "sum": 0.72, "none": 0.72}) + 0.001 * runs["seed"]
+    runs["test_acc_best_val"] = runs["penalty"].map({"mul": 0.80, "sum": 0.80, "none": 0.80}) + 0.002 * runs["seed"]
+    runs.loc[(runs["penalty"] == "mul") & (runs["label_noise"] == 0.0) & (runs["seed"] <= 33), "stop_censored"] = True
+    gaps = claims.paper_gaps(paper.published("fig1"))
+    a, b = replication3.decided(runs, gaps)
+    primary = a[a["rule"] == replication3.AUTHORS].set_index(["claim", "noise"])
+    assert primary.loc[("multiplicative beats additive", "0.2"), "outcome"] == claims.MAGNITUDE_EXCLUDED
+    assert primary.loc[("multiplicative beats additive", "0"), "outcome"] == "holds"
+    assert primary[replication3.UNFIRED].to_dict() == {
+        ("multiplicative beats additive", "0"): 3, ("multiplicative beats additive", "0.2"): 0,
+        ("gap to additive grows with noise", "0.2 vs 0"): 3, ("multiplicative beats none", "0"): 3,
+        ("multiplicative beats none", "0.2"): 0, ("gap to none grows with noise", "0.2 vs 0"): 3}
+    b = b.set_index("id")
+    assert b.loc["B7", "outcome"] == claims.MAGNITUDE_EXCLUDED and b.loc["B8", "outcome"] == "holds"
+    assert b[replication3.UNFIRED].to_dict() == {"B1": 3, "B2": 0, "B5": 0, "B6": 0, "B7": 3, "B8": 3}
+    table = ledger.build(None, None, None, None, None, gaps, "not yet", third=runs).set_index("claim")
+    cell = table.loc["multiplicative beats additive (noise 0, authors' rule)", "replication 3"]
+    assert cell.startswith("holds: ") and cell.endswith("· 3 stops not fired (read at the last epoch)")
+    assert table.loc["multiplicative beats additive (noise 0.2, authors' rule)", "replication 3"].startswith(
+        f"{claims.MAGNITUDE_EXCLUDED}: ")
 
 
 def test_power_restates_each_earlier_effect_at_n_8_against_holms_first_threshold():

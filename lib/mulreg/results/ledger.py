@@ -14,7 +14,7 @@ import pandas as pd
 from mulreg.core.epochs import HEADLINE
 from mulreg.results import registry
 from mulreg.results.claims import with_magnitude
-from mulreg.results.replication3 import PATIENCE
+from mulreg.results.replication3 import PATIENCE, UNFIRED
 
 REPLICATION_1 = "replication 1 (docs/PREREGISTRATION.md)"
 REPLICATION_2 = "replication 2 (docs/PREREGISTRATION-2.md)"
@@ -71,7 +71,13 @@ def _side(verdict: pd.DataFrame | None, claim: str, noise: str, rule: str = HEAD
     hit = _hit(verdict, claim, noise, rule)
     if hit is None or hit.empty:
         return "not tested"
-    return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 100, ' pp')}{note}"
+    return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 100, ' pp')}{note}{_unfired(hit.iloc[0])}"
+
+
+def _unfired(r) -> str:
+    """Replication 3's censored count in its cells (`replication3.UNFIRED`), where any run is censored."""
+    count = int(r.get(UNFIRED, 0))
+    return f" · {count} stop{'s' * (count != 1)} not fired (read at the last epoch)" if count else ""
 
 
 def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, untested: str,
@@ -140,7 +146,7 @@ def _column(family: pd.DataFrame | None, hid: str, number: int) -> str:
     hit = None if family is None else family[family["id"] == hid]
     if hit is None or hit.empty:
         return "not tested"
-    return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 1, '')}"
+    return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 1, '')}{_unfired(hit.iloc[0])}"
 
 
 def _as_corrected(r) -> str:
@@ -233,8 +239,7 @@ def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_select
     each = {name: claims.claims(runs, confirmed=True) if runs is not None and len(runs) else None
             for name, runs in zip(REPLICATIONS, (first, second))}
     tested = third is not None and len(third) > 0
-    each["replication 3"] = replication3.family_a(third) if tested else None
-    third_b = replication3.family_b(third) if tested else None
+    each["replication 3"], third_b = replication3.decided(third, paper) if tested else (None, None)
     trained_past = third if tested else past
     third_d = replication3.family_d(trained_past) if trained_past is not None and len(trained_past) else None
     decider = "replication 2" if each["replication 2"] is not None else "replication 1"

@@ -14,12 +14,14 @@ their stop (patience 200, not restored), computed from stored runs and tested as
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from mulreg.core.epochs import HEADLINE, defined, with_rules
+from mulreg.protocols import PENALTY_NAMES
 from mulreg.results import claims, design, registry, replication
 from mulreg.results.replication import MUL, NONE, SUM, per_seed
 
@@ -130,6 +132,46 @@ def _memorisation(run: dict, history: pd.DataFrame | None, past_stop: bool) -> t
         return math.nan, True
     horizon = int(run["max_epochs"]) if past_stop else int(history["epoch"].iloc[-1])
     return design.memorisation_epoch(history, horizon)
+
+
+def decided(runs: pd.DataFrame, paper: dict[tuple[str, str], float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Families A and B with their registered outcomes ("direction holds, the paper's magnitude excluded"
+    where family C excludes the paper's number: `paper`, `claims.paper_gaps`) and each row's censored
+    count (`unfired`)."""
+    a, b = family_a(runs), family_b(runs)
+    fig1_c, b_c = family_c(runs, paper)
+    keys = ["rule", "claim", "noise"]
+    a = a.merge(fig1_c.reindex(columns=[*keys, "excludes"]), on=keys, how="left")  # no paper number: no column
+    b = b.merge(b_c.reindex(columns=["id", "excludes"]), on="id", how="left")
+    for table in (a, b):
+        excludes = table.pop("excludes").eq(True)
+        table["outcome"] = [claims.with_magnitude(o, e) for o, e in zip(table["outcome"], excludes)]
+    return unfired(a, runs), unfired(b, runs)
+
+
+UNFIRED = "stops not fired"  # of the runs a row compares: read at their last epoch, the authors' rule never fired
+B_OTHER = {"B1": SUM, "B2": SUM, "B5": SUM, "B6": NONE, "B7": SUM, "B8": SUM}  # the arm family B sets against mul
+
+
+def unfired(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """`table` (family A's or B's rows) with `UNFIRED`: how many of the runs its row compares (the
+    multiplicative arm and the other, at its noise levels) are read at their last epoch because the
+    authors' rule never fired: the registration's censored count, row by row."""
+    never = runs["stop_censored"].astype(bool)
+    counts = []
+    for row in table.to_dict("records"):
+        noises = [float(level) for level in str(row["noise"]).split(" vs ")]
+        compared = runs["penalty"].isin([MUL, _other(row)]) & np.isin(runs["label_noise"], noises)
+        counts.append(int((compared & never).sum()))
+    return table.assign(**{UNFIRED: counts})
+
+
+def _other(row: dict) -> str:
+    """The arm a family-A or -B row sets against the multiplicative one."""
+    if row.get("id") in B_OTHER:
+        return B_OTHER[row["id"]]
+    named = re.search(r"(?:beats|gap to) (\w+)", row["claim"]).group(1)  # "... beats none", "gap to additive ..."
+    return next(str(pen) for pen, name in PENALTY_NAMES.items() if name == named)
 
 
 def family_a(runs: pd.DataFrame) -> pd.DataFrame:
