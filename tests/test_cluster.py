@@ -3,6 +3,7 @@ table as the local executor, complete runs never resubmitted, a killed worker's 
 
 import contextlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -300,26 +301,47 @@ def test_an_error_inside_a_ray_task_is_one_line_and_the_other_runs_are_stored(ra
     assert main(["sweep", str(path)]) == 0 and len(stored_dirs(tmp_path / "s")) == 4  # the rerun trains the rest
 
 
-def test_an_address_where_another_kind_of_server_listens_is_named_within_seconds(tiny, tmp_path):
-    """Issue 40: on c51d60c a Ray address where an HTTP server listened hung for more than 150 s."""
+def http_server() -> tuple[int, Callable[[], None]]:
+    """An HTTP server on a free local port: (its port, how to stop it)."""
     import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1], server.shutdown
+
+
+def grpc_server() -> tuple[int, Callable[[], None]]:
+    """A gRPC server with no service on a free local port: (its port, how to stop it)."""
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return port, lambda: server.stop(0)
+
+
+@pytest.mark.parametrize("serve", [http_server, grpc_server], ids=["http", "grpc"])
+def test_an_address_where_another_kind_of_server_listens_is_named_within_seconds(tiny, tmp_path, serve):
+    """Issue 40: on c51d60c a Ray address where an HTTP server listened hung for more than 150 s; one where a
+    gRPC server of another kind listened passed the gRPC probe and hung in ray.init (more than 240 s)."""
     import subprocess
     import sys
-    import threading
     import time
 
     import yaml
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    address = f"127.0.0.1:{server.server_address[1]}"
+    port, stop = serve()
+    address = f"127.0.0.1:{port}"
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"base": BASE, "grid": GRID, "store": str(tmp_path / "s"), "executor": "ray",
                                     "ray_address": address}))
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "mulreg", "sweep", str(path)], capture_output=True, text=True,
                          timeout=120)
-    server.shutdown()
+    stop()
     assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
     assert f"ray_address: '{address}' answers, but not as a Ray cluster" in out.stderr and "6379" in out.stderr
     assert time.monotonic() - started < 60

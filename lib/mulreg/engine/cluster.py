@@ -275,10 +275,10 @@ def _init(ray, spec) -> bool:
         return True
     if not _listening(spec.ray_address):  # else Ray waits minutes for a cluster that is not there
         raise ConfigError(f"ray_address: no Ray cluster at {spec.ray_address!r} (nothing listens there); {START_HINT}")
-    if not _speaks_grpc(spec.ray_address):  # another kind of server: Ray would wait minutes on it
+    if not _speaks_ray(spec.ray_address):  # another kind of server: Ray would wait minutes on it
         raise ConfigError(f"ray_address: {spec.ray_address!r} answers, but not as a Ray cluster (no gRPC within "
-                          f"{PROBE_SECONDS:g} s): give the head's GCS port (6379 unless `ray start --port` set "
-                          f"another) or its Ray Client port (ray://host:10001). {START_HINT}")
+                          f"{PROBE_SECONDS:g} s, or no Ray service there): give the head's GCS port (6379 unless "
+                          f"`ray start --port` set another) or its Ray Client port (ray://host:10001). {START_HINT}")
     refused = getattr(ray.exceptions, "AuthenticationError", ())  # e.g. token mode set, no token found
     failures = (ConnectionError, refused) if refused else ConnectionError
     with _stderr_captured() as log:  # Ray's C++ client logs each refused attempt there
@@ -317,9 +317,11 @@ def _listening(address: str) -> bool:
     return True
 
 
-def _speaks_grpc(address: str) -> bool:
-    """False when the server at `address` does not open a gRPC channel (HTTP/2) within PROBE_SECONDS, as
-    Ray's GCS and Ray Client do; True when it does, or when the probe cannot tell (TLS, no grpcio)."""
+def _speaks_ray(address: str) -> bool:
+    """False when the server at `address` does not open a gRPC channel (HTTP/2) within PROBE_SECONDS, or
+    opens one but knows no method of Ray's there (UNIMPLEMENTED: another gRPC service); True when it
+    answers as Ray's GCS or Ray Client does (a refusal, say of a token, counts), or when the probe cannot
+    tell (TLS, no grpcio)."""
     named = _host_port(address)
     if named is None or os.environ.get("RAY_USE_TLS", "0") not in ("0", ""):
         return True
@@ -328,14 +330,20 @@ def _speaks_grpc(address: str) -> bool:
     except ImportError:
         return True
     host, port = named
+    method = RAY_CLIENT_METHOD if address.startswith("ray://") else GCS_METHOD
     with grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}") as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=PROBE_SECONDS)
+            channel.unary_unary(method)(b"", timeout=PROBE_SECONDS)  # an empty request: every field at its default
         except grpc.FutureTimeoutError:
             return False
+        except grpc.RpcError as err:
+            return err.code() != grpc.StatusCode.UNIMPLEMENTED
     return True
 
 
+GCS_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # the first call Ray's driver makes to a GCS
+RAY_CLIENT_METHOD = "/ray.rpc.RayletDriver/ClusterInfo"  # a Ray Client server's (ray://host:10001)
 START_HINT = "start one with `ray start --head` (docs/CLUSTER.md), or use ray_address: local."
 AUTH_REFUSED = ("Unauthenticated", "InvalidAuthToken")  # what Ray's GCS client logs when the token is refused
 AUTH_HINT = ("Give the driver the cluster's mode and token: `export RAY_AUTH_MODE=token`, and the token "
