@@ -28,7 +28,7 @@ def runs_table() -> pd.DataFrame:
                              "rank_conv4": {"mul": 60, "sum": 120, "none": 125}[penalty] + int(rng.integers(0, 5)),
                              "rank_fc1": {"mul": 2, "sum": 256, "none": 256}[penalty],
                              "memorised_at": at, "censored": penalty == "mul" and at == 1000,
-                             "stop_censored": False})
+                             "stop_censored": False, "escape_epoch": 10, "above_half_from": 1})
     return pd.DataFrame(rows)
 
 
@@ -63,7 +63,7 @@ def test_read_takes_the_stop_and_the_memorisation_epoch_from_each_history():
                          "val_acc": 0.7, "test_acc": [0.5, 0.6, 0.7, 0.8, 0.75, 0.74], "train_loss": 0.1,
                          "train_acc": 0.9, "train_acc_flipped": [0.1, 0.2, 0.4, 0.6, 0.8, 0.9]})
     out = replication3.read(runs, hist).iloc[0]
-    assert out["memorised_at"] == 4 and not out["censored"]
+    assert out["memorised_at"] == 4 and not out["censored"] and out["above_half_from"] == 4
     assert out["authors_stop_epoch"] == 6 and out["test_acc_authors"] == pytest.approx(0.74)
     assert out["test_acc_best_val"] == pytest.approx(0.6) and out["stop_censored"]  # patience 200 never fired
 
@@ -296,6 +296,8 @@ def test_the_censored_counts_and_the_pairs_seed_by_seed():
     assert counts.loc[("mul", 0.0), "never_memorised_by_H"] == 0  # censored in the table, but not trained past
     pairs = replication3.delays(runs).set_index("seed")
     assert pairs.loc[33, "mul memorised at"] == 1000 and pairs.loc[33, "mul censored"]
+    assert list(pairs.columns[:5]) == ["mul escape epoch", "mul memorised at", "mul censored", "mul above half from",
+                                       "mul authors stop epoch"]
     assert pairs["mul − none"].tolist() == [200, 140, 905, 270, 20, 0, 400, 500]
 
 

@@ -59,8 +59,9 @@ def delay_sentences(family_d: pd.DataFrame, horizon: int) -> list[str]:
              f"{int(d1['censored_mul'])} multiplicative and {int(d1['censored_none'])} unpenalised runs never did)"
              if d1["censored_mul"] or d1["censored_none"] else "")
     return [f"D1 (delay): of {int(d1['n'])} seeds, the multiplicative run memorises (fits more than half of its "
-            f"flipped labels) later than the unpenalised run of the same seed in {int(d1['later'])}, earlier in "
-            f"{int(d1['earlier'])}, at the same epoch in {int(d1['tied'])}{never}; median difference "
+            f"flipped labels, once it has left chance level) later than the unpenalised run of the same seed in "
+            f"{int(d1['later'])}, earlier in {int(d1['earlier'])}, at the same epoch in {int(d1['tied'])}{never}; "
+            f"median difference "
             f"{d1['mean']:+.0f} epochs (exact sign test on the seeds that differ, p {d1['p']:.2g}, Holm p "
             f"{d1['p_holm']:.2g}): {d1['outcome']}.",
             f"D2 (prevent): {int(d2['memorised'])} of the {int(d2['n'])} multiplicative runs ({0.5 - d2['mean']:.0%}) "

@@ -4,8 +4,9 @@
 - `check_resolvable`: a registered family is refused when a test's floor is not below Holm's first
   threshold α/m, so that no hypothesis is undecidable by design (replication 2's B8: 0.0625 at n = 5);
 - `paired_t_power`: the power of a two-sided paired t-test for an effect and sd measured earlier;
-- `memorisation_epoch`: the first epoch a run fits more than half of its flipped training labels,
-  censored at the horizon; `authors_stop`: the authors' stop, censored where it never fired;
+- `memorisation_epoch`: the first epoch after a run leaves chance level that it fits more than half of
+  its flipped training labels, censored at the horizon;
+- `authors_stop`: the epoch of the authors' stop, censored where it never fired;
 - `delay_test`: multiplicative against no penalty, paired by seed, on those epochs (exact sign test).
 """
 
@@ -18,9 +19,11 @@ import pandas as pd
 from scipy import stats
 
 from mulreg.config import ConfigError
+from mulreg.core.epochs import CHANCE, authors_rule, escape_epoch
 from mulreg.results import claims
 
 MEMORISED = 0.5  # a run has memorised once it fits more than this share of its flipped training labels
+CHANCE_MARGIN = 0.05  # RunConfig's chance_margin: a run has left chance level above chance + this (escape_epoch)
 EXACT_TESTS = ("exact sign-flip permutation", "exact sign test")  # two-sided: floor 2 · 2⁻ⁿ
 CONTINUOUS_TESTS = ("paired t", "Williams' t")  # no floor above 0
 
@@ -61,11 +64,17 @@ def paired_t_power(effect: float, sd: float, n: int, alpha: float) -> float:
     return float(stats.nct.sf(critical, df, shift) + stats.nct.sf(critical, df, -shift))
 
 
-def memorisation_epoch(history: pd.DataFrame, horizon: int, share: float = MEMORISED) -> tuple[int, bool]:
-    """(the first epoch whose flipped-label fit exceeds `share`, False), or (`horizon`, True) when no
-    epoch does: censored at the horizon H, as registered, also for a run whose history ends before it
-    (a diverged run: its fit after the divergence is undefined and enters as chance, not above one half)."""
-    over = history.loc[history["train_acc_flipped"] > share, "epoch"]
+def memorisation_epoch(history: pd.DataFrame, horizon: int, share: float = MEMORISED, chance: float = CHANCE["binary"],
+                       margin: float = CHANCE_MARGIN) -> tuple[int, bool]:
+    """(the first epoch after the run leaves chance level, `escape_epoch`: its training accuracy first above
+    `chance` + `margin`, whose flipped-label fit exceeds `share`, False), or (`horizon`, True) when none
+    does: censored at the horizon H, also for a run whose history ends before it (a diverged run: its fit
+    after the divergence is undefined and enters as chance, not above one half). Before the escape the
+    network guesses, and a guess fits about half of any labels: its fit crosses one half by chance (the
+    amendment of docs/PREREGISTRATION-3.md, note of 2026-12-06 night)."""
+    escaped = escape_epoch(history, chance, margin)
+    after = history[history["epoch"] > escaped]  # none when it never escaped (NaN)
+    over = after.loc[after["train_acc_flipped"] > share, "epoch"]
     if len(over):
         return int(over.iloc[0]), False
     return horizon, True
@@ -74,8 +83,6 @@ def memorisation_epoch(history: pd.DataFrame, horizon: int, share: float = MEMOR
 def authors_stop(history: pd.DataFrame, patience: int) -> tuple[int, bool]:
     """(the epoch the authors' rule stops at, False), or (the last epoch, True) when it never fired within
     the recorded epochs: censored (a run read there is read at its last epoch, as registered)."""
-    from mulreg.core.epochs import authors_rule
-
     h = history.sort_values("epoch").reset_index(drop=True)
     beyond = pd.DataFrame({"epoch": [h["epoch"].iloc[-1] + 1], "val_loss": [math.inf]})  # stops every rule
     at = authors_rule(pd.concat([h[["epoch", "val_loss"]], beyond], ignore_index=True), patience)

@@ -27,6 +27,7 @@ from mulreg.results.replication import MUL, NONE, SUM, per_seed
 
 PATIENCE = 200  # the authors' early stopping (docs/PAPER.md, "What the released code reports")
 AUTHORS = "test_acc_authors"
+LITERAL = "above_half_from"  # the first epoch above one half at all: the registered wording read literally
 HORIZON = "test_acc_horizon"  # test accuracy at the last epoch trained: H for the runs trained past their stop
 RULES = (AUTHORS, HEADLINE)  # the primary family first
 NOISE = 0.2  # the prevent-or-delay arms' label noise
@@ -114,6 +115,7 @@ def read(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
     memorised = [_memorisation(run, by_key.get(run["key"]), past[run["key"]]) for run in out.to_dict("records")]
     out["memorised_at"] = [epoch for epoch, _ in memorised]
     out["censored"] = [censored for _, censored in memorised]
+    out[LITERAL] = [_above_half(by_key.get(key)) for key in out["key"]]
     out["stop_censored"] = [stops[key][1] if key in stops else True for key in out["key"]]
     return out
 
@@ -125,13 +127,23 @@ def trained_past(runs: pd.DataFrame) -> pd.Series:
     return runs["train_past_stop"].eq(True)
 
 
+def _above_half(history: pd.DataFrame | None) -> float:
+    """The first epoch whose flipped-label fit exceeds one half, before the escape too: the registered wording
+    read literally, shown beside the amended reading (NaN where none does)."""
+    if history is None:
+        return math.nan
+    over = history.loc[history["train_acc_flipped"] > design.MEMORISED, "epoch"]
+    return float(over.iloc[0]) if len(over) else math.nan
+
+
 def _memorisation(run: dict, history: pd.DataFrame | None, past_stop: bool) -> tuple[float, bool]:
     """The run's memorisation epoch: censored at its horizon H when it trained past its stop (so also when
     its history ends before H), else at its last epoch (a run that stopped was not watched further)."""
     if history is None:
         return math.nan, True
     horizon = int(run["max_epochs"]) if past_stop else int(history["epoch"].iloc[-1])
-    return design.memorisation_epoch(history, horizon)
+    margin = run.get("chance_margin", design.CHANCE_MARGIN)
+    return design.memorisation_epoch(history, horizon, margin=design.CHANCE_MARGIN if pd.isna(margin) else margin)
 
 
 def decided(runs: pd.DataFrame, paper: dict[tuple[str, str], float]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -219,10 +231,11 @@ def censored(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def delays(runs: pd.DataFrame) -> pd.DataFrame:
-    """D1's pairs seed by seed: each arm's memorisation epoch (censored: never above one half by H), its
-    stop, and the difference the sign test reads."""
+    """D1's pairs seed by seed: each arm's escape from chance level, memorisation epoch (censored: never
+    above one half by H after its escape), first epoch above one half at all (the registered wording read
+    literally), stop, and the difference the sign test reads."""
     at = runs[np.isclose(runs["label_noise"], NOISE) & runs["penalty"].isin([MUL, NONE])]
-    shown = ["memorised_at", "censored", "authors_stop_epoch"]
+    shown = ["escape_epoch", "memorised_at", "censored", LITERAL, "authors_stop_epoch"]
     wide = at.pivot_table(index="seed", columns="penalty", values=shown, aggfunc="first")
     wide = wide[[(what, pen) for pen in (MUL, NONE) for what in shown]]
     wide.columns = [f"{pen} {what.replace('_', ' ')}" for what, pen in wide.columns]
