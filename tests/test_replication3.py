@@ -164,6 +164,13 @@ def test_the_sentences_never_say_a_censored_run_memorises():
     assert "8 multiplicative and 8 unpenalised runs never did" in said[0] and said[0].endswith("not resolved.")
     assert "0 of the 8 multiplicative runs (0%) memorise by epoch 600" in said[1]
     assert said[1].endswith("it prevents memorisation up to the horizon.")  # p = 2/256, Holm 4/256
+    from mulreg.results import ledger
+
+    past = runs[(runs["label_noise"] == 0.2) & runs["penalty"].isin(["mul", "none"])]
+    table = ledger.build(None, None, None, None, None, {}, "not yet", past=past).set_index("claim")
+    d2 = table.loc["D2: multiplicative does not memorise up to the horizon (noise 0.2)"]
+    assert d2["outcome"] == "holds"  # the ledger's colours and counts read the bare outcome
+    assert d2["replication 3"].startswith("holds (it prevents memorisation up to the horizon): ")
 
 
 def test_an_unfired_stop_is_drawn_hollow_and_named_in_the_legend():

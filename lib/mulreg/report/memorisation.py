@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from mulreg.protocols import PENALTY_NAMES, Penalty
 from mulreg.report.style import penalty_color
 from mulreg.results.design import MEMORISED
+from mulreg.results.replication3 import d2_reading
 
 PANELS = (("train_acc_flipped", "flipped training labels fitted (%)"), ("test_acc", "test accuracy (%)"))
 
@@ -67,8 +68,4 @@ def delay_sentences(family_d: pd.DataFrame, horizon: int) -> list[str]:
             f"D2 (prevent): {int(d2['memorised'])} of the {int(d2['n'])} multiplicative runs ({0.5 - d2['mean']:.0%}) "
             f"memorise by epoch {horizon} (exact 95 % interval {0.5 - d2['high']:.0%} to {0.5 - d2['low']:.0%}; "
             f"binomial test against one half p {d2['p']:.2g}, Holm p {d2['p_holm']:.2g}): "
-            f"{D2_READING.get(d2['outcome'], d2['outcome'])}."]
-
-
-D2_READING = {"holds": "it prevents memorisation up to the horizon",
-              "reversed": "it memorises by the horizon: the penalty delays memorisation at most"}  # as registered
+            f"{d2_reading(d2['outcome'])}."]

@@ -12,7 +12,7 @@ import math
 import pandas as pd
 
 from mulreg.core.epochs import HEADLINE
-from mulreg.results import registry
+from mulreg.results import registry, replication3
 from mulreg.results.claims import with_magnitude
 from mulreg.results.replication3 import PATIENCE, UNFIRED
 
@@ -121,10 +121,12 @@ def family_d_rows(family: pd.DataFrame | None, untested: str) -> list[dict]:
             rows.append(base | _untested(untested))
             continue
         r = hit.iloc[0]
+        words = replication3.d2_reading(r["outcome"]) if hid == "D2" else r["outcome"]
+        said = r["outcome"] if words == r["outcome"] else f"{r['outcome']} ({words})"  # D2: the registered words
         rows.append(base | {"ours (95 % interval, n)": f"{r['statistic']}: {_d_number(r)}",
                             "test": f"{r['test']}, Holm over {int(r['family'])}", "outcome": r["outcome"],
                             "what the data exclude": "—", "decided by": REPLICATION_3,
-                            "replication 3": f"{r['outcome']}: {_d_number(r)}"})
+                            "replication 3": f"{said}: {_d_number(r)}"})
     return rows
 
 
@@ -234,7 +236,7 @@ def build(first: pd.DataFrame | None, second: pd.DataFrame | None, second_select
     replication 1; family B only by replication 2. Replication 3's runs (`third`, read by
     `replication3.read`) fill its column; family D is decided by its runs trained past their stop (`past`,
     its complete horizon stage, even before the other stage lands). `untested` says how to test what is not."""
-    from mulreg.results import claims, replication, replication3
+    from mulreg.results import claims, replication
 
     each = {name: claims.claims(runs, confirmed=True) if runs is not None and len(runs) else None
             for name, runs in zip(REPLICATIONS, (first, second))}
@@ -284,7 +286,7 @@ def of_record(profile: str = "quick") -> tuple[pd.DataFrame, list, pd.DataFrame 
     """The ledger as the results of record alone give it (no local store is read): the README's table.
     Returns it with the stages read and replication 3's runs read (None while none of its stages is
     complete), for their source lines."""
-    from mulreg.results import analysis, replication3
+    from mulreg.results import analysis
 
     patience = analysis.ledger_params(profile)["paper_patience"]
     specs = [analysis.ledger_sweep(name, profile) for name in ("binary_file", "replication_file", "init_scale_file")]

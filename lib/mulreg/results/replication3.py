@@ -262,6 +262,16 @@ def family_d(runs: pd.DataFrame) -> pd.DataFrame:
     return claims.decide(pd.DataFrame([d1 | censored, d2 | censored]))
 
 
+D2_WORDS = {"holds": "it prevents memorisation up to the horizon",
+            "reversed": "it memorises by the horizon: the penalty delays memorisation at most"}  # as registered
+
+
+def d2_reading(outcome: str) -> str:
+    """D2's outcome in the registered words ("prevents memorisation up to H" / "memorises by H: delays at
+    most"), or as it is (not resolved)."""
+    return D2_WORDS.get(outcome, outcome)
+
+
 def _d_row(hid: str, n: int, statistic: float, p: float, interval: tuple[float, float] = (math.nan, math.nan)) -> dict:
     """A family-D row in `claims.test`'s columns: the statistic as `mean`, the exact test's p."""
     result = {"n": n, "mean": statistic, "sd": math.nan, "low": interval[0], "high": interval[1], "p_t": math.nan,
