@@ -184,8 +184,11 @@ def test_an_unfired_stop_is_drawn_hollow_and_named_in_the_legend():
     ax = memorisation_figure(runs, hist).axes[1]
     dots = [line for line in ax.lines if line.get_marker() == "o"]
     assert sum(line.get_markerfacecolor() == "none" for line in dots) == 8 and len(dots) == 16
-    labels = [text.get_text() for text in memorisation_figure(runs, hist).axes[0].get_legend().get_texts()]
+    labels = [text.get_text() for text in memorisation_figure(runs, hist).legends[0].get_texts()]
     assert "no stop by the last epoch (read there)" in labels
+    assert "memorises (above one half, after the escape)" in labels  # a cross where each run memorised
+    crosses = [line for line in memorisation_figure(runs, hist).axes[0].lines if line.get_marker() == "x"]
+    assert sum(len(line.get_xdata()) for line in crosses) == 0  # flat fits of 0.2: no run memorised
 
 
 def test_family_c_joins_fig1_and_the_published_b_numbers_in_one_family_under_the_primary_rule():

@@ -19,10 +19,12 @@ PANELS = (("train_acc_flipped", "flipped training labels fitted (%)"), ("test_ac
 def memorisation_figure(runs: pd.DataFrame, hist: pd.DataFrame) -> Figure:
     """Two panels over epochs for the runs of `runs` (one line per run, coloured by penalty), a dot at
     each run's stop (`authors_stop_epoch`; hollow where the rule never fired: `stop_censored`, the run
-    read at its last epoch), the dashed line at one half on the fit panel."""
+    read at its last epoch), a cross where it memorised (`memorised_at`), the dashed line at one half on
+    the fit panel."""
     fig, axes = plt.subplots(1, len(PANELS), figsize=(12, 4.2), sharex=True)
     stops = runs.set_index("key")["authors_stop_epoch"]
     unfired = _unfired(runs)
+    memorised = _memorised(runs)
     for key, h in hist[hist["key"].isin(runs["key"])].groupby("key"):
         h = h.sort_values("epoch")
         color = penalty_color(runs.loc[runs["key"] == key, "penalty"].iloc[0])
@@ -31,6 +33,8 @@ def memorisation_figure(runs: pd.DataFrame, hist: pd.DataFrame) -> Figure:
         for ax, (column, _) in zip(axes, PANELS):
             ax.plot(h["epoch"], 100 * h[column], color=color, lw=0.8, alpha=0.6)
             ax.plot(at_stop["epoch"], 100 * at_stop[column], "o", color=color, mfc=face, ms=4)
+        crossed = h[h["epoch"] == memorised.get(key)]
+        axes[0].plot(crossed["epoch"], 100 * crossed[PANELS[0][0]], "x", color=color, ms=6)
     for ax, (_, label) in zip(axes, PANELS):
         ax.set(xlabel="epoch", ylabel=label)
     axes[0].axhline(100 * MEMORISED, color="black", lw=0.8, ls="--")
@@ -39,9 +43,20 @@ def memorisation_figure(runs: pd.DataFrame, hist: pd.DataFrame) -> Figure:
     axes[0].plot([], [], "o", color="grey", label="the authors' stop")
     if unfired:
         axes[0].plot([], [], "o", color="grey", mfc="none", label="no stop by the last epoch (read there)")
-    axes[0].legend(loc="lower right", frameon=False)
-    fig.tight_layout()
+    if memorised:
+        axes[0].plot([], [], "x", color="grey", label="memorises (above one half, after the escape)")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room below the panels for the legend, clear of every curve
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=5, frameon=False)
     return fig
+
+
+def _memorised(runs: pd.DataFrame) -> dict[str, int]:
+    """Each run's memorisation epoch (`memorised_at`) where it memorised (not censored); none where the
+    columns are absent."""
+    if "memorised_at" not in runs or "censored" not in runs:
+        return {}
+    done = runs[~runs["censored"].astype(bool)]
+    return dict(zip(done["key"], done["memorised_at"].astype(int)))
 
 
 def _unfired(runs: pd.DataFrame) -> set[str]:
