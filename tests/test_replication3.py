@@ -340,3 +340,13 @@ def test_a_diverged_run_enters_the_horizon_claim_and_the_flipped_fit_as_chance()
     assert horizon["n"] == 8 and horizon["mean"] == pytest.approx((7 * 0.1 - 0.2) / 8)
     b = replication3.family_b(runs).set_index("id")
     assert b.loc["B5", "n"] == 8 and b.loc["B6", "n"] == 8 and b.loc["B1", "n"] == 8  # its norms are kept
+
+
+def test_a_thin_row_lists_its_differences_in_the_statistics_own_units():
+    """Two seeds: too few pairs to decide. B1's decades and B8's ranks read as themselves (they read '+200.00 pp'
+    and '+25400.00 pp'); B5's fit, a fraction, in points."""
+    runs = runs_table()
+    b = replication3.family_b(runs[runs["seed"] <= 32]).set_index("id")
+    assert b.loc["B8", "outcome"] == "not resolved (2 pairs: +254, +254)"
+    assert b.loc["B1", "outcome"].startswith("not resolved (2 pairs: +2") and "pp" not in b.loc["B1", "outcome"]
+    assert b.loc["B5", "outcome"].endswith(" pp)")

@@ -194,14 +194,25 @@ UNDECIDABLE = "cannot be decided at this n"  # the outcome of a test whose small
 
 def _outcome(r: dict, alpha: float) -> str:
     if r["n"] < MIN_PAIRS:
-        listed = ", ".join(f"{100 * d:+.2f}" for d in r["diffs"]) or "none"
-        return f"not resolved ({r['n']} pair{'s' * (r['n'] != 1)}: {listed} pp)"
+        return f"not resolved ({r['n']} pair{'s' * (r['n'] != 1)}: {_listed(r)})"
     if r["p_holm"] < alpha:
         return "holds" if r["mean"] > 0 else "reversed"
     floor = smallest_permutation_p(r["n"])
     if r["zero_sd"] and min(1.0, floor * r["family"]) >= alpha:  # Holm's first step: m × the floor
         return f"{UNDECIDABLE} (smallest attainable p {floor:.2g}, {min(1.0, floor * r['family']):.2g} after Holm)"
     return "not resolved"
+
+
+IN_OWN_UNITS = ("log10", "rank_", "memorisation epoch", "one half", "window width", "ρ(", "sharpness")  # not points
+
+
+def _listed(r: dict) -> str:
+    """A thin row's differences for reading: in points where they are accuracies or fits (fractions), in
+    their own units where its registered statistic is a decade, rank, epoch, share, width, ρ or sharpness."""
+    statistic = r.get("statistic")
+    if isinstance(statistic, str) and statistic.startswith(IN_OWN_UNITS):
+        return ", ".join(f"{d:+.3g}" for d in r["diffs"]) or "none"
+    return (", ".join(f"{100 * d:+.2f}" for d in r["diffs"]) or "none") + " pp"
 
 
 MAGNITUDE_EXCLUDED = "direction holds, the paper's magnitude excluded"
