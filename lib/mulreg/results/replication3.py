@@ -197,12 +197,12 @@ def family_b(runs: pd.DataFrame, ranks: str = "rank") -> pd.DataFrame:
     logged = runs.assign(log_product=np.log10(runs["norm_product"]))
     # nothing is discarded: a diverged run's undefined fit enters as chance (its norms and ranks leave, n says so)
     fit = per_seed(claims.as_trained(runs, "train_acc_flipped"), "train_acc_flipped", 0.2)
-    compared = {"B1": (per_seed(logged, "log_product", 0.0), SUM), "B2": (per_seed(logged, "log_product", 0.2), SUM),
-                "B5": (fit, SUM), "B6": (fit, NONE),
-                "B7": (per_seed(runs, f"{ranks}_conv4", 0.0), SUM), "B8": (per_seed(runs, f"{ranks}_fc1", 0.0), SUM)}
+    compared = {"B1": per_seed(logged, "log_product", 0.0), "B2": per_seed(logged, "log_product", 0.2),
+                "B5": fit, "B6": fit,
+                "B7": per_seed(runs, f"{ranks}_conv4", 0.0), "B8": per_seed(runs, f"{ranks}_fc1", 0.0)}
     if ranks != "rank":
         compared = {hid: compared[hid] for hid in ("B7", "B8")}
-    rows = [_b_row(hid, wide, other) for hid, (wide, other) in compared.items()]
+    rows = [_b_row(hid, wide, B_OTHER[hid]) for hid, wide in compared.items()]
     return claims.decide(pd.DataFrame(rows))
 
 
