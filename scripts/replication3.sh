@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Replication 3 on machines that do not outlast a session (docs/PREREGISTRATION-3.md, note of 2026-12-06, late night).
+# The registered code (REGISTERED) trains in a worktree beside this checkout. Its stores' finished runs and
+# the checkpoints of runs in flight are carried in carry/ (committed), so a lost machine costs only the
+# epochs since the last carry, not a stage. Nothing reads carry/ but `start`: no analysis opens a stage
+# before the registered sweep has written it into record/ whole.
+#   scripts/replication3.sh start   worktree and venv, carried stores restored, the two sweeps started in order
+#   scripts/replication3.sh carry   the stores' runs/ and checkpoints/ copied into carry/ (then commit carry/)
+#   scripts/replication3.sh land    the stages the sweeps wrote into the worktree's record/ copied into record/
+set -euo pipefail
+shopt -s nullglob
+cd "$(dirname "$0")/.."
+REGISTERED=3a9cfa5  # "make replication3: the third replication's two sweeps", the registered code
+WORKTREE=../rep3
+SWEEPS=(replication3_horizon_sweep replication3_sweep)  # the registered order: prevent-or-delay first
+STORES=(quick-replication3-horizon quick-replication3)
+LOG=$WORKTREE/replication3.log
+
+count() { ls -A "$1" 2> /dev/null | wc -l; }
+
+start() {
+  [ -d "$WORKTREE" ] || git worktree add --detach "$WORKTREE" "$REGISTERED"
+  make -C "$WORKTREE" setup
+  for store in "${STORES[@]}"; do
+    if [ -d "carry/$store" ] && [ ! -d "$WORKTREE/results/$store" ]; then
+      mkdir -p "$WORKTREE/results"
+      cp -a "carry/$store" "$WORKTREE/results/$store"
+      echo "restored $store: $(count "carry/$store/runs") runs, $(count "carry/$store/checkpoints") checkpoints"
+    fi
+  done
+  if pgrep -f "mulreg sweep params/quick/replication3" > /dev/null; then
+    echo "replication 3 is training already (log: $LOG)"
+    return
+  fi
+  local data
+  data="$(cd ../shared/data/cifar10 2> /dev/null && pwd || true)"
+  (cd "$WORKTREE" && MULREG_DATA="$data" setsid nohup bash -c "
+    for sweep in ${SWEEPS[*]}; do
+      echo \"\$sweep from \$(date -u +%FT%TZ)\"
+      nice -n 10 .venv/bin/python -m mulreg sweep params/quick/\$sweep.yaml --record || exit 1
+      echo \"\$sweep done \$(date -u +%FT%TZ)\"
+    done" >> replication3.log 2>&1 &)
+  echo "training in the background, nice 10 (log: $LOG)"
+}
+
+carry() {
+  for store in "${STORES[@]}"; do
+    local source="$WORKTREE/results/$store"
+    [ -d "$source" ] || continue
+    local copy="carry/.$store"
+    rm -rf "$copy"
+    mkdir -p "$copy/runs" "$copy/checkpoints"
+    # checkpoints before runs: a run that finishes in between is then in one of them (at worst both)
+    for file in "$source"/checkpoints/*.pt; do cp -a "$file" "$copy/checkpoints/"; done
+    for run in "$source"/runs/*; do cp -a "$run" "$copy/runs/"; done  # not ".<key>-…": runs being written
+    rm -rf "carry/$store"
+    mv "$copy" "carry/$store"
+    echo "carried $store: $(count "carry/$store/runs") runs, $(count "carry/$store/checkpoints") checkpoints"
+  done
+}
+
+land() {
+  for stage in "$WORKTREE"/record/quick-replication3*/*; do
+    local name="${stage#"$WORKTREE"/record/}"
+    [ -d "record/$name" ] && continue
+    mkdir -p "record/$(dirname "$name")"
+    cp -a "$stage" "record/$name"
+    echo "landed $name"
+  done
+  .venv/bin/python -c "from mulreg.results.record import write_manifest; write_manifest()"
+  .venv/bin/python -m mulreg readme
+  .venv/bin/python -m pytest -q tests/test_record.py
+}
+
+case "${1:-}" in
+  start | carry | land) "$1" ;;
+  *) echo "usage: scripts/replication3.sh start|carry|land" >&2; exit 2 ;;
+esac
