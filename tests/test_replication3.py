@@ -350,3 +350,21 @@ def test_a_thin_row_lists_its_differences_in_the_statistics_own_units():
     assert b.loc["B8", "outcome"] == "not resolved (2 pairs: +254, +254)"
     assert b.loc["B1", "outcome"].startswith("not resolved (2 pairs: +2") and "pp" not in b.loc["B1", "outcome"]
     assert b.loc["B5", "outcome"].endswith(" pp)")
+
+
+def test_the_legend_of_five_entries_fits_inside_the_figure_below_the_panels_at_the_notebooks_font_size():
+    from mulreg.report.memorisation import memorisation_figure
+    from mulreg.report.saving import setup
+
+    setup()  # the notebooks' theme and font size
+    runs = runs_table()
+    runs = runs[(runs["label_noise"] == 0.2) & runs["penalty"].isin(["mul", "none"])]
+    runs = runs.assign(authors_stop_epoch=5, stop_censored=runs["penalty"] == "mul", censored=False, memorised_at=3)
+    hist = pd.concat([pd.DataFrame({"key": k, "epoch": range(1, 6), "train_acc_flipped": 0.6, "test_acc": 0.7})
+                      for k in runs["key"]])
+    fig = memorisation_figure(runs, hist)
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert len(fig.legends[0].get_texts()) == 5
+    assert legend.x0 >= 0 and legend.x1 <= fig.bbox.width and legend.y0 >= 0  # the saved caption runs below y = 0
+    assert all(legend.y1 < ax.get_tightbbox(renderer).y0 for ax in fig.axes)  # clear of every panel and its labels

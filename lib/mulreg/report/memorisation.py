@@ -14,6 +14,8 @@ from mulreg.results.design import MEMORISED
 from mulreg.results.replication3 import d2_reading
 
 PANELS = (("train_acc_flipped", "flipped training labels fitted (%)"), ("test_acc", "test accuracy (%)"))
+LEGEND_COLUMNS = 3  # up to five entries: two rows that fit the figure's width at the notebooks' font size
+LEGEND_ROOM = 0.17  # the share of the figure's height below the panels, for the legend's two rows
 
 
 def memorisation_figure(runs: pd.DataFrame, hist: pd.DataFrame) -> Figure:
@@ -45,8 +47,9 @@ def memorisation_figure(runs: pd.DataFrame, hist: pd.DataFrame) -> Figure:
         axes[0].plot([], [], "o", color="grey", mfc="none", label="no stop by the last epoch (read there)")
     if memorised:
         axes[0].plot([], [], "x", color="grey", label="memorises (above one half, after the escape)")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room below the panels for the legend, clear of every curve
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=5, frameon=False)
+    fig.tight_layout(rect=(0, LEGEND_ROOM, 1, 1))  # room below the panels for the legend, clear of every curve
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=LEGEND_COLUMNS, frameon=False,
+               bbox_to_anchor=(0.5, 0.01))  # inside the figure: the saved caption runs along its bottom edge
     return fig
 
 
