@@ -7,6 +7,8 @@
 #   scripts/replication3.sh start   worktree and venv, carried stores restored, the two sweeps started in order
 #   scripts/replication3.sh carry   the stores' runs/ and checkpoints/ copied into carry/ (then commit carry/)
 #   scripts/replication3.sh land    the stages the sweeps wrote into the worktree's record/ copied into record/
+# carry/intervals.csv logs each start and carry with the host: a stage's wall time is the sum over machines of
+# start to last carry (what a lost machine trained after its last carry was trained again).
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -16,7 +18,17 @@ SWEEPS=(replication3_horizon_sweep replication3_sweep)  # the registered order: 
 STORES=(quick-replication3-horizon quick-replication3)
 LOG=$WORKTREE/replication3.log
 
+INTERVALS=carry/intervals.csv
+
 count() { ls -A "$1" 2> /dev/null | wc -l; }
+
+log() {  # event store: one row of carry/intervals.csv
+  local host
+  host="$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+  mkdir -p carry
+  [ -f "$INTERVALS" ] || echo "utc,event,host,store,runs,checkpoints" > "$INTERVALS"
+  echo "$(date -u +%FT%TZ),$1,\"$host\",$2,$(count "carry/$2/runs"),$(count "carry/$2/checkpoints")" >> "$INTERVALS"
+}
 
 start() {
   [ -d "$WORKTREE" ] || git worktree add --detach "$WORKTREE" "$REGISTERED"
@@ -40,6 +52,7 @@ start() {
       nice -n 10 .venv/bin/python -m mulreg sweep params/quick/\$sweep.yaml --record || exit 1
       echo \"\$sweep done \$(date -u +%FT%TZ)\"
     done" >> replication3.log 2>&1 &)
+  for store in "${STORES[@]}"; do log start "$store"; done
   echo "training in the background, nice 10 (log: $LOG)"
 }
 
@@ -55,6 +68,7 @@ carry() {
     for run in "$source"/runs/*; do cp -a "$run" "$copy/runs/"; done  # not ".<key>-…": runs being written
     rm -rf "carry/$store"
     mv "$copy" "carry/$store"
+    log carry "$store"
     echo "carried $store: $(count "carry/$store/runs") runs, $(count "carry/$store/checkpoints") checkpoints"
   done
 }
