@@ -199,8 +199,11 @@ def smoke_run():
 @pytest.mark.slow
 @pytest.mark.cifar
 def test_smoke_profile_runs_every_notebook(smoke_run):
+    from mulreg.progress import in_report
+
     code, out = smoke_run
     assert code == 0, f"run_notebooks('smoke') failed; see {out / 'index.html'}"
+    assert not in_report()  # the runner's switch to plain lines ends with it: later work in this process shows bars
     index = (out / "index.html").read_text()
     for stem in STEMS:
         for suffix in (".html", ".nocode.html", ".ipynb"):

@@ -8,7 +8,9 @@ finished run, and a summary at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from tqdm.auto import tqdm
 
@@ -18,6 +20,22 @@ REPORT_ENV = "MULREG_REPORT"
 def in_report() -> bool:
     """True while the notebook runner executes notebooks for the reports."""
     return os.environ.get(REPORT_ENV) == "1"
+
+
+@contextlib.contextmanager
+def reporting() -> Iterator[None]:
+    """Notebooks executed for the reports: `in_report` holds here and in the kernels started meanwhile
+    (they inherit the environment); afterwards the environment is as it was, so progress bars come
+    back in the session or test process that ran them."""
+    before = os.environ.get(REPORT_ENV)
+    os.environ[REPORT_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[REPORT_ENV]
+        else:
+            os.environ[REPORT_ENV] = before
 
 
 def bar(*, disable: bool = False, **kwargs) -> tqdm:

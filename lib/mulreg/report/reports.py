@@ -35,7 +35,7 @@ from nbconvert import HTMLExporter
 from mulreg import provenance
 from mulreg.config import PROJECT_ROOT, ConfigError, load_yaml
 from mulreg.engine.store import writable_folder
-from mulreg.progress import REPORT_ENV
+from mulreg.progress import reporting
 from mulreg.results import ledger
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -190,26 +190,26 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
     chosen = notebooks(prefix)
     params = checked_parameters(profile, chosen, overrides)
     out_dir = preflight(profile, params)
-    os.environ[REPORT_ENV] = "1"  # kernels inherit it: a line per finished run instead of progress bars
     outcomes = []
-    for i, nb in enumerate(chosen, 1):
-        print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", end=" ", flush=True)
-        incomplete(nb, out_dir, UNFINISHED)  # what the index says if this process is killed before it ends
-        write_index(out_dir, profile, recorded(out_dir), costs or {})
-        start = time.perf_counter()
-        try:
-            outcome = execute(nb, params[nb.stem], out_dir, timeout)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the index must not keep calling this notebook "ok"
-            # the abandoned cell's asyncio task can end in DeadKernelError as papermill shuts the kernel down,
-            # and asyncio would log it with a traceback as the task is collected, after "interrupted"
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-            incomplete(nb, out_dir, INTERRUPTED, time.perf_counter() - start)
+    with reporting():  # kernels inherit it: a line per finished run instead of progress bars
+        for i, nb in enumerate(chosen, 1):
+            print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", end=" ", flush=True)
+            incomplete(nb, out_dir, UNFINISHED)  # what the index says if this process is killed before it ends
             write_index(out_dir, profile, recorded(out_dir), costs or {})
-            raise
-        outcomes.append(outcome)
-        (out_dir / f"{nb.stem}{OUTCOME}").write_text(json.dumps(asdict(outcome), default=str))
-        status = "ok" if outcome.error is None else f"FAILED\n{outcome.error}"
-        print(f"{status} in {outcome.seconds:.0f} s", flush=True)
+            start = time.perf_counter()
+            try:
+                outcome = execute(nb, params[nb.stem], out_dir, timeout)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the index must not keep calling this notebook "ok"
+                # the abandoned cell's asyncio task can end in DeadKernelError as papermill shuts the kernel down,
+                # and asyncio would log it with a traceback as the task is collected, after "interrupted"
+                logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+                incomplete(nb, out_dir, INTERRUPTED, time.perf_counter() - start)
+                write_index(out_dir, profile, recorded(out_dir), costs or {})
+                raise
+            outcomes.append(outcome)
+            (out_dir / f"{nb.stem}{OUTCOME}").write_text(json.dumps(asdict(outcome), default=str))
+            status = "ok" if outcome.error is None else f"FAILED\n{outcome.error}"
+            print(f"{status} in {outcome.seconds:.0f} s", flush=True)
     write_index(out_dir, profile, recorded(out_dir), costs or {})
     failed = [o.stem for o in outcomes if o.error]
     print(f"reports in {out_dir / 'index.html'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
