@@ -6,7 +6,8 @@
 # before the registered sweep has written it into record/ whole.
 #   scripts/replication3.sh start   worktree and venv, carried stores restored, the two sweeps started in order
 #   scripts/replication3.sh carry   the stores' runs/ and checkpoints/ copied into carry/ (then commit carry/)
-#   scripts/replication3.sh land    the stages the sweeps wrote into the worktree's record/ copied into record/
+#   scripts/replication3.sh land    the stages the sweeps wrote into the worktree's record/ copied into record/,
+#                                   their carried stores removed (a landed store never trains again)
 # carry/intervals.csv logs each start and carry with the host: a stage's wall time is the sum over machines of
 # start to last carry (what a lost machine trained after its last carry was trained again).
 set -euo pipefail
@@ -17,6 +18,7 @@ WORKTREE=../rep3
 SWEEPS=(replication3_horizon_sweep replication3_sweep)  # the registered order: prevent-or-delay first
 STORES=(quick-replication3-horizon quick-replication3)
 LOG=$WORKTREE/replication3.log
+PID=$WORKTREE/replication3.pid  # the training process, while it runs
 
 INTERVALS=carry/intervals.csv
 
@@ -33,33 +35,45 @@ log() {  # event store: one row of carry/intervals.csv
 start() {
   [ -d "$WORKTREE" ] || git worktree add --detach "$WORKTREE" "$REGISTERED"
   make -C "$WORKTREE" setup
-  for store in "${STORES[@]}"; do
+  local pending=()
+  for i in "${!STORES[@]}"; do
+    local store="${STORES[$i]}"
+    if [ -d "record/$store" ]; then  # landed: its single stage is in the record; nothing of it trains again
+      echo "$store is in record/"
+      continue
+    fi
+    pending+=("${SWEEPS[$i]}")
     if [ -d "carry/$store" ] && [ ! -d "$WORKTREE/results/$store" ]; then
       mkdir -p "$WORKTREE/results"
       cp -a "carry/$store" "$WORKTREE/results/$store"
       echo "restored $store: $(count "carry/$store/runs") runs, $(count "carry/$store/checkpoints") checkpoints"
     fi
   done
-  if pgrep -f "mulreg sweep params/quick/replication3" > /dev/null; then
-    echo "replication 3 is training already (log: $LOG)"
+  if [ ${#pending[@]} -eq 0 ]; then
+    echo "both stages of replication 3 are in record/"
+    return
+  fi
+  if [ -f "$PID" ] && kill -0 "$(cat "$PID")" 2> /dev/null; then
+    echo "replication 3 is training already (process $(cat "$PID"), log: $LOG)"
     return
   fi
   local data
   data="$(cd ../shared/data/cifar10 2> /dev/null && pwd || true)"
   (cd "$WORKTREE" && MULREG_DATA="$data" setsid nohup bash -c "
-    for sweep in ${SWEEPS[*]}; do
+    echo \$\$ > replication3.pid
+    for sweep in ${pending[*]}; do
       echo \"\$sweep from \$(date -u +%FT%TZ)\"
       nice -n 10 .venv/bin/python -m mulreg sweep params/quick/\$sweep.yaml --record || exit 1
       echo \"\$sweep done \$(date -u +%FT%TZ)\"
     done" >> replication3.log 2>&1 &)
-  for store in "${STORES[@]}"; do log start "$store"; done
-  echo "training in the background, nice 10 (log: $LOG)"
+  for store in "${STORES[@]}"; do [ -d "record/$store" ] || log start "$store"; done
+  echo "training ${pending[*]} in the background, nice 10 (log: $LOG)"
 }
 
 carry() {
   for store in "${STORES[@]}"; do
     local source="$WORKTREE/results/$store"
-    [ -d "$source" ] || continue
+    [ -d "$source" ] && [ ! -d "record/$store" ] || continue  # nothing to carry, or landed
     local copy="carry/.$store"
     rm -rf "$copy"
     mkdir -p "$copy/runs" "$copy/checkpoints"
@@ -79,6 +93,7 @@ land() {
     [ -d "record/$name" ] && continue
     mkdir -p "record/$(dirname "$name")"
     cp -a "$stage" "record/$name"
+    rm -rf "carry/$(dirname "$name")"  # its runs are in the record now; `start` trains nothing of it again
     echo "landed $name"
   done
   .venv/bin/python -c "from mulreg.results.record import write_manifest; write_manifest()"

@@ -1,14 +1,18 @@
-"""`scripts/replication3.sh carry`: the stores of replication 3 copied into carry/ so that a lost machine
-costs epochs, not a stage. Its layout is rebuilt here in a temporary folder (the repository beside the
-worktree `../rep3`), so the real carry/ is never touched."""
+"""`scripts/replication3.sh`: the stores of replication 3 carried in carry/ so that a lost machine costs
+epochs, not a stage (`carry`), and restored before the registered sweeps resume (`start`). Its layout is
+rebuilt in a temporary folder (the repository beside the worktree `../rep3`, whose `make setup` and Python
+are stand-ins that log their calls), so the real carry/, record/ and worktree are never touched."""
 
 import csv
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "replication3.sh"
 STORE = "quick-replication3-horizon"
+STOPPING = "quick-replication3"
+FAKE_PYTHON = "#!/bin/bash\necho \"$*\" >> calls.txt\n"  # the worktree's Python: each sweep's arguments
 
 
 def _layout(tmp_path: Path) -> tuple[Path, Path]:
@@ -59,3 +63,52 @@ def test_the_script_refuses_an_unknown_command_in_one_line(tmp_path):
     repo, _ = _layout(tmp_path)
     done = subprocess.run(["bash", str(repo / "scripts" / "replication3.sh"), "push"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip() == "usage: scripts/replication3.sh start|carry|land"
+
+
+def _fake_worktree(tmp_path: Path) -> Path:
+    worktree = tmp_path / "rep3"
+    (worktree / ".venv" / "bin").mkdir(parents=True)
+    (worktree / "Makefile").write_text("setup:\n\t@true\n")
+    python = worktree / ".venv" / "bin" / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    return worktree
+
+
+def _start(repo: Path, worktree: Path) -> list[str]:
+    done = subprocess.run(["bash", str(repo / "scripts" / "replication3.sh"), "start"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    deadline = time.time() + 30
+    while time.time() < deadline and "replication3_sweep done" not in _read(worktree / "replication3.log"):
+        time.sleep(0.05)
+    return _read(worktree / "calls.txt").splitlines()
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_start_restores_the_carried_store_and_runs_both_sweeps_in_the_registered_order(tmp_path):
+    repo, store = _layout(tmp_path)
+    _carry(repo)
+    shutil.rmtree(tmp_path / "rep3")  # a fresh machine: the worktree and its results are gone
+    worktree = _fake_worktree(tmp_path)
+    calls = _start(repo, worktree)
+    assert calls == ["-m mulreg sweep params/quick/replication3_horizon_sweep.yaml --record",
+                     "-m mulreg sweep params/quick/replication3_sweep.yaml --record"]
+    restored = worktree / "results" / STORE
+    assert (restored / "runs" / "finished" / "history.parquet").read_bytes() == b"history"
+    assert (restored / "checkpoints" / "inflight.pt").read_bytes() == b"state"
+    with open(repo / "carry" / "intervals.csv") as rows:
+        starts = [(r["store"], r["runs"]) for r in csv.DictReader(rows) if r["event"] == "start"]
+    assert starts == [(STORE, "1"), (STOPPING, "0")]
+
+
+def test_start_trains_no_store_that_has_landed_in_the_record(tmp_path):
+    repo, _ = _layout(tmp_path)
+    _carry(repo)
+    shutil.rmtree(tmp_path / "rep3")
+    (repo / "record" / STORE / "selection").mkdir(parents=True)  # the horizon stage landed
+    worktree = _fake_worktree(tmp_path)
+    assert _start(repo, worktree) == ["-m mulreg sweep params/quick/replication3_sweep.yaml --record"]
+    assert not (worktree / "results" / STORE).exists()
