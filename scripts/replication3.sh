@@ -8,7 +8,7 @@
 #   scripts/replication3.sh carry   the stores' runs/ and checkpoints/ copied into carry/ (then commit carry/)
 #   scripts/replication3.sh land    the stages the sweeps wrote into the worktree's record/ copied into record/,
 #                                   their carried stores removed (a landed store never trains again)
-# carry/intervals.csv logs each start and carry with the host: a stage's wall time is the sum over machines of
+# carry/intervals.csv logs each start (and the sweep queued behind it) and carry with the host: a stage's wall time is the sum over machines of
 # start to last carry (what a lost machine trained after its last carry was trained again).
 set -euo pipefail
 shopt -s nullglob
@@ -66,7 +66,12 @@ start() {
       nice -n 10 .venv/bin/python -m mulreg sweep params/quick/\$sweep.yaml --record || exit 1
       echo \"\$sweep done \$(date -u +%FT%TZ)\"
     done" >> replication3.log 2>&1 &)
-  for store in "${STORES[@]}"; do [ -d "record/$store" ] || log start "$store"; done
+  local event=start  # the first pending sweep trains now; the other waits for it
+  for store in "${STORES[@]}"; do
+    [ -d "record/$store" ] && continue
+    log "$event" "$store"
+    event=queued
+  done
   echo "training ${pending[*]} in the background, nice 10 (log: $LOG)"
 }
 

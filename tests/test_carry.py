@@ -100,8 +100,8 @@ def test_start_restores_the_carried_store_and_runs_both_sweeps_in_the_registered
     assert (restored / "runs" / "finished" / "history.parquet").read_bytes() == b"history"
     assert (restored / "checkpoints" / "inflight.pt").read_bytes() == b"state"
     with open(repo / "carry" / "intervals.csv") as rows:
-        starts = [(r["store"], r["runs"]) for r in csv.DictReader(rows) if r["event"] == "start"]
-    assert starts == [(STORE, "1"), (STOPPING, "0")]
+        starts = [(r["event"], r["store"], r["runs"]) for r in csv.DictReader(rows) if r["event"] != "carry"]
+    assert starts == [("start", STORE, "1"), ("queued", STOPPING, "0")]  # the stopping sweep waits for the horizon
 
 
 def test_start_trains_no_store_that_has_landed_in_the_record(tmp_path):
@@ -112,3 +112,5 @@ def test_start_trains_no_store_that_has_landed_in_the_record(tmp_path):
     worktree = _fake_worktree(tmp_path)
     assert _start(repo, worktree) == ["-m mulreg sweep params/quick/replication3_sweep.yaml --record"]
     assert not (worktree / "results" / STORE).exists()
+    with open(repo / "carry" / "intervals.csv") as rows:
+        assert [(r["event"], r["store"]) for r in csv.DictReader(rows)][-1] == ("start", STOPPING)
