@@ -36,6 +36,19 @@ def test_each_registrations_table_names_the_ids_and_directions_of_the_claims_tab
     assert all(table.at[hid, "direction"] == direction for hid, direction in rows.items())
 
 
+def test_each_claims_units_are_points_exactly_where_its_statistic_is_an_accuracy_or_a_fit():
+    table = registry.claims()
+    in_points = table["statistic"].str.contains("accuracy|fit|\\[mul − ", regex=True)
+    assert (table["units"] == registry.POINTS).eq(in_points).all()
+    assert registry.units("B7") == "ranks" and registry.units("D1") == "epochs" and registry.units(None) == "pp"
+
+
+def test_a_thin_rows_differences_are_listed_in_its_claims_units():
+    thin = [claims.test([254.0, 250.0]) | {"id": "B8"}, claims.test([0.02, 0.05]) | {"id": "B5"}]
+    outcomes = claims.decide(pd.DataFrame(thin))["outcome"].tolist()
+    assert outcomes == ["not resolved (2 pairs: +254, +250 ranks)", "not resolved (2 pairs: +2.00, +5.00 pp)"]
+
+
 def test_family_a_is_registered_by_all_three_with_six_claims():
     assert "m = 6" in (PROJECT_ROOT / REGISTRATIONS[3]).read_text()
     assert all(set(registry.family("A").index) <= set(registry.registered_in(n)) for n in REGISTRATIONS)

@@ -190,30 +190,39 @@ def run_notebooks(profile: str, prefix: str | None = None, overrides: dict | Non
     chosen = notebooks(prefix)
     params = checked_parameters(profile, chosen, overrides)
     out_dir = preflight(profile, params)
+    costs = costs or {}
     outcomes = []
     with reporting():  # kernels inherit it: a line per finished run instead of progress bars
         for i, nb in enumerate(chosen, 1):
             print(f"[{i}/{len(chosen)}] {nb.stem} ({profile}) ...", end=" ", flush=True)
-            incomplete(nb, out_dir, UNFINISHED)  # what the index says if this process is killed before it ends
-            write_index(out_dir, profile, recorded(out_dir), costs or {})
-            start = time.perf_counter()
-            try:
-                outcome = execute(nb, params[nb.stem], out_dir, timeout)
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the index must not keep calling this notebook "ok"
-                # the abandoned cell's asyncio task can end in DeadKernelError as papermill shuts the kernel down,
-                # and asyncio would log it with a traceback as the task is collected, after "interrupted"
-                logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-                incomplete(nb, out_dir, INTERRUPTED, time.perf_counter() - start)
-                write_index(out_dir, profile, recorded(out_dir), costs or {})
-                raise
+            outcome = _run_one(nb, params[nb.stem], out_dir, profile, costs, timeout)
             outcomes.append(outcome)
-            (out_dir / f"{nb.stem}{OUTCOME}").write_text(json.dumps(asdict(outcome), default=str))
             status = "ok" if outcome.error is None else f"FAILED\n{outcome.error}"
             print(f"{status} in {outcome.seconds:.0f} s", flush=True)
-    write_index(out_dir, profile, recorded(out_dir), costs or {})
+    write_index(out_dir, profile, recorded(out_dir), costs)
     failed = [o.stem for o in outcomes if o.error]
     print(f"reports in {out_dir / 'index.html'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _run_one(nb: Path, params: dict, out_dir: Path, profile: str, costs: dict[str, str],
+             timeout: int | None) -> Outcome:
+    """Execute one notebook and record its outcome; the index calls it unfinished while it runs and
+    interrupted if Ctrl-C or SIGTERM stops it."""
+    incomplete(nb, out_dir, UNFINISHED)  # what the index says if this process is killed before it ends
+    write_index(out_dir, profile, recorded(out_dir), costs)
+    start = time.perf_counter()
+    try:
+        outcome = execute(nb, params, out_dir, timeout)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the index must not keep calling this notebook "ok"
+        # the abandoned cell's asyncio task can end in DeadKernelError as papermill shuts the kernel down,
+        # and asyncio would log it with a traceback as the task is collected, after "interrupted"
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        incomplete(nb, out_dir, INTERRUPTED, time.perf_counter() - start)
+        write_index(out_dir, profile, recorded(out_dir), costs)
+        raise
+    (out_dir / f"{nb.stem}{OUTCOME}").write_text(json.dumps(asdict(outcome), default=str))
+    return outcome
 
 
 def preflight(profile: str, params: dict[str, dict]) -> Path:

@@ -30,6 +30,7 @@ from scipy import optimize, stats
 from mulreg.core.epochs import CHANCE, RULES
 from mulreg.engine.selection import chosen_runs, select
 from mulreg.protocols import EXCLUDED, PENALTY_NAMES, Penalty
+from mulreg.results import registry
 
 LEVEL = 0.95  # of every t interval
 ALPHA = 0.05  # family-wise, per rule (Holm)
@@ -203,16 +204,13 @@ def _outcome(r: dict, alpha: float) -> str:
     return "not resolved"
 
 
-IN_OWN_UNITS = ("log10", "rank_", "memorisation epoch", "one half", "window width", "ρ(", "sharpness")  # not points
-
-
 def _listed(r: dict) -> str:
-    """A thin row's differences for reading: in points where they are accuracies or fits (fractions), in
-    their own units where its registered statistic is a decade, rank, epoch, share, width, ρ or sharpness."""
-    statistic = r.get("statistic")
-    if isinstance(statistic, str) and statistic.startswith(IN_OWN_UNITS):
-        return ", ".join(f"{d:+.3g}" for d in r["diffs"]) or "none"
-    return (", ".join(f"{100 * d:+.2f}" for d in r["diffs"]) or "none") + " pp"
+    """A thin row's differences for reading, in its claim's units (`registry.units`): points where
+    they are accuracies or fits (fractions), else as they are (decades, ranks, epochs, ...)."""
+    units = registry.units(r.get("id"))
+    points = units == registry.POINTS
+    listed = ", ".join(f"{100 * d:+.2f}" if points else f"{d:+.3g}" for d in r["diffs"])
+    return f"{listed or 'none'} {units}"
 
 
 MAGNITUDE_EXCLUDED = "direction holds, the paper's magnitude excluded"

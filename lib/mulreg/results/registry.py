@@ -1,6 +1,6 @@
 """The paper's claims as one table (`claims.csv` beside this file): one row per registered hypothesis
 with its id, the claim, where the paper makes it, the paper's number (as printed, and as a value where
-a test compares against it), the statistic, its direction, the test, its family, the label-noise
+a test compares against it), the statistic and its units, its direction, the test, its family, the label-noise
 level, and the registrations that test it ("1 2": docs/PREREGISTRATION.md and -2.md).
 
 The analyses (`mulreg.results.claims`, `mulreg.results.replication`) and the ledger read a claim's
@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 TABLE = Path(__file__).with_name("claims.csv")
-COLUMNS = ("id", "family", "claim", "where", "noise", "paper", "paper_value", "statistic", "direction", "test",
-           "registrations")
+COLUMNS = ("id", "family", "claim", "where", "noise", "paper", "paper_value", "statistic", "units", "direction",
+           "test", "registrations")
+POINTS = "pp"  # the units of a difference of accuracies or fits (fractions), read ×100
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,6 +48,13 @@ def paper_values(name: str) -> dict[str, float]:
     """id → the paper's number, for the claims of family `name` that have one (family C tests them)."""
     values = family(name)["paper_value"].dropna()
     return {i: float(v) for i, v in values.items()}
+
+
+def units(hid: str | None) -> str:
+    """The units a claim's statistic reads in: `POINTS` for accuracies and fits, else its own (decades,
+    ranks, epochs, ...); `POINTS` for a row that is not a registered claim."""
+    table = claims()
+    return table.loc[hid, "units"] if hid in table.index else POINTS
 
 
 def label(hid: str) -> str:
