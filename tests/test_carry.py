@@ -114,3 +114,26 @@ def test_start_trains_no_store_that_has_landed_in_the_record(tmp_path):
     assert not (worktree / "results" / STORE).exists()
     with open(repo / "carry" / "intervals.csv") as rows:
         assert [(r["event"], r["store"]) for r in csv.DictReader(rows)][-1] == ("start", STOPPING)
+
+
+def test_land_copies_each_stage_the_sweep_wrote_removes_its_carried_store_and_rebuilds_the_record(tmp_path):
+    repo, _ = _layout(tmp_path)
+    _carry(repo)
+    written = tmp_path / "rep3" / "record" / STORE / "selection"  # the registered sweep wrote the whole stage
+    written.mkdir(parents=True)
+    (written / "runs.parquet").write_bytes(b"runs")
+    (repo / "record" / STOPPING / "selection").mkdir(parents=True)  # landed before: left as it is
+    (tmp_path / "rep3" / "record" / STOPPING / "selection").mkdir(parents=True)
+    (tmp_path / "rep3" / "record" / STOPPING / "selection" / "runs.parquet").write_bytes(b"again")
+    (repo / ".venv" / "bin").mkdir(parents=True)  # the checkout's Python: logs the manifest, README and tests
+    (repo / ".venv" / "bin" / "python").write_text(FAKE_PYTHON)
+    (repo / ".venv" / "bin" / "python").chmod(0o755)
+    done = subprocess.run(["bash", str(repo / "scripts" / "replication3.sh"), "land"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"landed {STORE}/selection"]
+    assert (repo / "record" / STORE / "selection" / "runs.parquet").read_bytes() == b"runs"
+    assert not list((repo / "record" / STOPPING / "selection").iterdir())
+    assert not (repo / "carry" / STORE).exists()  # `start` trains nothing of it again
+    calls = _read(repo / "calls.txt").splitlines()
+    assert [c.split()[0] for c in calls] == ["-c", "-m", "-m"] and "write_manifest()" in calls[0]
+    assert calls[1:] == ["-m mulreg readme", "-m pytest -q tests/test_record.py"]
