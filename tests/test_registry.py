@@ -79,3 +79,11 @@ def test_family_b_and_the_ledger_read_each_claim_in_the_tables_words():
     rows = ledger.family_b_rows(None, None, "`make figures NB=07`")
     assert [r["claim"] for r in rows] == [registry.label(i) for i in expected.index]
     assert [r["where"] for r in rows] == expected["where"].tolist()
+
+
+def test_the_ledger_states_each_family_b_number_in_its_claims_units():
+    family = replication.family_b(confirmation_runs(), selection_runs([[True] * 4] * 3, [[False] * 4] * 3))
+    cells = {r["claim"].split(":")[0]: r["replication 2"] for r in ledger.family_b_rows(family, None, "")}
+    b5 = family.set_index("id").loc["B5"]
+    assert f"{100 * b5['mean']:+.3g} pp [" in cells["B5"]  # a fit: in points, as every accuracy is
+    assert " decades [" in cells["B1"] and " ranks [" in cells["B7"]

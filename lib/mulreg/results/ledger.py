@@ -103,10 +103,10 @@ def family_b_rows(family: pd.DataFrame | None, excluded: pd.DataFrame | None, un
         outcome = with_magnitude(r["outcome"], ex is not None and hid in ex.index and bool(ex.at[hid, "excludes"]))
         test = f"{r['test']}, Holm over {int(r['family'])}" + "".join(f"; {n}" for n in [(notes or {}).get(hid)] if n)
         rows.append(base | {"claim": f"{hid}: {r['claim']} (noise {r['noise']})",
-                            "ours (95 % interval, n)": f"{r['statistic']}: " + _interval(r, 1, ""),
+                            "ours (95 % interval, n)": f"{r['statistic']}: " + _in_units(r, hid),
                             "test": test + _as_corrected(r), "outcome": outcome,
                             "what the data exclude": _excludes_b(ex, hid) + _censored(r),
-                            "decided by": REPLICATION_2, "replication 2": f"{outcome}: {_interval(r, 1, '')}"})
+                            "decided by": REPLICATION_2, "replication 2": f"{outcome}: {_in_units(r, hid)}"})
     return rows
 
 
@@ -134,7 +134,7 @@ def _d_number(r) -> str:
     """A family-D row's number with the counts behind it: D1's median with the seeds later, earlier and
     tied and the runs censored at H; D2's share with how many memorised."""
     if r["id"] == "D2":
-        return f"{_interval(r, 1, '')} ({int(r['memorised'])} of {int(r['n'])} memorised by H)"
+        return f"{_in_units(r, 'D2')} ({int(r['memorised'])} of {int(r['n'])} memorised by H)"
     never = (f"; never memorised by H, counted there: {int(r['censored_mul'])} mul, {int(r['censored_none'])} none"
              if r["censored_mul"] or r["censored_none"] else "")
     return (f"median {r['mean']:+.3g} epochs (later in {int(r['later'])}, earlier in {int(r['earlier'])}, "
@@ -148,7 +148,7 @@ def _column(family: pd.DataFrame | None, hid: str, number: int) -> str:
     hit = None if family is None else family[family["id"] == hid]
     if hit is None or hit.empty:
         return "not tested"
-    return f"{hit.iloc[0]['outcome']}: {_interval(hit.iloc[0], 1, '')}{_unfired(hit.iloc[0])}"
+    return f"{hit.iloc[0]['outcome']}: {_in_units(hit.iloc[0], hid)}{_unfired(hit.iloc[0])}"
 
 
 def _as_corrected(r) -> str:
@@ -193,6 +193,12 @@ def _interval(r, scale: float, unit: str) -> str:
     return f"{scale * r['mean']:+.3g}{unit}{span}, n {r['n']}"
 
 
+def _in_units(r, hid: str) -> str:
+    """`_interval` in claim `hid`'s units (`registry.units`): points for accuracies and fits, else its own."""
+    units = registry.units(hid)
+    return _interval(r, 100, " pp") if units == registry.POINTS else _interval(r, 1, f" {units}")
+
+
 def _exclusion_of(excluded: pd.DataFrame | None, r) -> pd.Series | None:
     if excluded is None or excluded.empty:
         return None
@@ -222,7 +228,8 @@ def _excludes_b(ex: pd.DataFrame | None, hid: str) -> str:
     if ex is None or hid not in ex.index or pd.isna(ex.at[hid, "p_excl_holm"]):
         return "—"
     said = "the paper's value excluded" if ex.at[hid, "excludes"] else "the paper's value not excluded"
-    bound = "" if pd.isna(ex.at[hid, "excluded_above"]) else f"; everything above {ex.at[hid, 'excluded_above']:+.3g}"
+    above = ex.at[hid, "excluded_above"]
+    bound = "" if pd.isna(above) else f"; everything above {above:+.3g} {registry.units(hid)}"
     return f"{said} (Holm p {ex.at[hid, 'p_excl_holm']:.2g}){bound}"
 
 
