@@ -208,13 +208,15 @@ def test_family_c_joins_fig1_and_the_published_b_numbers_in_one_family_under_the
 def test_decided_says_where_the_papers_magnitude_is_excluded_and_counts_the_unfired_stops_row_by_row():
     """Gaps of 6 points with a tiny spread: A2 (the paper's 9.41) holds in direction with its magnitude excluded,
     A1 (1.63) holds; B7's rank gap ≈ 60 excludes the paper's 81; B8 (254 in every seed) does not. The three
-    multiplicative runs at noise 0 whose stop never fired count in every row that compares that arm at 0."""
+    multiplicative runs at noise 0 whose stop never fired count in every row that compares that arm at 0; the
+    unpenalised run at 0.2 whose stop never fired, only in the rows that set the multiplicative one against none."""
     from mulreg.results import claims, ledger, paper
 
     runs = runs_table()
     runs["test_acc_authors"] = runs["penalty"].map({"mul": 0.78, "sum": 0.72, "none": 0.72}) + 0.001 * runs["seed"]
     runs["test_acc_best_val"] = runs["penalty"].map({"mul": 0.80, "sum": 0.80, "none": 0.80}) + 0.002 * runs["seed"]
     runs.loc[(runs["penalty"] == "mul") & (runs["label_noise"] == 0.0) & (runs["seed"] <= 33), "stop_censored"] = True
+    runs.loc[(runs["penalty"] == "none") & (runs["label_noise"] == 0.2) & (runs["seed"] == 31), "stop_censored"] = True
     gaps = claims.paper_gaps(paper.published("fig1"))
     a, b = replication3.decided(runs, gaps)
     primary = a[a["rule"] == replication3.AUTHORS].set_index(["claim", "noise"])
@@ -223,10 +225,10 @@ def test_decided_says_where_the_papers_magnitude_is_excluded_and_counts_the_unfi
     assert primary[replication3.UNFIRED].to_dict() == {
         ("multiplicative beats additive", "0"): 3, ("multiplicative beats additive", "0.2"): 0,
         ("gap to additive grows with noise", "0.2 vs 0"): 3, ("multiplicative beats none", "0"): 3,
-        ("multiplicative beats none", "0.2"): 0, ("gap to none grows with noise", "0.2 vs 0"): 3}
+        ("multiplicative beats none", "0.2"): 1, ("gap to none grows with noise", "0.2 vs 0"): 4}
     b = b.set_index("id")
     assert b.loc["B7", "outcome"] == claims.MAGNITUDE_EXCLUDED and b.loc["B8", "outcome"] == "holds"
-    assert b[replication3.UNFIRED].to_dict() == {"B1": 3, "B2": 0, "B5": 0, "B6": 0, "B7": 3, "B8": 3}
+    assert b[replication3.UNFIRED].to_dict() == {"B1": 3, "B2": 0, "B5": 0, "B6": 1, "B7": 3, "B8": 3}
     table = ledger.build(None, None, None, None, None, gaps, "not yet", third=runs).set_index("claim")
     cell = table.loc["multiplicative beats additive (noise 0, authors' rule)", "replication 3"]
     assert cell.startswith("holds: ") and cell.endswith("· 3 stops not fired (read at the last epoch)")

@@ -244,9 +244,10 @@ def as_trained(runs: pd.DataFrame, rule: str) -> pd.DataFrame:
 
 def claims(runs: pd.DataFrame, rules: Sequence[str] | None = None, confirmed: bool = False,
            level: float = LEVEL, alpha: float = ALPHA) -> pd.DataFrame:
-    """One row per (rule, claim): claim, noise, rule, the columns of `test` and `decide`
-    (accuracy differences as fractions). `rules`: the rule columns of `runs` to use (default:
-    every rule of `mulreg.core.epochs.RULES` present); each rule is its own Holm family."""
+    """One row per (rule, claim): claim, noise, rule, `against` (the penalty the multiplicative one is
+    set against), the columns of `test` and `decide` (accuracy differences as fractions). `rules`: the
+    rule columns of `runs` to use (default: every rule of `mulreg.core.epochs.RULES` present); each rule
+    is its own Holm family."""
     out = []
     for rule in [r for r in (rules or RULES) if r in runs]:
         wide = per_seed(runs, rule, confirmed)
@@ -256,15 +257,15 @@ def claims(runs: pd.DataFrame, rules: Sequence[str] | None = None, confirmed: bo
             if not {a, b} <= set(wide.columns):  # an arm without runs: its claims stay in the family, untested
                 why = f"no runs of {' or '.join(PENALTY_NAMES[p] for p in (a, b) if p not in wide.columns)}"
                 rows += [{"claim": f"{PENALTY_NAMES[a]} beats {PENALTY_NAMES[b]}", "noise": f"{v:g}", "rule": rule,
-                          **test([], level), "untested": why} for v in levels]
+                          "against": b, **test([], level), "untested": why} for v in levels]
                 rows.append({"claim": f"gap to {PENALTY_NAMES[b]} grows with noise", "rule": rule, "noise": "—",
-                             **test([], level), "untested": why})
+                             "against": b, **test([], level), "untested": why})
                 continue
             gap = wide[a] - wide[b]
             for noise in levels:
                 rows.append({"claim": f"{PENALTY_NAMES[a]} beats {PENALTY_NAMES[b]}", "noise": f"{noise:g}",
-                             "rule": rule, **test(gap.xs(noise, level="label_noise").tolist(), level)})
-            growth = {"claim": f"gap to {PENALTY_NAMES[b]} grows with noise", "rule": rule}
+                             "rule": rule, "against": b, **test(gap.xs(noise, level="label_noise").tolist(), level)})
+            growth = {"claim": f"gap to {PENALTY_NAMES[b]} grows with noise", "rule": rule, "against": b}
             if len(levels) > 1:
                 lo, hi = gap.xs(levels[0], level="label_noise"), gap.xs(levels[-1], level="label_noise")
                 rows.append(growth | {"noise": f"{levels[-1]:g} vs {levels[0]:g}", **test((hi - lo).tolist(), level)})

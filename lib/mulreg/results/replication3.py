@@ -14,14 +14,12 @@ their stop (patience 200, not restored), computed from stored runs and tested as
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from mulreg.core.epochs import HEADLINE, defined, with_rules
-from mulreg.protocols import PENALTY_NAMES
 from mulreg.results import claims, design, registry, replication
 from mulreg.results.replication import MUL, NONE, SUM, per_seed
 
@@ -180,10 +178,7 @@ def unfired(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 def _other(row: dict) -> str:
     """The arm a family-A or -B row sets against the multiplicative one."""
-    if row.get("id") in B_OTHER:
-        return B_OTHER[row["id"]]
-    named = re.search(r"(?:beats|gap to) (\w+)", row["claim"]).group(1)  # "... beats none", "gap to additive ..."
-    return next(str(pen) for pen, name in PENALTY_NAMES.items() if name == named)
+    return B_OTHER[row["id"]] if row.get("id") in B_OTHER else row["against"]
 
 
 def family_a(runs: pd.DataFrame) -> pd.DataFrame:
