@@ -8,8 +8,9 @@
 #   scripts/replication3.sh carry   the stores' runs/ and checkpoints/ copied into carry/ (then commit carry/)
 #   scripts/replication3.sh land    the stages the sweeps wrote into the worktree's record/ copied into record/,
 #                                   their carried stores removed (a landed store never trains again)
-# carry/intervals.csv logs each start (and the sweep queued behind it) and carry with the host: a stage's wall time is the sum over machines of
-# start to last carry (what a lost machine trained after its last carry was trained again).
+# carry/intervals.csv logs each start (and the sweep queued behind it), carry and, as `land` reads them from the log, the end of a
+# sweep and the start of the next, with the host: a stage's wall time is the sum over machines of start to its last carry or end
+# (what a lost machine trained after its last carry was trained again).
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -24,12 +25,17 @@ INTERVALS=carry/intervals.csv
 
 count() { ls -A "$1" 2> /dev/null | wc -l; }
 
-log() {  # event store: one row of carry/intervals.csv
-  local host
+log() {  # event store [utc]: one row of carry/intervals.csv (at utc, else now)
+  local host when="${3:-$(date -u +%FT%TZ)}"
   host="$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
   mkdir -p carry
   [ -f "$INTERVALS" ] || echo "utc,event,host,store,runs,checkpoints" > "$INTERVALS"
-  echo "$(date -u +%FT%TZ),$1,\"$host\",$2,$(count "carry/$2/runs"),$(count "carry/$2/checkpoints")" >> "$INTERVALS"
+  echo "$when,$1,\"$host\",$2,$(count "carry/$2/runs"),$(count "carry/$2/checkpoints")" >> "$INTERVALS"
+}
+
+stamp() {  # sweep word: the UTC time of the worktree log's last "<sweep> <word> <utc>" line (empty if none)
+  [ -f "$LOG" ] || return 0
+  tr '\r' '\n' < "$LOG" | { grep -a "^$1 $2 " || true; } | tail -1 | cut -d" " -f3
 }
 
 start() {
@@ -92,6 +98,17 @@ carry() {
   done
 }
 
+ended() {  # store: when its sweep ended and the next one began, as the worktree's log says (the stages' wall time)
+  for i in "${!STORES[@]}"; do
+    [ "${STORES[$i]}" = "$1" ] || continue
+    local done_at next="${SWEEPS[$((i + 1))]:-}"
+    done_at="$(stamp "${SWEEPS[$i]}" done)"
+    [ -n "$done_at" ] && log done "$1" "$done_at"
+    [ -n "$next" ] && [ -n "$(stamp "$next" from)" ] && log start "${STORES[$((i + 1))]}" "$(stamp "$next" from)"
+  done
+  return 0
+}
+
 land() {
   for stage in "$WORKTREE"/record/quick-replication3*/*; do
     local name="${stage#"$WORKTREE"/record/}"
@@ -100,6 +117,7 @@ land() {
     cp -a "$stage" "record/$name"
     rm -rf "carry/$(dirname "$name")"  # its runs are in the record now; `start` trains nothing of it again
     echo "landed $name"
+    ended "$(dirname "$name")"
   done
   .venv/bin/python -c "from mulreg.results.record import write_manifest; write_manifest()"
   .venv/bin/python -m mulreg readme

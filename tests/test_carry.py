@@ -128,9 +128,16 @@ def test_land_copies_each_stage_the_sweep_wrote_removes_its_carried_store_and_re
     (repo / ".venv" / "bin").mkdir(parents=True)  # the checkout's Python: logs the manifest, README and tests
     (repo / ".venv" / "bin" / "python").write_text(FAKE_PYTHON)
     (repo / ".venv" / "bin" / "python").chmod(0o755)
+    (tmp_path / "rep3" / "replication3.log").write_text(  # the sweeps' own lines, progress bars between them
+        "replication3_horizon_sweep from 2026-12-07T02:43:37Z\nepochs: 99%\repochs: 100%\r"
+        "replication3_horizon_sweep done 2026-12-07T04:55:01Z\n"
+        "replication3_sweep from 2026-12-07T04:55:02Z\nepochs: 1%")
     done = subprocess.run(["bash", str(repo / "scripts" / "replication3.sh"), "land"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"landed {STORE}/selection"]
+    with open(repo / "carry" / "intervals.csv") as rows:
+        ended = [(r["utc"], r["event"], r["store"]) for r in csv.DictReader(rows)][1:]
+    assert ended == [("2026-12-07T04:55:01Z", "done", STORE), ("2026-12-07T04:55:02Z", "start", STOPPING)]
     assert (repo / "record" / STORE / "selection" / "runs.parquet").read_bytes() == b"runs"
     assert not list((repo / "record" / STOPPING / "selection").iterdir())
     assert not (repo / "carry" / STORE).exists()  # `start` trains nothing of it again
