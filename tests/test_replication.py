@@ -128,7 +128,18 @@ def test_equal_differences_are_labelled_with_the_permutation_test_and_its_floor(
     assert "with 3 pairs that p cannot go below 0.25" in sentence  # issue 38: undecidable, not a failed claim
     assert sentence.endswith("cannot be decided at this n (smallest attainable p 0.25, 1 after Holm).")
     b7 = next(line for line in verdicts.family_sentences(family) if line.startswith("B7"))
-    assert "(paired t p" in b7 and "cannot go below" not in b7
+    assert "(paired t p" in b7 and "cannot go below" not in b7 and "= +81 ranks over n = 3" in b7
+
+
+def test_the_family_table_reads_each_hypothesis_in_its_units_fits_in_points():
+    from mulreg.report import verdicts
+
+    family = replication.family_b(confirmation_runs(), selection_runs([[True] * 4] * 3, [[True] * 4] * 3))
+    table = verdicts.family_table(family).set_index("id")
+    b5 = family.set_index("id").loc["B5"]
+    assert table.loc["B5", "units"] == "pp" and table.loc["B5", "mean"] == f"{100 * b5['mean']:+.3g}"
+    assert table.loc["B1", "units"] == "decades"
+    assert table.loc["B5", "per seed"] == ", ".join(f"{100 * d:+.3g}" for d in b5["diffs"])
 
 
 def test_the_ledger_is_decided_by_replication_two_once_complete_else_by_one():

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from mulreg.core.epochs import RULES
 from mulreg.protocols import PENALTY_NAMES, Penalty
 from mulreg.report.prose import _p, _pp, lam_text, rule_names
-from mulreg.results import claims
+from mulreg.results import claims, registry
 from mulreg.results.paper import FIG3_LAMBDA
 
 
@@ -178,18 +178,20 @@ def edge_sentences(best: pd.DataFrame) -> list[str]:
 
 
 def family_table(table: pd.DataFrame, excluded: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Family B (`mulreg.results.replication.family_b`) for reading, in each hypothesis' own units:
-    id, claim, statistic, test, n, per-seed values, mean with its 95 % t interval, p, Holm p,
-    outcome, and, where the paper gives a number, whether the data exclude it and the bound."""
+    """Family B (`mulreg.results.replication.family_b`) for reading, in each hypothesis' own units
+    (`registry.units`; fits in points): id, claim, statistic, units, test, n, per-seed values, mean with
+    its 95 % t interval, p, Holm p, outcome, and, where the paper gives a number, whether the data exclude
+    it and the bound."""
     ex = excluded.set_index("id") if excluded is not None and len(excluded) else pd.DataFrame()
     m = int(table["family"].max()) if len(table) else 0
+    scales = [_scale(i) for i in table["id"]]
     out = pd.DataFrame({
         "id": table["id"], "claim": table["claim"], "noise": table["noise"], "statistic": table["statistic"],
-        "test": table["test"], "n": table["n"],
-        "per seed": [", ".join(f"{d:+.3g}" for d in ds) or "—" for ds in table["diffs"]],
-        "mean": [_num(x) for x in table["mean"]],
-        "95 % t interval": ["—" if pd.isna(lo) else f"[{lo:+.3g}, {hi:+.3g}]"
-                            for lo, hi in zip(table["low"], table["high"])],
+        "units": [registry.units(i) for i in table["id"]], "test": table["test"], "n": table["n"],
+        "per seed": [", ".join(f"{k * d:+.3g}" for d in ds) or "—" for k, ds in zip(scales, table["diffs"])],
+        "mean": [_num(k * x) for k, x in zip(scales, table["mean"])],
+        "95 % t interval": ["—" if pd.isna(lo) else f"[{k * lo:+.3g}, {k * hi:+.3g}]"
+                            for k, lo, hi in zip(scales, table["low"], table["high"])],
         "p": [_p(x) for x in table["p"]], f"Holm p (of {m})": [_p(x) for x in table["p_holm"]],
         "outcome": table["outcome"],
         "paper": [_num(ex.at[i, "paper"]) if i in ex.index else "—" for i in table["id"]],
@@ -209,11 +211,19 @@ def family_sentences(table: pd.DataFrame) -> list[str]:
         if r["n"] == 0:
             out.append(f"{r['id']} '{r['claim']}' ({r['noise']}): {r['outcome']}.")
             continue
-        span = "" if pd.isna(r["low"]) else f", 95 % interval {r['low']:+.3g} to {r['high']:+.3g}"
+        k = _scale(r["id"])
+        units = registry.units(r["id"])
+        span = "" if pd.isna(r["low"]) else f", 95 % interval {k * r['low']:+.3g} to {k * r['high']:+.3g} {units}"
         level = "; on ranks its level is about 7 % at a nominal 5 %" if r["test"].startswith("Williams") else ""
-        out.append(f"{r['id']} '{r['claim']}' ({r['noise']}): {r['statistic']} = {_num(r['mean'])} over n = {r['n']}"
+        out.append(f"{r['id']} '{r['claim']}' ({r['noise']}): {r['statistic']} = {_num(k * r['mean'])} {units} "
+                   f"over n = {r['n']}"
                    f"{span} ({r['test']} p {_p(r['p'])}, Holm p {_p(r['p_holm'])}{level}{_floor(r)}): {r['outcome']}.")
     return out
+
+
+def _scale(hid: str) -> int:
+    """What a claim's differences are multiplied by to read in its units: 100 for points (fractions)."""
+    return 100 if registry.units(hid) == registry.POINTS else 1
 
 
 def _floor(r: dict) -> str:
