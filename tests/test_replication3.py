@@ -260,8 +260,11 @@ def test_the_readme_answers_prevent_or_delay_from_the_runs_past_their_stop_and_c
     sentences and `stale` finds the paragraph and figure until `render` writes them from those runs."""
     import shutil
 
+    from PIL import Image
+
     from mulreg.config import PROJECT_ROOT
-    from mulreg.report import readme
+    from mulreg.report import readme, saving
+    from mulreg.results import analysis
 
     runs = runs_table()
     past = runs[(runs["label_noise"] == 0.2) & runs["penalty"].isin(["mul", "none"])].assign(authors_stop_epoch=3)
@@ -279,6 +282,10 @@ def test_the_readme_answers_prevent_or_delay_from_the_runs_past_their_stop_and_c
                                       f"{png}: not drawn from replication 3's record"]
     readme.render(tmp_path)
     assert readme.stale(tmp_path) == [] and said in (tmp_path / "README.md").read_text()
+    caption = Image.open(png).text[saving.SOURCE]  # its own runs, not every stage the ledger reads
+    assert caption == analysis.source_line(past)
+    fig1 = Image.open(tmp_path / readme.FIGURES / "01_verdict_every_rule.png").text[saving.SOURCE]
+    assert "quick/confirmation" in fig1 and "replication" not in fig1  # replication 1's stages alone
 
 
 def test_the_lambda_note_names_each_arm_whose_lambda_is_not_the_records():

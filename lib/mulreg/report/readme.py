@@ -67,10 +67,14 @@ def _replace(text: str, begin: str, end: str, block: str) -> str:
 
 def _of_record() -> tuple[pd.DataFrame, str, list]:
     table, read, third = ledger.of_record()
+    return table, _sources(read, third), read
+
+
+def _sources(read: list, *more: pd.DataFrame | None) -> str:
+    """Where the runs of `read` (replications' stages) and `more` come from, for a caption."""
     runs = [r for stages in read for r in (stages.selection, stages.confirmation) if r is not None and len(r)]
-    runs += [third] if third is not None else []
-    sources = analysis.source_line(pd.concat(runs, ignore_index=True)) if runs else "no recorded runs"
-    return table, sources, read
+    runs += [r for r in more if r is not None and len(r)]
+    return analysis.source_line(pd.concat(runs, ignore_index=True)) if runs else "no recorded runs"
 
 
 def delay_block(past: pd.DataFrame | None, hist: pd.DataFrame | None, horizon: int) -> str:
@@ -190,12 +194,14 @@ def render(root: Path = PROJECT_ROOT) -> list[Path]:
     stamp = {STAMP: _digest(csv.read_text())}
     png, = saving.save(verdicts.ledger_figure(table), NAME, folder, ("png",), metadata=stamp)
     figures = []
+    saving.note_source(_sources(read[:1]))  # the paper's figures: replication 1's runs alone
     for name, (read_data, draw) in PAPER_FIGURES.items():
         data = read_data(read[0])
         figures += saving.save(draw(data), name, folder, ("png",), metadata={STAMP: _stamp(data)})
         plt.close("all")
     past, hist, horizon = _past_of_record()
     if past is not None:
+        saving.note_source(analysis.source_line(past))
         figures += saving.save(memorisation.memorisation_figure(past, hist), DELAY_NAME, folder, ("png",),
                                metadata={STAMP: _stamp(_delay_data(past, hist))})
         plt.close("all")
