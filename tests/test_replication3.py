@@ -274,6 +274,7 @@ def test_the_readme_answers_prevent_or_delay_from_the_runs_past_their_stop_and_c
     said = readme.delay_block(past, hist, 1000)
     assert "n = 8 seeds" in said and "to epoch 1000" in said and f"{readme.DELAY_NAME}.png" in said
     assert "D1 (delay): of 8 seeds" in said and "7 of the 8 multiplicative runs (88%)" in said
+    assert said.count("Descriptive, not a registered test: at epoch 5 ") == 1  # the fit where the histories end
     shutil.copy(PROJECT_ROOT / "README.md", tmp_path / "README.md")
     shutil.copytree(PROJECT_ROOT / readme.FIGURES, tmp_path / readme.FIGURES)
     monkeypatch.setattr(readme, "_past_of_record", lambda: (past, hist, 1000))
@@ -378,3 +379,17 @@ def test_the_legend_of_five_entries_fits_inside_the_figure_below_the_panels_at_t
     assert len(fig.legends[0].get_texts()) == 5
     assert legend.x0 >= 0 and legend.x1 <= fig.bbox.width and legend.y0 >= 0  # the saved caption runs below y = 0
     assert all(legend.y1 < ax.get_tightbbox(renderer).y0 for ax in fig.axes)  # clear of every panel and its labels
+
+
+def test_the_fit_at_the_horizon_is_each_arms_median_and_range_at_its_last_epoch():
+    from mulreg.report.memorisation import fit_at_horizon
+
+    runs = pd.DataFrame({"key": ["m1", "m2", "m3", "n1"], "penalty": ["mul", "mul", "mul", "none"]})
+    last = {"m1": 0.52, "m2": 0.75, "m3": 0.55, "n1": 1.0}
+    hist = pd.concat([pd.DataFrame({"key": k, "epoch": [600, 1, 300], "train_acc_flipped": [fit, 0.9, 0.1],
+                                    "penalty": "ignored"})  # unsorted: the last epoch, not the last row
+                      for k, fit in last.items()])
+    assert fit_at_horizon(runs, hist) == (
+        "Descriptive, not a registered test: at epoch 600 the median share of its flipped labels a run fits is, for "
+        "the multiplicative runs 55% (from 52% to 75%, n = 3); for the unpenalised runs 100% (from 100% to 100%, "
+        "n = 1).")

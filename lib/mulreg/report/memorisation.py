@@ -87,3 +87,18 @@ def delay_sentences(family_d: pd.DataFrame, horizon: int) -> list[str]:
             f"memorise by epoch {horizon} (exact 95 % interval {0.5 - d2['high']:.0%} to {0.5 - d2['low']:.0%}; "
             f"binomial test against one half p {d2['p']:.2g}, Holm p {d2['p_holm']:.2g}): "
             f"{d2_reading(d2['outcome'])}."]
+
+
+
+ARMS = {Penalty.MUL: "multiplicative", Penalty.SUM: "additive", Penalty.NONE: "unpenalised"}  # as the sentences say
+
+
+def fit_at_horizon(runs: pd.DataFrame, hist: pd.DataFrame) -> str:
+    """Descriptive, not a registered test: the share of its flipped labels each arm fits at its last
+    epoch, median and range over its runs, so that a reader sees how far past one half "memorises" went."""
+    last = hist[["key", "epoch", "train_acc_flipped"]].sort_values("epoch").groupby("key").tail(1)
+    last = last.merge(runs[["key", "penalty"]], on="key")
+    arms = [f"the {ARMS[Penalty(penalty)]} runs {fits.median():.0%} (from {fits.min():.0%} to {fits.max():.0%}, "
+            f"n = {len(fits)})" for penalty, fits in last.groupby("penalty")["train_acc_flipped"]]
+    return (f"Descriptive, not a registered test: at epoch {int(last['epoch'].max())} the median share of its "
+            f"flipped labels a run fits is, for {'; for '.join(arms)}.")

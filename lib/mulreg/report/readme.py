@@ -86,7 +86,8 @@ def delay_block(past: pd.DataFrame | None, hist: pd.DataFrame | None, horizon: i
     if past is None:
         return "\n".join([DELAY_BEGIN, "Prevent or delay (replication 3, family D): its runs are not in the record yet "
                                        "(`make replication3` trains them first).", DELAY_END])
-    said = " ".join(memorisation.delay_sentences(replication3.family_d(past), horizon))
+    said = " ".join([*memorisation.delay_sentences(replication3.family_d(past), horizon),
+                     memorisation.fit_at_horizon(past, hist)])
     text = (f"Prevent or delay (replication 3, docs/PREREGISTRATION-3.md, family D): the multiplicative and "
             f"unpenalised runs at noise 0.2, n = {past['seed'].nunique()} seeds, trained on past the authors' stop to "
             f"epoch {horizon}, every epoch recorded. {said} Read from {analysis.source_line(past)}.")
