@@ -30,6 +30,7 @@ DELAY_END = "<!-- end of prevent or delay -->"
 DELAY_NAME = "09_prevent_or_delay"  # replication 3's prevent-or-delay figure, as notebook 09 names it
 FIGURES = "figures"
 NAME = "08_claims_ledger"
+SOURCES = ("replication 1", "replication 2", "replication 2's init-scale arm")  # ledger.of_record's stages
 STAMP = "Description"  # the PNG text field holding the hash of the table it was drawn from
 
 
@@ -40,9 +41,10 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)])
 
 
-def block(table: pd.DataFrame, sources: str) -> str:
-    """The README's ledger: the table, then where its numbers come from."""
-    return f"{BEGIN}\n{markdown(table[SHOWN])}\n\nRead from {sources}.\n{END}"
+def block(table: pd.DataFrame, sources: list[str]) -> str:
+    """The README's ledger: the table, then where its numbers come from, one line per replication."""
+    listed = "\n".join(f"- {line}" for line in sources)
+    return f"{BEGIN}\n{markdown(table[SHOWN])}\n\nRead from:\n\n{listed}\n{END}"
 
 
 def figures_block(first) -> str:
@@ -65,16 +67,18 @@ def _replace(text: str, begin: str, end: str, block: str) -> str:
     return text[:start] + block + text[stop:]
 
 
-def _of_record() -> tuple[pd.DataFrame, str, list]:
+def _of_record() -> tuple[pd.DataFrame, list[str], list]:
     table, read, third = ledger.of_record()
     return table, _sources(read, third), read
 
 
-def _sources(read: list, *more: pd.DataFrame | None) -> str:
-    """Where the runs of `read` (replications' stages) and `more` come from, for a caption."""
-    runs = [r for stages in read for r in (stages.selection, stages.confirmation) if r is not None and len(r)]
-    runs += [r for r in more if r is not None and len(r)]
-    return analysis.source_line(pd.concat(runs, ignore_index=True)) if runs else "no recorded runs"
+def _sources(read: list, third: pd.DataFrame | None) -> list[str]:
+    """Where the ledger's runs come from, one line per replication: `read` (the stages of `SOURCES`, in
+    `ledger.of_record`'s order) and `third` (replication 3's runs; None while none is recorded)."""
+    lines = [f"{label}: {analysis.stages_source(stages)}" for label, stages in zip(SOURCES, read)]
+    if third is not None and len(third):
+        lines.append(f"replication 3: {analysis.source_line(third)}")
+    return lines
 
 
 def delay_block(past: pd.DataFrame | None, hist: pd.DataFrame | None, horizon: int) -> str:
@@ -191,11 +195,11 @@ def render(root: Path = PROJECT_ROOT) -> list[Path]:
     folder.mkdir(exist_ok=True)
     csv = folder / f"{NAME}.csv"
     csv.write_text(table.to_csv(index=False))
-    saving.note_source(sources)
+    saving.note_source("; ".join(sources))
     stamp = {STAMP: _digest(csv.read_text())}
     png, = saving.save(verdicts.ledger_figure(table), NAME, folder, ("png",), metadata=stamp)
     figures = []
-    saving.note_source(_sources(read[:1]))  # the paper's figures: replication 1's runs alone
+    saving.note_source(analysis.stages_source(read[0]))  # the paper's figures: replication 1's runs alone
     for name, (read_data, draw) in PAPER_FIGURES.items():
         data = read_data(read[0])
         figures += saving.save(draw(data), name, folder, ("png",), metadata={STAMP: _stamp(data)})
