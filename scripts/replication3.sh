@@ -2,15 +2,16 @@
 # Replication 3 on machines that do not outlast a session (docs/PREREGISTRATION-3.md, note of 2026-12-06, late night).
 # The registered code (REGISTERED) trains in a worktree beside this checkout. Its stores' finished runs and
 # the checkpoints of runs in flight are carried in carry/ (committed), so a lost machine costs only the
-# epochs since the last carry, not a stage. Nothing reads carry/ but `start`: no analysis opens a stage
+# epochs since the last carry, not a stage. Nothing opens a carried store but `start`: no analysis opens a stage
 # before the registered sweep has written it into record/ whole.
 #   scripts/replication3.sh start   worktree and venv, carried stores restored, the two sweeps started in order
 #   scripts/replication3.sh carry   the stores' runs/ and checkpoints/ copied into carry/ (then commit carry/)
+#   scripts/replication3.sh times   each stage's wall time per execution and host, from carry/intervals.csv
 #   scripts/replication3.sh land    the stages the sweeps wrote into the worktree's record/ copied into record/,
 #                                   their carried stores removed (a landed store never trains again)
 # carry/intervals.csv logs each start (and the sweep queued behind it), carry and, as `land` reads them from the log, the end of a
 # sweep and the start of the next, with the host: a stage's wall time is the sum over machines of start to its last carry or end
-# (what a lost machine trained after its last carry was trained again).
+# (what a lost machine trained after its last carry was trained again; `times` sums them).
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -109,6 +110,41 @@ ended() {  # store: when its sweep ended and the next one began, as the worktree
   return 0
 }
 
+times() {  # each stage's wall time per execution and host, from carry/intervals.csv (see the header)
+  python3 - "$INTERVALS" << 'EOF'
+import csv
+import sys
+from datetime import datetime
+
+ENDS = {"carry", "done", "end", "lost"}  # what a span's machine left behind (or, lost, did not)
+
+
+def hours(seconds: float) -> str:
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}"
+
+
+executions = {}  # store: one list of spans [host, started, last end or None, last event] per execution
+for row in csv.DictReader(open(sys.argv[1])):
+    at = datetime.fromisoformat(row["utc"].replace("Z", "+00:00"))
+    runs = executions.setdefault(row["store"], [[]])
+    if row["event"] == "start":
+        runs[-1].append([row["host"], at, None, "start"])
+    elif row["event"] in ENDS and runs[-1]:
+        runs[-1][-1][2:] = [at, row["event"]]
+        if row["event"] == "lost":  # the store was lost with its machine: what follows trains it again
+            runs.append([])
+for store, runs in executions.items():
+    for number, spans in enumerate(filter(None, runs), 1):
+        per_host = {}
+        for host, started, ended, _ in spans:
+            per_host[host] = per_host.get(host, 0) + ((ended - started).total_seconds() if ended else 0)
+        lost = " (lost with its machine, trained again)" if spans[-1][3] == "lost" else ""
+        now = f"; training since {spans[-1][1]:%Y-%m-%dT%H:%MZ}, not carried yet" if spans[-1][2] is None else ""
+        each = ", ".join(f"{host} {hours(s)}" for host, s in per_host.items())
+        print(f"{store}, execution {number}{lost}: {hours(sum(per_host.values()))} in {len(spans)} span{'s' * (len(spans) > 1)} ({each}){now}")
+EOF
+}
+
 land() {
   for stage in "$WORKTREE"/record/quick-replication3*/*; do
     local name="${stage#"$WORKTREE"/record/}"
@@ -125,6 +161,6 @@ land() {
 }
 
 case "${1:-}" in
-  start | carry | land) "$1" ;;
-  *) echo "usage: scripts/replication3.sh start|carry|land" >&2; exit 2 ;;
+  start | carry | land | times) "$1" ;;
+  *) echo "usage: scripts/replication3.sh start|carry|land|times" >&2; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "replication3.sh"
 STORE = "quick-replication3-horizon"
 STOPPING = "quick-replication3"
+XEON = "Intel(R) Xeon(R) Processor"  # a host name as /proc/cpuinfo gives it, brackets and all
 FAKE_PYTHON = "#!/bin/bash\necho \"$*\" >> calls.txt\n"  # the worktree's Python: each sweep's arguments
 
 
@@ -62,7 +63,7 @@ def test_a_second_carry_replaces_the_first_a_finished_runs_checkpoint_goes(tmp_p
 def test_the_script_refuses_an_unknown_command_in_one_line(tmp_path):
     repo, _ = _layout(tmp_path)
     done = subprocess.run(["bash", str(repo / "scripts" / "replication3.sh"), "push"], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.strip() == "usage: scripts/replication3.sh start|carry|land"
+    assert done.returncode == 2 and done.stderr.strip() == "usage: scripts/replication3.sh start|carry|land|times"
 
 
 def _fake_worktree(tmp_path: Path) -> Path:
@@ -144,3 +145,27 @@ def test_land_copies_each_stage_the_sweep_wrote_removes_its_carried_store_and_re
     calls = _read(repo / "calls.txt").splitlines()
     assert [c.split()[0] for c in calls] == ["-c", "-m", "-m"] and "write_manifest()" in calls[0]
     assert calls[1:] == ["-m mulreg readme", "-m pytest -q tests/test_record.py"]
+
+
+def test_times_sums_each_execution_per_host_and_starts_a_new_one_after_a_lost_machine(tmp_path):
+    repo, _ = _layout(tmp_path)
+    (repo / "carry").mkdir()
+    host_a, host_b = f'"{XEON}"', '"AMD EPYC"'
+    (repo / "carry" / "intervals.csv").write_text("\n".join([
+        "utc,event,host,store,runs,checkpoints",
+        f"2026-12-06T16:00:00Z,start,{host_a},{STORE},0,0",
+        f"2026-12-06T17:30:00Z,lost,{host_a},{STORE},3,",  # execution 1: 1:30, lost
+        f"2026-12-06T18:00:00Z,start,{host_a},{STORE},0,0",
+        f"2026-12-06T18:00:00Z,queued,{host_a},{STOPPING},0,0",
+        f"2026-12-06T18:40:00Z,carry,{host_a},{STORE},2,1",
+        f"2026-12-06T19:00:00Z,carry,{host_a},{STORE},3,1",  # 1:00 on A; what A trained after 19:00 is lost
+        f"2026-12-06T20:00:00Z,start,{host_b},{STORE},3,1",
+        f"2026-12-06T21:15:00Z,done,{host_b},{STORE},0,0",  # 1:15 on B
+        f"2026-12-06T21:15:00Z,start,{host_b},{STOPPING},0,0",  # open: not carried yet
+    ]) + "\n")
+    done = subprocess.run(["bash", str(repo / "scripts" / "replication3.sh"), "times"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"{STORE}, execution 1 (lost with its machine, trained again): 1:30 in 1 span ({XEON} 1:30)",
+        f"{STORE}, execution 2: 2:15 in 2 spans ({XEON} 1:00, AMD EPYC 1:15)",
+        f"{STOPPING}, execution 1: 0:00 in 1 span (AMD EPYC 0:00); training since 2026-12-06T21:15Z, not carried yet"]
