@@ -28,16 +28,20 @@ PROBE_SIZE = 1024  # n of the n×n float32 matrix product that probes the host's
 PROBE_REPEATS = 5  # timed products after one warm-up; their median counts
 
 
+NOT_CODE = ":(exclude)record"  # results of record: a sweep run with --record changes them, not the code
+
+
 @functools.lru_cache(maxsize=1)
-def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout the code runs from; (None, None) outside a git checkout."""
+def git_state(root: Path = PROJECT_ROOT) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout at `root`, the one the code runs from; (None, None) outside a
+    git checkout. Dirty means a tracked file differs from the commit, `record/` aside (`NOT_CODE`)."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                               check=True, timeout=10).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", NOT_CODE))
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit, dirty
