@@ -120,3 +120,16 @@ def test_at_three_stacked_runs_the_steady_epoch_is_divided_by_the_steady_epochs(
     units = estimate.Work.of(config.replace(n_train=400, n_test=200)).units  # the measurement's slice
     assert rate.per_unit == pytest.approx(10.0 / (3 * units))
     assert rate.start == pytest.approx(5.0 / 3)
+
+
+def test_a_sweep_the_record_holds_whole_is_read_there_not_trained_unless_it_is_reproduced():
+    """`make figures NB=09` read replication 3 from the record in seconds while the estimate priced 48 runs."""
+    from mulreg.results import analysis
+
+    stopping, horizon = estimate.sweeps_of("quick", "09_replication3")
+    assert analysis.evidence().holds_sweep(stopping) and analysis.evidence().holds_sweep(horizon)
+    fewer_seeds = stopping.model_copy(update={"grid": {**stopping.grid, "seed": stopping.grid["seed"][:-1]}})
+    assert not analysis.evidence().holds_sweep(fewer_seeds)  # the record holds another grid: trained
+    for fresh in (False, True):  # a fresh clone has the record
+        row = estimate.estimate("quick", "09", fresh=fresh).iloc[0]
+        assert (row["runs to train"], row["runs in sweep"]) == (0, 48) and math.isnan(row["hours here"])

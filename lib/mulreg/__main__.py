@@ -338,9 +338,10 @@ def _figures(args) -> int:
         raise ConfigError(f"--timeout {args.timeout}: give the seconds a cell may run, a whole number above 0")
     params = reports.checked_parameters(args.profile, reports.notebooks(args.nb), overrides)
     reports.preflight(args.profile, params)  # bad input, a missing kernel or read-only folder: before any training
-    table = estimate(args.profile, every=True, overrides=overrides)  # every notebook: the index gives their cost
-    print(report(of_chosen(args.profile, args.nb, table, overrides), args.profile), flush=True)
     reproduced = [] if args.nb or overrides else reports.recorded_sweeps(args.profile)
+    retrained = {SweepSpec.from_yaml(path).store for path in reproduced}
+    table = estimate(args.profile, every=True, overrides=overrides, retrained=retrained)  # the index gives each cost
+    print(report(of_chosen(args.profile, args.nb, table, overrides), args.profile), flush=True)
     for path in reproduced:  # trained here first, so the notebooks read this machine's runs, not the record's
         print(f"reproduction check: training {path.name} here, to compare with the results of record", flush=True)
         stages.run(SweepSpec.from_yaml(path))
@@ -352,9 +353,14 @@ def _figures(args) -> int:
 
 
 def _estimate_text(profile: str, prefix: str | None, fresh: bool = False) -> str:
+    """What `make figures` (`prefix`: `NB=`) would train, and its cost: the full run retrains the sweeps
+    of record it reproduces; a chosen notebook reads the record."""
+    from mulreg.engine.sweep import SweepSpec
+    from mulreg.report import reports
     from mulreg.tools.estimate import estimate, report
 
-    return report(estimate(profile, prefix, fresh, every=prefix is None), profile, fresh)
+    retrained = {SweepSpec.from_yaml(path).store for path in reports.recorded_sweeps(profile)} if prefix is None else ()
+    return report(estimate(profile, prefix, fresh, every=prefix is None, retrained=retrained), profile, fresh)
 
 
 def _estimate(args) -> int:

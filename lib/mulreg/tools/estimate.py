@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import pandas as pd
@@ -146,12 +147,15 @@ def workers(spec: SweepSpec, pending: list[RunConfig]) -> int:
 
 
 def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=None,
-             every: bool = False, overrides: dict | None = None) -> pd.DataFrame:
+             every: bool = False, overrides: dict | None = None, retrained: Collection = ()) -> pd.DataFrame:
     """One row per notebook (`mulreg.report.reports.notebooks(prefix, every)`): runs to train (and in its
     sweep, both stages: `mulreg.engine.stages.all_configs`), run-epochs, images trained and evaluated,
-    TFLOP, and the estimated hours on this device (NaN where nothing is trained). With `fresh`, as
-    on a fresh clone: the runs already in the stores count too; `overrides`: notebook parameters
-    given on the command line (another sweep file, say)."""
+    TFLOP, and the estimated hours on this device (NaN where nothing is trained). A sweep the results
+    of record hold whole is read there, not trained, unless its store is one of `retrained` (what
+    `make figures` reproduces). With `fresh`, as on a fresh clone (which has the record): the runs
+    already stored count too; `overrides`: notebook parameters given on the command line (another sweep file)."""
+    from mulreg.results import analysis
+
     counted: set[str] = set()
     rates: dict[tuple, Rate] = {}
     flops: dict[tuple, int] = {}  # training FLOPs per image of each shape
@@ -162,7 +166,9 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
         for spec in specs:
             mine = all_configs(spec, planned=not fresh)
             store = spec.open_store()
-            pending += [c for c in mine if c.key() not in counted and (fresh or not store.is_complete(c.key()))]
+            read = spec.store not in retrained and analysis.evidence().holds_sweep(spec)
+            pending += [c for c in mine if c.key() not in counted and not read
+                        and (fresh or not store.is_complete(c.key()))]
             counted |= {c.key() for c in mine}
             configs += mine
         seconds = flop = trained = evaluated = epochs = 0.0
@@ -206,10 +212,10 @@ def report(table: pd.DataFrame, profile: str, fresh: bool = False) -> str:
     shown = table.assign(TFLOP=table["TFLOP"].map(lambda v: f"{v:,.1f}"), **hours)
     for col in ("images trained", "images evaluated"):
         shown[col] = shown[col].map(lambda v: f"{v:,}")
-    stored = "as on a fresh clone" if fresh else "runs already in the store are not counted"
+    stored = "as on a fresh clone" if fresh else "runs stored or in the record are not counted"
     return (f"Estimate for profile {profile!r} on {device}, training only (at most: early stopping shortens runs; "
             f"{stored}):\n{shown.to_string(index=False)}\n"
-            + ("nothing to train: every run is in its store" if not table["runs to train"].any() else
+            + ("nothing to train: every run is in its store or the record" if not table["runs to train"].any() else
                f"total ≈ {total:.2f} h ({60 * total:.0f} min)" if not math.isnan(total) else
                "no time: the runs' device is not on this machine (—)")
             + "; not estimated: set-up, HTML exports, notebook 04's landscape grids. 'H100 hours at best': the "
