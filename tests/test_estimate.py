@@ -127,9 +127,9 @@ def test_a_sweep_the_record_holds_whole_is_read_there_not_trained_unless_it_is_r
     from mulreg.results import analysis
 
     stopping, horizon = estimate.sweeps_of("quick", "09_replication3")
-    assert analysis.evidence().holds_sweep(stopping) and analysis.evidence().holds_sweep(horizon)
+    assert analysis.recorded_whole(stopping) and analysis.recorded_whole(horizon)
     fewer_seeds = stopping.model_copy(update={"grid": {**stopping.grid, "seed": stopping.grid["seed"][:-1]}})
-    assert not analysis.evidence().holds_sweep(fewer_seeds)  # the record holds another grid: trained
+    assert not analysis.recorded_whole(fewer_seeds)  # the record holds another grid: trained
     for fresh in (False, True):  # a fresh clone has the record
         row = estimate.estimate("quick", "09", fresh=fresh).iloc[0]
         assert (row["runs to train"], row["runs in sweep"]) == (0, 48) and math.isnan(row["hours here"])

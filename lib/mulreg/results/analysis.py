@@ -374,6 +374,16 @@ def evidence() -> record.Record:
 _RECORD: dict = {}
 
 
+def recorded_whole(spec: SweepSpec) -> bool:
+    """Whether the results of record hold every stage of `spec` whole: a notebook then reads them there
+    and trains nothing of it (`stored_stages`)."""
+    name = record.store_name(spec)
+    if not evidence().holds(name, "selection", record.stage_keys(spec, "selection")):
+        return False
+    planned = record.stage_keys(spec, "confirmation", evidence().plan(name))
+    return spec.confirmation is None or (planned is not None and evidence().holds(name, "confirmation", planned))
+
+
 def _split(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`runs` read from a store, and those read from the record."""
     recorded = runs[record.SOURCE] == record.RECORD if record.SOURCE in runs else pd.Series(False, index=runs.index)

@@ -226,14 +226,6 @@ class Record:
         """The record holds this stage of store `name`, with exactly the runs `keys`."""
         return self.has(name, stage) and set(self.table(name, stage, "runs")["key"]) == set(keys)
 
-    def holds_sweep(self, spec: SweepSpec) -> bool:
-        """Every stage of `spec` is here whole: a notebook reads it here and trains nothing of it."""
-        name = store_name(spec)
-        if not self.holds(name, "selection", stage_keys(spec, "selection")):
-            return False
-        planned = stage_keys(spec, "confirmation", self.plan(name))
-        return spec.confirmation is None or (planned is not None and self.holds(name, "confirmation", planned))
-
     def table(self, name: str, stage: str, table: str) -> pd.DataFrame:
         if not self.has(name, stage):
             raise RecordError(f"the record holds no {stage} stage of store {name!r} (in {self.root})")

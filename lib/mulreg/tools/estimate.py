@@ -166,7 +166,7 @@ def estimate(profile: str, prefix: str | None = None, fresh: bool = False, root=
         for spec in specs:
             mine = all_configs(spec, planned=not fresh)
             store = spec.open_store()
-            read = spec.store not in retrained and analysis.evidence().holds_sweep(spec)
+            read = spec.store not in retrained and analysis.recorded_whole(spec)
             pending += [c for c in mine if c.key() not in counted and not read
                         and (fresh or not store.is_complete(c.key()))]
             counted |= {c.key() for c in mine}
