@@ -339,8 +339,7 @@ def _figures(args) -> int:
     params = reports.checked_parameters(args.profile, reports.notebooks(args.nb), overrides)
     reports.preflight(args.profile, params)  # bad input, a missing kernel or read-only folder: before any training
     reproduced = [] if args.nb or overrides else reports.recorded_sweeps(args.profile)
-    retrained = {SweepSpec.from_yaml(path).store for path in reproduced}
-    table = estimate(args.profile, every=True, overrides=overrides, retrained=retrained)  # the index gives each cost
+    table = estimate(args.profile, every=True, overrides=overrides, retrained=_stores(reproduced))  # the index's costs
     print(report(of_chosen(args.profile, args.nb, table, overrides), args.profile), flush=True)
     for path in reproduced:  # trained here first, so the notebooks read this machine's runs, not the record's
         print(f"reproduction check: training {path.name} here, to compare with the results of record", flush=True)
@@ -355,12 +354,18 @@ def _figures(args) -> int:
 def _estimate_text(profile: str, prefix: str | None, fresh: bool = False) -> str:
     """What `make figures` (`prefix`: `NB=`) would train, and its cost: the full run retrains the sweeps
     of record it reproduces; a chosen notebook reads the record."""
-    from mulreg.engine.sweep import SweepSpec
     from mulreg.report import reports
     from mulreg.tools.estimate import estimate, report
 
-    retrained = {SweepSpec.from_yaml(path).store for path in reports.recorded_sweeps(profile)} if prefix is None else ()
+    retrained = _stores(reports.recorded_sweeps(profile)) if prefix is None else set()
     return report(estimate(profile, prefix, fresh, every=prefix is None, retrained=retrained), profile, fresh)
+
+
+def _stores(paths: list) -> set:
+    """The stores of the sweep files `paths` (those `make figures` reproduces, so the estimate prices them)."""
+    from mulreg.engine.sweep import SweepSpec
+
+    return {SweepSpec.from_yaml(path).store for path in paths}
 
 
 def _estimate(args) -> int:

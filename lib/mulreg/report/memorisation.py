@@ -89,7 +89,6 @@ def delay_sentences(family_d: pd.DataFrame, horizon: int) -> list[str]:
             f"{d2_reading(d2['outcome'])}."]
 
 
-
 ARMS = {Penalty.MUL: "multiplicative", Penalty.SUM: "additive", Penalty.NONE: "unpenalised"}  # as the sentences say
 
 
